@@ -1,0 +1,118 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+#include <vigil/error.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace vigil {
+
+using namespace std::chrono_literals;
+
+/// When the heartbeat sends protocol pings.
+enum class ping_mode {
+    /// Ping only when nothing at all has arrived for `ping_interval`: a busy connection
+    /// proves itself alive with every frame and sends no pings.
+    idle,
+    /// Ping every `ping_interval` whatever arrives, for servers that expect client pings.
+    fixed,
+};
+
+/// TLS settings for `wss://` URLs. Ignored for `ws://`.
+struct tls_config {
+    /// PEM file with the CA certificate(s) to trust. Empty (default): the system store.
+    std::string ca_file;
+
+    /// Skips certificate and host name verification entirely. Default false. Anyone on
+    /// the path can then read and change the traffic: use only against test servers.
+    bool insecure_skip_verify = false;
+
+    /// The caller's own context (client certificates, pinning, ciphers). When set,
+    /// `ca_file` and `insecure_skip_verify` are not applied to it; vigil still sets SNI and
+    /// verifies the host name unless `insecure_skip_verify` is true. The context must
+    /// outlive every session that uses it (the shared_ptr sees to that).
+    std::shared_ptr<boost::asio::ssl::context> context;
+};
+
+/// Everything a client session can be told. Durations are milliseconds; seconds convert
+/// implicitly (`cfg.ping_interval = 5s`). `validate()` checks a config before use, and
+/// `session::connect()` refuses an invalid one with `error::invalid_config`.
+struct session_config {
+    /// Heartbeat period. In `ping_mode::idle`, a ping is sent once nothing has arrived for
+    /// this long. Default 20 s, below the 30 s after which common NATs and proxies drop idle
+    /// flows (nginx `proxy_read_timeout` 60 s, some cloud LBs 45 s). Zero disables the
+    /// heartbeat (then `pong_timeout` is unused). Must be shorter than `idle_timeout` if both
+    /// are set.
+    std::chrono::milliseconds ping_interval = 20s;
+
+    /// How long after a ping the connection may stay silent before it is declared dead
+    /// with `error::pong_timeout`. Any frame counts, not just the pong. Default 10 s. Must be
+    /// positive and shorter than `ping_interval`, so that one ping is judged before the next.
+    /// A dead peer is therefore detected at most `ping_interval + pong_timeout` after the
+    /// last frame received.
+    std::chrono::milliseconds pong_timeout = 10s;
+
+    /// When pings are sent. Default `ping_mode::idle`.
+    ping_mode ping = ping_mode::idle;
+
+    /// Staleness deadline: the session ends with `error::idle_timeout` when no data message
+    /// (text or binary; control frames do not count) arrives for this long. Catches a feed
+    /// that answers pings but stopped sending. Default zero: off.
+    std::chrono::milliseconds idle_timeout = 0ms;
+
+    /// DNS resolution plus TCP connect (all resolved addresses), `error::connect_timeout`.
+    /// Default 10 s. Must be positive.
+    std::chrono::milliseconds connect_timeout = 10s;
+
+    /// TLS handshake, `error::tls_handshake_timeout`. Default 10 s. Must be positive.
+    std::chrono::milliseconds tls_handshake_timeout = 10s;
+
+    /// WebSocket upgrade request and response, `error::handshake_timeout`. Default 10 s.
+    /// Must be positive.
+    std::chrono::milliseconds handshake_timeout = 10s;
+
+    /// Longest time one message write may take: a peer that stops reading fills the TCP
+    /// buffers and the write stalls; after this the session ends with `error::write_timeout`.
+    /// Default 10 s. Zero disables it.
+    std::chrono::milliseconds write_timeout = 10s;
+
+    /// How long the close handshake may take, ours or an answer to the peer's. After it the
+    /// socket is torn down and the close reports `error::close_timeout`. Default 5 s. Must be
+    /// positive.
+    std::chrono::milliseconds close_timeout = 5s;
+
+    /// Most messages waiting to be written; `send()` beyond it fails at once with
+    /// `error::send_queue_full` rather than growing memory. Default 1024. Must be positive.
+    std::size_t send_queue_limit = 1024;
+
+    /// Largest incoming message in bytes; a larger one ends the session with Beast's
+    /// `message_too_big` (close code 1009 sent to the peer). Default 16 MiB. Must be positive.
+    std::size_t max_message_size = 16 * 1024 * 1024;
+
+    /// `User-Agent` of the upgrade request. Default `"vigil"`.
+    std::string user_agent = "vigil";
+
+    /// Extra headers for the upgrade request (authentication tokens, subprotocols).
+    std::vector<std::pair<std::string, std::string>> headers;
+
+    /// TLS settings for `wss://`.
+    tls_config tls;
+};
+
+/// Checks `cfg`. Returns an empty code when it can be used; otherwise
+/// `error::invalid_config`, with a message naming the field and the rule broken written to
+/// `*detail` if given (for example "pong_timeout (20000 ms) must be shorter than
+/// ping_interval (20000 ms)").
+error_code validate(const session_config& cfg, std::string* detail = nullptr);
+
+}  // namespace vigil

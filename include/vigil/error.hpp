@@ -1,0 +1,115 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+#include <boost/system/error_code.hpp>
+
+#include <string>
+#include <type_traits>
+
+namespace vigil {
+
+using boost::system::error_code;
+
+/// Why a vigil operation failed or a session ended.
+///
+/// Each value's `message()` is its snake_case name (`"pong_timeout"`), stable across
+/// releases: `vigil-probe` prints it as `reason` and scripts match on it. vigil's own
+/// timers always report one of these codes, never a bare `operation_aborted`, so
+/// `operation_aborted` from vigil means exactly one thing: the caller cancelled.
+enum class error {
+    /// The URL could not be parsed at all.
+    invalid_url = 1,
+    /// The URL's scheme is neither `ws` nor `wss`.
+    unsupported_scheme,
+    /// The URL has no host, or a host that cannot be used (empty, bad IPv6 literal).
+    invalid_host,
+    /// The URL's port is not a number in 1..65535.
+    invalid_port,
+    /// A `session_config` field is out of range; the detail names the field.
+    invalid_config,
+    /// DNS resolution plus TCP connect did not finish within `connect_timeout`.
+    connect_timeout,
+    /// The TLS handshake did not finish within `tls_handshake_timeout`.
+    tls_handshake_timeout,
+    /// The WebSocket upgrade (HTTP request and response) did not finish within
+    /// `handshake_timeout`.
+    handshake_timeout,
+    /// A ping went unanswered: nothing at all arrived within `pong_timeout` of it.
+    pong_timeout,
+    /// No data message arrived for `idle_timeout` although the peer may still answer pings.
+    idle_timeout,
+    /// One message write made no progress for `write_timeout` (the peer stopped reading).
+    write_timeout,
+    /// Our close frame got no answer within `close_timeout`; the socket was torn down.
+    close_timeout,
+    /// `send()` found the bounded send queue full; the message was not queued.
+    send_queue_full,
+    /// The operation needs an open connection and there is none.
+    not_connected,
+    /// `connect()` or `run()` was called while another one is in progress.
+    already_running,
+    /// An event handler threw; `run()` rethrows the exception after teardown.
+    handler_exception,
+};
+
+/// The two answers to "should we try again?" (see `is_permanent`).
+enum class condition {
+    /// A passing network fault: reconnecting later may work.
+    transient = 1,
+    /// Retrying the same thing will fail the same way (bad URL, 401, untrusted certificate).
+    permanent,
+};
+
+/// The category of `vigil::error`; its name is `"vigil"`.
+const boost::system::error_category& error_category() noexcept;
+
+/// The category of codes that carry the HTTP status of a rejected upgrade (value = status,
+/// e.g. 401). `error_name()` of any of them is `"handshake_rejected"`.
+const boost::system::error_category& http_status_category() noexcept;
+
+/// The category of codes that carry the close code a peer sent (value = code, e.g. 1001).
+/// `error_name()` of any of them is `"closed_by_peer"`; the peer's reason text is in
+/// `disconnect_info::close_reason`.
+const boost::system::error_category& close_code_category() noexcept;
+
+/// An upgrade rejected with HTTP `status`.
+error_code make_http_status_error(unsigned status) noexcept;
+/// A connection the peer closed with close code `code`.
+error_code make_close_error(unsigned code) noexcept;
+/// The HTTP status carried by `ec`, or 0 if `ec` is not a rejected upgrade.
+unsigned http_status_of(const error_code& ec) noexcept;
+/// The close code carried by `ec`, or 0 if `ec` is not a close by the peer.
+unsigned close_code_of(const error_code& ec) noexcept;
+
+/// The category of `vigil::condition`; compares equal to vigil, Asio, Beast and SSL codes
+/// as `is_permanent` classifies them.
+const boost::system::error_category& condition_category() noexcept;
+
+error_code make_error_code(error e) noexcept;
+boost::system::error_condition make_error_condition(condition c) noexcept;
+
+/// True when retrying cannot help: malformed URL, invalid configuration, an upgrade
+/// rejected with a 4xx status other than 408/429, TLS certificate verification failure,
+/// close code 1003 or 1008. Everything else that is a failure (refused, reset, DNS,
+/// every timeout, 5xx, 408, 429, close codes 1001/1006/1011-1014) is transient.
+///
+/// HTTP statuses and close codes travel inside the code (`http_status_category`,
+/// `close_code_category`), so this one function sees them. `operation_aborted` is neither
+/// transient nor permanent: it means the caller cancelled, and a supervisor stops without
+/// retrying. `ec == condition::transient` / `condition::permanent` compare the same way.
+bool is_permanent(const error_code& ec) noexcept;
+
+/// A stable snake_case name for any error code, for logs and JSON output: vigil codes give
+/// their own name; common Asio, Beast and SSL codes are mapped (`connection_refused`,
+/// `connection_reset`, `eof`, `host_not_found`, `tls_certificate_verify_failed` ...); others
+/// give `<category>_<value>`. An empty code gives `"ok"`.
+std::string error_name(const error_code& ec);
+
+}  // namespace vigil
+
+template <>
+struct boost::system::is_error_code_enum<vigil::error> : std::true_type {};
+
+template <>
+struct boost::system::is_error_condition_enum<vigil::condition> : std::true_type {};

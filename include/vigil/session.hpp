@@ -1,0 +1,195 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+#include <vigil/config.hpp>
+#include <vigil/error.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace vigil {
+
+/// Kind of a data message.
+enum class message_type { text, binary };
+
+/// Why and how a connection ended, as `session::last_disconnect()` and the
+/// `on_disconnected` event report it.
+struct disconnect_info {
+    /// The reason; the same code `run()` or `connect()` returned.
+    error_code reason;
+    /// Human-readable context: which field, which host, what the peer said.
+    std::string detail;
+    /// HTTP status of a rejected upgrade, else 0 (also inside `reason`).
+    unsigned http_status = 0;
+    /// Close code the peer sent, else 0 (also inside `reason`).
+    unsigned close_code = 0;
+    /// Close reason text the peer sent.
+    std::string close_reason;
+    /// Time from the last frame received (any kind) to the end. For a dead peer this is
+    /// the detection latency, at most `ping_interval + pong_timeout` plus scheduling noise.
+    std::chrono::milliseconds silent_for{0};
+};
+
+/// Observers for what a session does. Each may be left empty: an empty one costs a branch.
+/// Handlers run on the session's strand, inline with the I/O, so they must be quick; a
+/// handler that throws ends the session (`error::handler_exception`) and `run()` rethrows.
+/// Set them before `connect()`; changing them while the session runs is a data race.
+struct session_events {
+    /// The WebSocket handshake succeeded.
+    std::function<void()> on_connected;
+    /// A heartbeat ping was handed to the socket.
+    std::function<void()> on_ping;
+    /// The pong for our last ping arrived; `rtt` is measured from the ping's send.
+    std::function<void(std::chrono::microseconds rtt)> on_pong;
+    /// A data message arrived. `data` is valid only during the call.
+    std::function<void(std::string_view data, message_type type)> on_message;
+    /// The connection ended (also after a failed `connect()`).
+    std::function<void(const disconnect_info&)> on_disconnected;
+};
+
+/// A client WebSocket connection that always finds out when it is dead.
+///
+/// `connect()` opens the connection with a deadline on every step; `run()` then reads,
+/// heartbeats and watches deadlines until the connection ends, and returns why. One
+/// session object holds one connection at a time; after `run()` returns, `connect()` may be
+/// called again (that is what a supervisor does).
+///
+/// **Thread safety:** all I/O runs on an internal strand made from the executor given to the
+/// constructor, so `connect`, `run`, `send`, `close` and `cancel` may be called from
+/// coroutines on any thread. Distinct sessions are independent. `events()` and
+/// `last_disconnect()` are not synchronised: touch them only while no operation runs, or
+/// from the handlers themselves.
+///
+/// **Object lifetimes:** the session must outlive every operation started on it.
+class session {
+public:
+    /// Creates an unconnected session whose I/O runs on a strand of `ex`. `cfg` is checked by
+    /// `connect()`, not here, so that a bad config surfaces as an `error_code`.
+    explicit session(boost::asio::any_io_executor ex, session_config cfg = {});
+    ~session();
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+
+    using executor_type = boost::asio::any_io_executor;
+    /// The strand all of this session's I/O runs on.
+    executor_type get_executor() const noexcept;
+
+    const session_config& config() const noexcept;
+    /// Replaces the config used by the next `connect()`. Not while connecting or running.
+    void set_config(session_config cfg);
+
+    /// Event observers; see `session_events`.
+    session_events& events() noexcept;
+
+    /// Opens a connection to a `ws://` or `wss://` URL:
+    /// - parses the URL and validates the config;
+    /// - resolves the host and connects over TCP (all addresses in turn), within `connect_timeout`;
+    /// - for `wss://`, runs the TLS handshake with SNI and certificate + host name
+    ///   verification, within `tls_handshake_timeout`;
+    /// - sends the upgrade request and reads the response, within `handshake_timeout`.
+    ///
+    /// Returns an empty code when the connection is open (and `on_connected` has run).
+    ///
+    /// **Errors:** `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`,
+    /// `invalid_config`, `connect_timeout`, `tls_handshake_timeout`, `handshake_timeout`; an
+    /// HTTP status in `http_status_category()` when the upgrade is refused; resolver, socket
+    /// and SSL codes as Asio reports them (`host_not_found`, `connection_refused`, certificate
+    /// verification failures ...); `already_running` if a connection is open or being opened.
+    /// `last_disconnect()` has the detail.
+    ///
+    /// **Per-operation cancellation:** terminal, partial and total cancellation of the
+    /// awaiting coroutine abort the attempt, close the socket and return `operation_aborted`.
+    boost::asio::awaitable<error_code> connect(std::string url);
+
+    /// Runs the open connection until it ends, and returns why. Concurrently, on one strand:
+    /// - the reader keeps one read pending at all times (Beast answers pings and reports
+    ///   pongs only while reading) and hands data messages to `on_message`;
+    /// - the heartbeat sends a ping as `ping_mode` says and declares the connection dead
+    ///   when nothing arrives within `pong_timeout` of it;
+    /// - the watchdog enforces `idle_timeout` and `write_timeout`;
+    /// - the writer sends queued messages one at a time, in order.
+    ///
+    /// The first of these to finish cancels the others (`||` of awaitable operators), the
+    /// transport is torn down (a close handshake bounded by `close_timeout` where the peer
+    /// is still alive), messages still queued complete with the returned code, and
+    /// `on_disconnected` runs.
+    ///
+    /// **Result:** empty after the application's own `close()`; otherwise `pong_timeout`,
+    /// `idle_timeout`, `write_timeout`, a code in `close_code_category()` when the peer closed
+    /// (the code is 1005 when the peer gave none), the network error (`eof`,
+    /// `connection_reset` ...), `not_connected` without an open connection, `already_running`
+    /// if `run()` is already in progress, `operation_aborted` when cancelled. Network errors
+    /// are returned, not thrown; only an exception from an event handler is rethrown.
+    ///
+    /// **Per-operation cancellation:** terminal, partial and total. Cancelling the awaiting
+    /// coroutine (or calling `cancel()`) ends `run()` promptly with `operation_aborted`; no
+    /// timer or operation of the session is left pending afterwards.
+    boost::asio::awaitable<error_code> run();
+
+    /// Queues a message and completes when it has been written to the socket, or with the
+    /// reason it never will be. Messages are written in the order `send` was called.
+    ///
+    /// **Errors:** `not_connected` when no connection is open (nothing is queued);
+    /// `send_queue_full` when `send_queue_limit` messages are waiting; the write's own error;
+    /// the code `run()` returned, for messages still queued when the connection ended.
+    /// Completing without error means the bytes were handed to the TCP stack, not that the
+    /// peer read them.
+    ///
+    /// **Per-operation cancellation:** not supported: once queued, a message completes when
+    /// written or when the connection ends, so that no message is lost silently.
+    ///
+    /// Completion signature `void(error_code)`; any Asio completion token works.
+    template <class CompletionToken>
+    auto async_send(std::string data, message_type type, CompletionToken&& token)
+    {
+        return boost::asio::async_initiate<CompletionToken, void(error_code)>(
+            [this](auto handler, std::string data, message_type type) {
+                do_send(std::move(data), type,
+                        boost::asio::any_completion_handler<void(error_code)>(std::move(handler)));
+            },
+            token, std::move(data), type);
+    }
+
+    /// `async_send` as an awaitable that returns the error code instead of throwing.
+    boost::asio::awaitable<error_code> send(std::string data,
+                                            message_type type = message_type::text);
+
+    /// Starts the close handshake with `code` and `reason` and completes when it is done:
+    /// the peer's close frame arrived and the socket is closed, or `close_timeout` passed
+    /// (then the socket is torn down and the result is `close_timeout`). A running `run()`
+    /// then returns an empty code. Messages queued before `close()` are written first.
+    ///
+    /// **Errors:** `not_connected`, `close_timeout`, network errors.
+    boost::asio::awaitable<error_code> close(std::uint16_t code = 1000, std::string reason = {});
+
+    /// Aborts whatever the session is doing, as terminal cancellation would: a running
+    /// `connect()` or `run()` returns `operation_aborted` soon after. Safe from any thread.
+    void cancel();
+
+    /// True while a connection is open (between a successful `connect()` and the end of
+    /// `run()`). Racy by nature when read from another thread.
+    bool is_open() const noexcept;
+
+    /// Why the last connection (or connection attempt) ended.
+    const disconnect_info& last_disconnect() const noexcept;
+
+    struct impl;
+
+private:
+    void do_send(std::string data, message_type type,
+                 boost::asio::any_completion_handler<void(error_code)> handler);
+
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace vigil

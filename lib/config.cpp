@@ -1,0 +1,176 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+#include <vigil/config.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string_view>
+
+namespace vigil {
+
+namespace {
+
+std::string ms(std::chrono::milliseconds d)
+{
+    return std::to_string(d.count()) + " ms";
+}
+
+// Carries the first broken rule out of validate(); later rules are not checked, so the
+// message names exactly one field.
+class checker {
+public:
+    explicit checker(std::string* detail) : detail_(detail) {}
+
+    bool failed() const noexcept { return failed_; }
+
+    void fail(std::string message)
+    {
+        if (failed_)
+            return;
+        failed_ = true;
+        if (detail_)
+            *detail_ = std::move(message);
+    }
+
+    void positive(const char* field, std::chrono::milliseconds d)
+    {
+        if (d <= std::chrono::milliseconds::zero())
+            fail(std::string(field) + " (" + ms(d) + ") must be positive");
+    }
+
+    void not_negative(const char* field, std::chrono::milliseconds d, const char* zero_means)
+    {
+        if (d < std::chrono::milliseconds::zero())
+            fail(std::string(field) + " (" + ms(d) + ") must not be negative (0 " + zero_means + ")");
+    }
+
+private:
+    std::string* detail_;
+    bool failed_ = false;
+};
+
+// RFC 9110 token characters: anything else in a header name lets the caller smuggle a second
+// header or end the request early.
+bool is_token_char(char c) noexcept
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+bool has_line_break_or_nul(std::string_view s) noexcept
+{
+    return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+// Quoted input ends up in logs: keep it on one line and short.
+std::string printable(std::string_view s)
+{
+    constexpr std::size_t max_shown = 64;
+    std::string out;
+    std::size_t shown = 0;
+    for (; shown < s.size() && out.size() < max_shown; ++shown) {
+        const char c = s[shown];
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) {
+            static constexpr char hex[] = "0123456789abcdef";
+            out += "\\x";
+            out += hex[u >> 4];
+            out += hex[u & 0xf];
+        } else {
+            out += c;
+        }
+    }
+    if (shown < s.size())
+        out += "...";
+    return out;
+}
+
+void check_headers(checker& check, const session_config& cfg)
+{
+    for (std::size_t i = 0; i < cfg.headers.size() && !check.failed(); ++i) {
+        const auto& [name, value] = cfg.headers[i];
+        const std::string where = "headers[" + std::to_string(i) + "]";
+        if (name.empty()) {
+            check.fail(where + " has an empty name");
+            continue;
+        }
+        for (char c : name) {
+            if (!is_token_char(c)) {
+                check.fail(where + " name \"" + printable(name)
+                    + "\" is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)");
+                break;
+            }
+        }
+        // Values may be secrets (tokens), so the message names the header, never the value.
+        if (has_line_break_or_nul(value))
+            check.fail(where + " (\"" + name + "\") value contains CR, LF or NUL");
+    }
+}
+
+void check_ca_file(checker& check, const std::string& path)
+{
+    if (path.empty())
+        return;
+    std::error_code fs_ec;
+    if (!std::filesystem::is_regular_file(path, fs_ec)) {
+        check.fail("tls.ca_file \"" + printable(path) + "\" is not a regular file"
+            + (fs_ec ? " (" + fs_ec.message() + ")" : std::string()));
+        return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        check.fail("tls.ca_file \"" + printable(path) + "\" cannot be opened for reading");
+}
+
+}  // namespace
+
+error_code validate(const session_config& cfg, std::string* detail)
+{
+    checker check(detail);
+    constexpr auto zero = std::chrono::milliseconds::zero();
+
+    check.not_negative("ping_interval", cfg.ping_interval, "disables the heartbeat");
+    const bool heartbeat = cfg.ping_interval > zero;
+    if (heartbeat) {
+        check.positive("pong_timeout", cfg.pong_timeout);
+        // One ping must be judged before the next is due, or a second ping would restart
+        // the wait and a dead peer could go unnoticed for longer than the stated bound.
+        if (cfg.pong_timeout >= cfg.ping_interval)
+            check.fail("pong_timeout (" + ms(cfg.pong_timeout) + ") must be shorter than ping_interval ("
+                + ms(cfg.ping_interval) + ")");
+    }
+    if (cfg.ping != ping_mode::idle && cfg.ping != ping_mode::fixed)
+        check.fail("ping (" + std::to_string(static_cast<int>(cfg.ping)) + ") is not a ping_mode");
+
+    check.not_negative("idle_timeout", cfg.idle_timeout, "disables it");
+    // A quiet but healthy feed gets pinged and answers; if the idle deadline came first it
+    // would end connections the heartbeat was about to prove alive.
+    if (heartbeat && cfg.idle_timeout > zero && cfg.ping_interval >= cfg.idle_timeout)
+        check.fail("ping_interval (" + ms(cfg.ping_interval) + ") must be shorter than idle_timeout ("
+            + ms(cfg.idle_timeout) + ")");
+
+    check.positive("connect_timeout", cfg.connect_timeout);
+    check.positive("tls_handshake_timeout", cfg.tls_handshake_timeout);
+    check.positive("handshake_timeout", cfg.handshake_timeout);
+    check.not_negative("write_timeout", cfg.write_timeout, "disables it");
+    check.positive("close_timeout", cfg.close_timeout);
+
+    if (cfg.send_queue_limit == 0)
+        check.fail("send_queue_limit (0) must be positive");
+    if (cfg.max_message_size == 0)
+        check.fail("max_message_size (0) must be positive");
+
+    if (has_line_break_or_nul(cfg.user_agent))
+        check.fail("user_agent contains CR, LF or NUL");
+    check_headers(check, cfg);
+    if (!check.failed())
+        check_ca_file(check, cfg.tls.ca_file);
+
+    if (check.failed())
+        return error::invalid_config;
+    return {};
+}
+
+}  // namespace vigil

@@ -1,0 +1,142 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The state behind vigil::session. Everything here runs on `strand_`; the arms of run()
+// (reader.hpp, ticker.hpp, watchdog.hpp, writer.hpp) share it without locks for that reason.
+
+#include "any_stream.hpp"
+#include "with_deadline.hpp"
+
+#include <vigil/session.hpp>
+#include <vigil/url.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/websocket/stream.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace vigil {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+using clock_type = std::chrono::steady_clock;
+
+struct session::impl {
+    using handler_type = asio::any_completion_handler<void(error_code)>;
+    using ws_stream = websocket::stream<detail::any_stream>;
+
+    enum class state { idle, connecting, open, running, closing };
+
+    /// One entry of the send queue: a data message, or the application's close request,
+    /// which waits its turn so that messages sent before close() are written first.
+    struct outgoing {
+        std::string data;
+        message_type type = message_type::text;
+        bool is_close = false;
+        websocket::close_reason close;
+        handler_type handler;
+    };
+
+    impl(asio::any_io_executor ex, session_config cfg);
+
+    // Operations behind the public functions; each runs on strand_.
+    asio::awaitable<error_code> connect_op(std::string url);
+    asio::awaitable<error_code> run_op();
+    asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);
+    void enqueue(outgoing msg);
+    void cancel_now();
+
+    // The arms of run(); each returns why it stopped and never throws.
+    asio::awaitable<error_code> reader();
+    asio::awaitable<error_code> ticker();
+    asio::awaitable<error_code> watchdog();
+    asio::awaitable<error_code> writer();
+
+    // Single operations, shaped for with_deadline().
+    asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
+    asio::awaitable<error_code> tls_handshake();
+    asio::awaitable<error_code> ws_handshake(websocket::response_type& res, const endpoint& ep);
+    asio::awaitable<error_code> close_frame(websocket::close_reason reason);
+
+    // Helpers.
+    error_code fail_connect(error_code ec, std::string detail);
+    error_code setup_tls_context(std::string& detail);
+    void on_control_frame(websocket::frame_type kind, beast::string_view payload);
+    void set_deadline(clock_type::time_point when);
+    void complete(handler_type h, error_code ec);
+    void fail_queue(error_code ec);
+    void wake_writer();
+    void end_connection(error_code ec, std::string detail);
+    void close_socket() noexcept;
+    void record_handler_exception();
+    template <class F, class... Args>
+    void notify(const F& f, Args&&... args);
+
+    asio::strand<asio::any_io_executor> strand_;
+    session_config cfg_;
+    session_events events_;
+    disconnect_info last_;
+    std::atomic<state> state_{state::idle};  // atomic only so that is_open() may peek from any thread
+
+    std::shared_ptr<asio::ssl::context> tls_ctx_;  // the user's, or ours built from cfg_.tls
+    std::optional<ws_stream> ws_;
+    std::optional<asio::ip::tcp::resolver> resolver_;
+    beast::flat_buffer rx_;
+
+    // Liveness bookkeeping, all on strand_.
+    clock_type::time_point last_rx_{};       // any frame, control frames included
+    clock_type::time_point last_data_{};     // data messages only (idle_timeout)
+    clock_type::time_point ping_sent_{};     // last heartbeat ping
+    std::uint64_t ping_seq_ = 0;
+    websocket::ping_data ping_payload_;      // the last ping's payload, to match its pong
+    bool ping_outstanding_ = false;
+    clock_type::time_point write_started_{}; // while writing_
+    bool writing_ = false;
+    clock_type::time_point close_started_{}; // while closing_
+    bool closing_ = false;
+    bool close_requested_ = false;           // the application's close handshake has begun
+    bool close_queued_ = false;              // close() is waiting in the send queue
+    bool cancel_requested_ = false;
+    std::exception_ptr handler_error_;
+
+    // The watchdog sleeps on watchdog_timer_ until watchdog_at_; set_deadline() wakes it
+    // early only when a new deadline is sooner, so steady traffic costs no timer churn.
+    asio::steady_timer watchdog_timer_;
+    clock_type::time_point watchdog_at_ = clock_type::time_point::max();
+
+    // The writer sleeps on writer_wake_ while the queue is empty.
+    asio::steady_timer writer_wake_;
+    bool writer_waiting_ = false;
+    std::deque<outgoing> queue_;
+    std::optional<handler_type> close_handler_;  // close() in progress inside run()
+
+    asio::steady_timer ticker_timer_;
+};
+
+template <class F, class... Args>
+void session::impl::notify(const F& f, Args&&... args)
+{
+    if (!f)
+        return;
+    try {
+        f(std::forward<Args>(args)...);
+    } catch (...) {
+        record_handler_exception();
+    }
+}
+
+}  // namespace vigil

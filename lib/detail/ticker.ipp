@@ -1,0 +1,49 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The heartbeat arm of run(): sends pings on schedule. It never judges the answer itself;
+// it hands the pong deadline to the watchdog, because a ping stuck behind a stalled write
+// must not also stall the verdict.
+
+namespace vigil {
+
+asio::awaitable<error_code> session::impl::ticker()
+{
+    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
+                                                       detail::any_cancellation_as_terminal{});
+    co_await asio::this_coro::throw_if_cancelled(false);
+    const auto interval = clock_type::duration(cfg_.ping_interval);
+    if (interval == clock_type::duration::zero()) {
+        // Heartbeat off: stay an arm (the `||` expression has a fixed shape) until cancelled.
+        ticker_timer_.expires_at(clock_type::time_point::max());
+        auto [ec] = co_await ticker_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_return ec ? ec : error_code(asio::error::operation_aborted);
+    }
+    auto next_fixed = clock_type::now() + interval;
+    for (;;) {
+        // idle: ping once nothing has arrived for `interval` since the later of the last frame
+        // and the last ping; fixed: ping on a steady schedule.
+        const auto due = cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed;
+        auto now = clock_type::now();
+        if (due > now) {
+            ticker_timer_.expires_at(due);
+            auto [ec] = co_await ticker_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (ec)
+                co_return ec;
+            continue;  // frames may have arrived while we slept: decide again
+        }
+        if (cfg_.ping == ping_mode::fixed)
+            next_fixed = (next_fixed + interval > now) ? next_fixed + interval : now + interval;
+        ++ping_seq_;
+        ping_payload_ = std::to_string(ping_seq_);
+        ping_sent_ = now;
+        ping_outstanding_ = true;
+        set_deadline(now + clock_type::duration(cfg_.pong_timeout));
+        notify(events_.on_ping);
+        auto [ec] = co_await ws_->async_ping(ping_payload_, asio::as_tuple(asio::use_awaitable));
+        if (ec)
+            co_return ec;
+    }
+}
+
+}  // namespace vigil

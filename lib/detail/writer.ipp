@@ -1,0 +1,55 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The writer arm of run(): the only code that writes data frames, so messages go out one at
+// a time in send() order, and the application's close waits behind the messages sent before
+// it. Each write's start is registered with the watchdog, which enforces write_timeout.
+
+namespace vigil {
+
+asio::awaitable<error_code> session::impl::writer()
+{
+    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
+                                                       detail::any_cancellation_as_terminal{});
+    co_await asio::this_coro::throw_if_cancelled(false);
+    for (;;) {
+        while (queue_.empty()) {
+            writer_waiting_ = true;
+            writer_wake_.expires_at(clock_type::time_point::max());
+            auto [ec] = co_await writer_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+            writer_waiting_ = false;
+            if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
+                co_return ec;
+        }
+        if (queue_.front().is_close) {
+            auto reason = queue_.front().close;
+            close_handler_.emplace(std::move(queue_.front().handler));
+            queue_.pop_front();
+            close_requested_ = true;
+            closing_ = true;
+            close_started_ = clock_type::now();
+            set_deadline(close_started_ + cfg_.close_timeout);
+            auto [ec] = co_await ws_->async_close(reason, asio::as_tuple(asio::use_awaitable));
+            closing_ = false;
+            // A clean close ends run() with success; run() completes close_handler_ with
+            // whatever run() returns.
+            co_return ec;
+        }
+        auto& msg = queue_.front();
+        writing_ = true;
+        write_started_ = clock_type::now();
+        if (cfg_.write_timeout.count() > 0)
+            set_deadline(write_started_ + cfg_.write_timeout);
+        ws_->binary(msg.type == message_type::binary);
+        auto [ec, n] = co_await ws_->async_write(asio::buffer(msg.data), asio::as_tuple(asio::use_awaitable));
+        writing_ = false;
+        if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return ec;  // left queued: run() reports it with the reason the session ended
+        complete(std::move(queue_.front().handler), ec);
+        queue_.pop_front();
+        if (ec)
+            co_return ec;
+    }
+}
+
+}  // namespace vigil

@@ -1,0 +1,390 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+#include <vigil/error.hpp>
+
+#include <boost/asio/error.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/websocket/error.hpp>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <cstring>
+#include <string>
+
+namespace vigil {
+
+namespace {
+
+namespace asio_error = boost::asio::error;
+namespace beast_ws = boost::beast::websocket;
+namespace beast_http = boost::beast::http;
+
+// Fixed identifiers make the categories compare equal even if this library is loaded twice
+// (a static and a shared copy in one process), where addresses would differ.
+constexpr unsigned long long vigil_category_id = 0xa6f3'1c2e'9d40'5b17ULL;
+constexpr unsigned long long http_status_category_id = 0xa6f3'1c2e'9d40'5b18ULL;
+constexpr unsigned long long close_code_category_id = 0xa6f3'1c2e'9d40'5b19ULL;
+constexpr unsigned long long condition_category_id = 0xa6f3'1c2e'9d40'5b1aULL;
+
+const char* vigil_error_name(int value) noexcept
+{
+    switch (static_cast<error>(value)) {
+    case error::invalid_url: return "invalid_url";
+    case error::unsupported_scheme: return "unsupported_scheme";
+    case error::invalid_host: return "invalid_host";
+    case error::invalid_port: return "invalid_port";
+    case error::invalid_config: return "invalid_config";
+    case error::connect_timeout: return "connect_timeout";
+    case error::tls_handshake_timeout: return "tls_handshake_timeout";
+    case error::handshake_timeout: return "handshake_timeout";
+    case error::pong_timeout: return "pong_timeout";
+    case error::idle_timeout: return "idle_timeout";
+    case error::write_timeout: return "write_timeout";
+    case error::close_timeout: return "close_timeout";
+    case error::send_queue_full: return "send_queue_full";
+    case error::not_connected: return "not_connected";
+    case error::already_running: return "already_running";
+    case error::handler_exception: return "handler_exception";
+    }
+    return nullptr;
+}
+
+class vigil_category final : public boost::system::error_category {
+public:
+    constexpr vigil_category() noexcept : error_category(vigil_category_id) {}
+
+    const char* name() const noexcept override { return "vigil"; }
+
+    std::string message(int value) const override
+    {
+        if (const char* n = vigil_error_name(value))
+            return n;
+        return "vigil_" + std::to_string(value);
+    }
+};
+
+class http_status_category_impl final : public boost::system::error_category {
+public:
+    constexpr http_status_category_impl() noexcept : error_category(http_status_category_id) {}
+
+    const char* name() const noexcept override { return "vigil.http_status"; }
+
+    std::string message(int value) const override
+    {
+        return "handshake rejected with HTTP " + std::to_string(value);
+    }
+};
+
+class close_code_category_impl final : public boost::system::error_category {
+public:
+    constexpr close_code_category_impl() noexcept : error_category(close_code_category_id) {}
+
+    const char* name() const noexcept override { return "vigil.close"; }
+
+    std::string message(int value) const override
+    {
+        return "closed by peer with code " + std::to_string(value);
+    }
+};
+
+class condition_category_impl final : public boost::system::error_category {
+public:
+    constexpr condition_category_impl() noexcept : error_category(condition_category_id) {}
+
+    const char* name() const noexcept override { return "vigil.condition"; }
+
+    std::string message(int value) const override
+    {
+        switch (static_cast<condition>(value)) {
+        case condition::transient: return "transient";
+        case condition::permanent: return "permanent";
+        }
+        return "vigil_condition_" + std::to_string(value);
+    }
+
+    bool equivalent(const error_code& ec, int value) const noexcept override
+    {
+        switch (static_cast<condition>(value)) {
+        case condition::permanent:
+            return is_permanent(ec);
+        case condition::transient:
+            return ec.failed() && !is_permanent(ec)
+                && ec != boost::system::errc::operation_canceled;
+        }
+        return false;
+    }
+};
+
+// Asio's categories are function-local statics of inline functions and carry no identifier,
+// so a code made in another shared object may hold a different instance: match by name too.
+bool in_category(const error_code& ec, const boost::system::error_category& cat) noexcept
+{
+    return ec.category() == cat || std::strcmp(ec.category().name(), cat.name()) == 0;
+}
+
+bool is_ssl_code(const error_code& ec) noexcept
+{
+    return in_category(ec, asio_error::get_ssl_category());
+}
+
+bool is_ssl_stream_code(const error_code& ec) noexcept
+{
+    return in_category(ec, boost::asio::ssl::error::get_stream_category());
+}
+
+bool is_certificate_verify_failure(const error_code& ec) noexcept
+{
+    if (!is_ssl_code(ec))
+        return false;
+    const auto packed = static_cast<unsigned long>(static_cast<unsigned int>(ec.value()));
+    return ERR_GET_LIB(packed) == ERR_LIB_SSL
+        && ERR_GET_REASON(packed) == SSL_R_CERTIFICATE_VERIFY_FAILED;
+}
+
+bool http_status_is_permanent(int status) noexcept
+{
+    // 101 is the upgrade succeeding; it never arrives as an error, but is not a refusal.
+    if (status == 101)
+        return false;
+    // Timeouts and rate limiting say "come back later"; 5xx is the server's trouble.
+    if (status == 408 || status == 429 || (status >= 500 && status <= 599))
+        return false;
+    // Other 4xx reject the request itself, and we send the same request again. Redirects
+    // (3xx) are final too: a WebSocket client does not follow them, and retrying will be
+    // redirected the same way.
+    return true;
+}
+
+bool close_code_is_permanent(int code) noexcept
+{
+    switch (code) {
+    // The peer judged what we send, not the connection: another connection would send the
+    // same frames, data or extension offer and be closed the same way.
+    case 1002:  // protocol error
+    case 1003:  // unsupported data type
+    case 1007:  // invalid payload data
+    case 1008:  // policy violation (authentication, authorization, banned client)
+    case 1010:  // a mandatory extension was not negotiated
+        return true;
+    default:
+        return false;
+    }
+}
+
+struct named_code {
+    error_code code;
+    const char* name;
+};
+
+// A generic-category errno (from std or hand-made codes) matches its system-category twin.
+// Other categories' conditions are too coarse to name a code by (Beast maps dozens of codes
+// to one condition), so they must match exactly.
+bool matches(const error_code& ec, const error_code& known) noexcept
+{
+    if (ec == known)
+        return true;
+    return ec.category() == boost::system::generic_category()
+        && known.default_error_condition()
+        == boost::system::error_condition(ec.value(), boost::system::generic_category());
+}
+
+const char* mapped_name(const error_code& ec)
+{
+    static const named_code table[] = {
+        {asio_error::connection_refused, "connection_refused"},
+        {asio_error::connection_reset, "connection_reset"},
+        {asio_error::connection_aborted, "connection_aborted"},
+        {asio_error::eof, "eof"},
+        {asio_error::host_not_found, "host_not_found"},
+        {asio_error::host_not_found_try_again, "host_not_found_try_again"},
+        {asio_error::no_data, "no_data"},
+        {asio_error::no_recovery, "no_recovery"},
+        {asio_error::service_not_found, "service_not_found"},
+        {asio_error::network_unreachable, "network_unreachable"},
+        {asio_error::network_down, "network_down"},
+        {asio_error::network_reset, "network_reset"},
+        {asio_error::host_unreachable, "host_unreachable"},
+        {asio_error::timed_out, "timed_out"},
+        {asio_error::operation_aborted, "operation_aborted"},
+        {asio_error::broken_pipe, "broken_pipe"},
+        {asio_error::not_connected, "not_connected"},
+        {asio_error::address_in_use, "address_in_use"},
+        {asio_error::address_family_not_supported, "address_family_not_supported"},
+        {asio_error::access_denied, "access_denied"},
+        {asio_error::shut_down, "shut_down"},
+        {asio_error::no_buffer_space, "no_buffer_space"},
+        {asio_error::no_memory, "no_memory"},
+        {asio_error::no_descriptors, "no_descriptors"},
+        {asio_error::bad_descriptor, "bad_descriptor"},
+        {asio_error::already_open, "already_open"},
+        {asio_error::not_found, "not_found"},
+        {beast_ws::error::closed, "closed"},
+        {beast_ws::error::buffer_overflow, "buffer_overflow"},
+        {beast_ws::error::message_too_big, "message_too_big"},
+        {beast_ws::error::upgrade_declined, "upgrade_declined"},
+        {beast_ws::error::bad_http_version, "bad_http_version"},
+        {beast_ws::error::no_connection, "no_connection"},
+        {beast_ws::error::no_connection_upgrade, "no_connection_upgrade"},
+        {beast_ws::error::no_upgrade, "no_upgrade"},
+        {beast_ws::error::no_upgrade_websocket, "no_upgrade_websocket"},
+        {beast_ws::error::no_sec_accept, "no_sec_accept"},
+        {beast_ws::error::bad_sec_accept, "bad_sec_accept"},
+        {beast_ws::error::bad_opcode, "bad_opcode"},
+        {beast_ws::error::bad_data_frame, "bad_data_frame"},
+        {beast_ws::error::bad_continuation, "bad_continuation"},
+        {beast_ws::error::bad_reserved_bits, "bad_reserved_bits"},
+        {beast_ws::error::bad_control_fragment, "bad_control_fragment"},
+        {beast_ws::error::bad_control_size, "bad_control_size"},
+        {beast_ws::error::bad_unmasked_frame, "bad_unmasked_frame"},
+        {beast_ws::error::bad_masked_frame, "bad_masked_frame"},
+        {beast_ws::error::bad_size, "bad_size"},
+        {beast_ws::error::bad_frame_payload, "bad_frame_payload"},
+        {beast_ws::error::bad_close_code, "bad_close_code"},
+        {beast_ws::error::bad_close_size, "bad_close_size"},
+        {beast_ws::error::bad_close_payload, "bad_close_payload"},
+        {beast_http::error::end_of_stream, "end_of_stream"},
+        {beast_http::error::partial_message, "partial_message"},
+        {beast_http::error::header_limit, "header_limit"},
+        {beast_http::error::body_limit, "body_limit"},
+        {beast_http::error::buffer_overflow, "http_buffer_overflow"},
+        {boost::beast::error::timeout, "timeout"},
+    };
+    for (const auto& entry : table) {
+        if (matches(ec, entry.code))
+            return entry.name;
+    }
+    return nullptr;
+}
+
+std::string fallback_name(const error_code& ec)
+{
+    std::string out = ec.category().name();
+    for (char& c : out) {
+        const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum)
+            c = '_';
+    }
+    out += '_';
+    out += std::to_string(ec.value());
+    return out;
+}
+
+}  // namespace
+
+const boost::system::error_category& error_category() noexcept
+{
+    static const vigil_category instance;
+    return instance;
+}
+
+const boost::system::error_category& http_status_category() noexcept
+{
+    static const http_status_category_impl instance;
+    return instance;
+}
+
+const boost::system::error_category& close_code_category() noexcept
+{
+    static const close_code_category_impl instance;
+    return instance;
+}
+
+const boost::system::error_category& condition_category() noexcept
+{
+    static const condition_category_impl instance;
+    return instance;
+}
+
+error_code make_error_code(error e) noexcept
+{
+    return {static_cast<int>(e), error_category()};
+}
+
+boost::system::error_condition make_error_condition(condition c) noexcept
+{
+    return {static_cast<int>(c), condition_category()};
+}
+
+error_code make_http_status_error(unsigned status) noexcept
+{
+    return {static_cast<int>(status), http_status_category()};
+}
+
+error_code make_close_error(unsigned code) noexcept
+{
+    return {static_cast<int>(code), close_code_category()};
+}
+
+unsigned http_status_of(const error_code& ec) noexcept
+{
+    if (ec.category() != http_status_category() || ec.value() < 0)
+        return 0;
+    return static_cast<unsigned>(ec.value());
+}
+
+unsigned close_code_of(const error_code& ec) noexcept
+{
+    if (ec.category() != close_code_category() || ec.value() < 0)
+        return 0;
+    return static_cast<unsigned>(ec.value());
+}
+
+bool is_permanent(const error_code& ec) noexcept
+{
+    if (!ec.failed())
+        return false;
+    const auto& cat = ec.category();
+    if (cat == error_category()) {
+        switch (static_cast<error>(ec.value())) {
+        case error::invalid_url:
+        case error::unsupported_scheme:
+        case error::invalid_host:
+        case error::invalid_port:
+        case error::invalid_config:
+            return true;
+        default:
+            return false;
+        }
+    }
+    if (cat == http_status_category())
+        return http_status_is_permanent(ec.value());
+    if (cat == close_code_category())
+        return close_code_is_permanent(ec.value());
+    // An untrusted or mismatched certificate stays untrusted until someone changes the
+    // server or the trust store.
+    return is_certificate_verify_failure(ec);
+}
+
+std::string error_name(const error_code& ec)
+{
+    if (!ec.failed())
+        return "ok";
+    const auto& cat = ec.category();
+    if (cat == error_category()) {
+        if (const char* n = vigil_error_name(ec.value()))
+            return n;
+        return fallback_name(ec);
+    }
+    if (cat == http_status_category())
+        return "handshake_rejected";
+    if (cat == close_code_category())
+        return "closed_by_peer";
+    if (is_certificate_verify_failure(ec))
+        return "tls_certificate_verify_failed";
+    if (is_ssl_stream_code(ec)) {
+        if (ec.value() == boost::asio::ssl::error::stream_truncated)
+            return "tls_stream_truncated";
+        return "tls_error";
+    }
+    if (is_ssl_code(ec))
+        return "tls_error";
+    if (const char* n = mapped_name(ec))
+        return n;
+    return fallback_name(ec);
+}
+
+}  // namespace vigil

@@ -1,0 +1,520 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The only translation unit that instantiates Beast's websocket templates: users and tests
+// include <vigil/session.hpp>, which names no Beast type, and pay for Beast once, here.
+
+#include <vigil/session.hpp>
+
+#include "detail/session_impl.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <boost/beast/websocket/stream.hpp>
+
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <variant>
+
+namespace vigil {
+
+namespace {
+
+// Any cancellation of a session operation means "stop and tear down".
+auto enable_any_cancellation()
+{
+    return asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
+                                                     detail::any_cancellation_as_terminal{});
+}
+
+std::string with_context(std::string what, const error_code& ec)
+{
+    return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
+}
+
+}  // namespace
+
+session::impl::impl(asio::any_io_executor ex, session_config cfg)
+    : strand_(asio::make_strand(std::move(ex))),
+      cfg_(std::move(cfg)),
+      watchdog_timer_(strand_),
+      writer_wake_(strand_),
+      ticker_timer_(strand_)
+{
+}
+
+// ---------------------------------------------------------------------------------------
+// connect
+
+asio::awaitable<error_code> session::impl::resolve_and_connect(const endpoint& ep)
+{
+    auto [rec, results] = co_await resolver_->async_resolve(ep.host, std::to_string(ep.port),
+                                                            asio::as_tuple(asio::use_awaitable));
+    if (rec) {
+        last_.detail = with_context("resolving \"" + ep.host + "\"", rec);
+        co_return rec;
+    }
+    auto [cec, peer] = co_await asio::async_connect(ws_->next_layer().socket(), results,
+                                                    asio::as_tuple(asio::use_awaitable));
+    if (cec)
+        last_.detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), cec);
+    co_return cec;
+}
+
+asio::awaitable<error_code> session::impl::tls_handshake()
+{
+    auto [ec] = co_await ws_->next_layer().tls()->async_handshake(asio::ssl::stream_base::client,
+                                                                   asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+asio::awaitable<error_code> session::impl::ws_handshake(websocket::response_type& res, const endpoint& ep)
+{
+    auto [ec] = co_await ws_->async_handshake(res, ep.host_header, ep.target, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+asio::awaitable<error_code> session::impl::close_frame(websocket::close_reason reason)
+{
+    auto [ec] = co_await ws_->async_close(reason, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+error_code session::impl::setup_tls_context(std::string& detail)
+{
+    if (cfg_.tls.context) {
+        tls_ctx_ = cfg_.tls.context;
+        return {};
+    }
+    if (tls_ctx_)
+        return {};
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+    error_code ec;
+    if (cfg_.tls.insecure_skip_verify) {
+        ctx->set_verify_mode(asio::ssl::verify_none, ec);
+    } else {
+        ctx->set_verify_mode(asio::ssl::verify_peer, ec);
+        if (!ec && !cfg_.tls.ca_file.empty())
+            ctx->load_verify_file(cfg_.tls.ca_file, ec);
+        else if (!ec)
+            ctx->set_default_verify_paths(ec);
+    }
+    if (ec) {
+        detail = with_context(cfg_.tls.ca_file.empty() ? std::string("tls: loading the system CA store")
+                                                        : "tls.ca_file: cannot load \"" + cfg_.tls.ca_file + "\"",
+                              ec);
+        return error::invalid_config;
+    }
+    tls_ctx_ = std::move(ctx);
+    return {};
+}
+
+error_code session::impl::fail_connect(error_code ec, std::string detail)
+{
+    if (cancel_requested_)
+        ec = asio::error::operation_aborted;
+    end_connection(ec, std::move(detail));
+    return ec;
+}
+
+asio::awaitable<error_code> session::impl::connect_op(std::string url)
+{
+    co_await enable_any_cancellation();
+    co_await asio::this_coro::throw_if_cancelled(false);
+    if (state_ != state::idle)
+        co_return error::already_running;
+    state_ = state::connecting;
+    last_ = disconnect_info{};
+    cancel_requested_ = close_requested_ = close_queued_ = closing_ = writing_ = false;
+    ping_outstanding_ = false;
+    handler_error_ = nullptr;
+
+    endpoint ep;
+    std::string detail;
+    if (auto ec = parse_url(url, ep, &detail))
+        co_return fail_connect(ec, std::move(detail));
+    if (auto ec = validate(cfg_, &detail))
+        co_return fail_connect(ec, std::move(detail));
+    if (ep.tls) {
+        if (auto ec = setup_tls_context(detail))
+            co_return fail_connect(ec, std::move(detail));
+    }
+
+    ws_.reset();
+    ws_.emplace(asio::any_io_executor(strand_), ep.tls ? tls_ctx_.get() : nullptr);
+    resolver_.emplace(strand_);
+    auto aborted = [this]() -> bool { return cancel_requested_; };
+
+    // 1. DNS + TCP.
+    auto ec = co_await detail::with_deadline(resolve_and_connect(ep), cfg_.connect_timeout, error::connect_timeout,
+                                             [this] {
+                                                 resolver_->cancel();
+                                                 close_socket();
+                                             });
+    if (ec) {
+        if (ec == error::connect_timeout)
+            last_.detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
+                           std::to_string(cfg_.connect_timeout.count()) + " ms (connect_timeout)";
+        co_return fail_connect(aborted() ? error_code(asio::error::operation_aborted) : ec, last_.detail);
+    }
+    {
+        error_code ignored;
+        ws_->next_layer().socket().set_option(asio::ip::tcp::no_delay(true), ignored);
+    }
+
+    // 2. TLS, verifying the certificate against the URL's host.
+    if (ep.tls) {
+        SSL* ssl = ws_->next_layer().tls()->native_handle();
+        if (!ep.host_is_ip)
+            SSL_set_tlsext_host_name(ssl, ep.host.c_str());  // no SNI for IP literals (RFC 6066)
+        if (!cfg_.tls.insecure_skip_verify) {
+            if (ep.host_is_ip)
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ep.host.c_str());
+            else
+                SSL_set1_host(ssl, ep.host.c_str());
+        }
+        ec = co_await detail::with_deadline(tls_handshake(), cfg_.tls_handshake_timeout, error::tls_handshake_timeout,
+                                            [this] { close_socket(); });
+        if (ec) {
+            std::string why;
+            if (ec == error::tls_handshake_timeout) {
+                why = "no TLS handshake with " + ep.host + " within " +
+                      std::to_string(cfg_.tls_handshake_timeout.count()) + " ms (tls_handshake_timeout)";
+            } else {
+                why = with_context("TLS handshake with " + ep.host, ec);
+                const long verify = SSL_get_verify_result(ssl);
+                if (verify != X509_V_OK)
+                    why += std::string(" (certificate: ") + X509_verify_cert_error_string(verify) + ")";
+            }
+            co_return fail_connect(aborted() ? error_code(asio::error::operation_aborted) : ec, std::move(why));
+        }
+    }
+
+    // 3. The upgrade. Our deadline bounds it; Beast's own timer is kept off until the
+    // connection is open, so that the two cannot race.
+    ws_->set_option(websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(),
+                                                    false});
+    ws_->set_option(websocket::stream_base::decorator([this](websocket::request_type& req) {
+        req.set(beast::http::field::user_agent, cfg_.user_agent);
+        for (const auto& [name, value] : cfg_.headers)
+            req.set(name, value);
+    }));
+    ws_->read_message_max(cfg_.max_message_size);
+    ws_->control_callback(
+        [this](websocket::frame_type kind, beast::string_view payload) { on_control_frame(kind, payload); });
+    websocket::response_type res;
+    ec = co_await detail::with_deadline(ws_handshake(res, ep), cfg_.handshake_timeout, error::handshake_timeout,
+                                        [this] { close_socket(); });
+    if (ec) {
+        std::string why;
+        if (ec == websocket::error::upgrade_declined) {
+            last_.http_status = res.result_int();
+            ec = make_http_status_error(last_.http_status);
+            why = "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(last_.http_status) + " " +
+                  std::string(res.reason());
+        } else if (ec == error::handshake_timeout) {
+            why = "no answer to the upgrade request within " + std::to_string(cfg_.handshake_timeout.count()) +
+                  " ms (handshake_timeout)";
+        } else {
+            why = with_context("WebSocket handshake with " + ep.host, ec);
+        }
+        co_return fail_connect(aborted() ? error_code(asio::error::operation_aborted) : ec, std::move(why));
+    }
+    if (aborted() || detail::cancelled(co_await asio::this_coro::cancellation_state))
+        co_return fail_connect(asio::error::operation_aborted, "cancelled");
+
+    // From now on Beast's handshake timer bounds the close handshake, including the one the
+    // peer starts (which Beast answers inside our pending read); keep-alive is ours alone.
+    ws_->set_option(websocket::stream_base::timeout{cfg_.close_timeout, websocket::stream_base::none(), false});
+
+    const auto now = clock_type::now();
+    last_rx_ = last_data_ = ping_sent_ = now;
+    rx_.clear();
+    state_ = state::open;
+    notify(events_.on_connected);
+    if (handler_error_) {
+        auto e = std::exchange(handler_error_, nullptr);
+        end_connection(error::handler_exception, "on_connected threw");
+        std::rethrow_exception(e);
+    }
+    co_return error_code{};
+}
+
+// ---------------------------------------------------------------------------------------
+// run
+
+}  // namespace vigil
+
+#include "detail/reader.ipp"
+#include "detail/ticker.ipp"
+#include "detail/watchdog.ipp"
+#include "detail/writer.ipp"
+
+namespace vigil {
+
+asio::awaitable<error_code> session::impl::run_op()
+{
+    using namespace asio::experimental::awaitable_operators;
+    co_await enable_any_cancellation();
+    co_await asio::this_coro::throw_if_cancelled(false);
+    if (state_ == state::running || state_ == state::closing)
+        co_return error::already_running;
+    if (state_ != state::open)
+        co_return error::not_connected;
+    state_ = state::running;
+
+    auto result = co_await (reader() || ticker() || watchdog() || writer());
+    error_code ec = std::visit([](const error_code& e) { return e; }, result);
+    if (cancel_requested_ || detail::cancelled(co_await asio::this_coro::cancellation_state))
+        ec = asio::error::operation_aborted;
+    last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
+    state_ = state::closing;
+
+    if (ec == error::idle_timeout && !cancel_requested_) {
+        // The peer still answers pings; it is the data that went stale. Say goodbye properly,
+        // within close_timeout, so that the server does not log an abnormal closure.
+        co_await detail::with_deadline(close_frame(websocket::close_reason(websocket::close_code::normal, "idle_timeout")),
+                                       cfg_.close_timeout, error::close_timeout, [this] { close_socket(); });
+    }
+
+    std::string why = std::move(last_.detail);
+    if (why.empty()) {
+        if (!ec)
+            why = "closed by the application";
+        else if (close_code_of(ec))
+            why = "peer closed with code " + std::to_string(last_.close_code) +
+                  (last_.close_reason.empty() ? std::string() : " \"" + last_.close_reason + "\"");
+        else if (ec == asio::error::operation_aborted)
+            why = "cancelled";
+        else
+            why = with_context("connection lost", ec);
+    }
+    end_connection(ec, std::move(why));
+    if (handler_error_)
+        std::rethrow_exception(std::exchange(handler_error_, nullptr));
+    co_return ec;
+}
+
+// ---------------------------------------------------------------------------------------
+// close, send, cancel
+
+asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::string reason)
+{
+    co_await asio::this_coro::throw_if_cancelled(false);
+    websocket::close_reason cr(static_cast<websocket::close_code>(code), reason);
+    if (state_ == state::running && !close_queued_) {
+        close_queued_ = true;
+        auto token = asio::as_tuple(asio::use_awaitable);
+        auto [ec] = co_await asio::async_initiate<decltype(token), void(error_code)>(
+            [this, cr](auto handler) {
+                outgoing o;
+                o.is_close = true;
+                o.close = cr;
+                o.handler = handler_type(std::move(handler));
+                queue_.push_back(std::move(o));
+                wake_writer();
+            },
+            token);
+        co_return ec;
+    }
+    if (state_ == state::running)
+        co_return error::already_running;  // a close is already under way
+    if (state_ != state::open)
+        co_return error::not_connected;
+
+    // Open but nobody is running it: do the handshake here.
+    state_ = state::closing;
+    close_requested_ = true;
+    auto ec = co_await detail::with_deadline(close_frame(cr), cfg_.close_timeout, error::close_timeout,
+                                             [this] { close_socket(); });
+    last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
+    end_connection(ec, ec ? with_context("closing", ec) : std::string("closed by the application"));
+    co_return ec;
+}
+
+void session::impl::end_connection(error_code ec, std::string detail)
+{
+    close_socket();
+    state_ = state::idle;
+    last_.reason = ec;
+    last_.detail = std::move(detail);
+    // Nothing queued may vanish: unwritten messages complete with the reason we ended
+    // (never with success, even after a clean close).
+    fail_queue(ec ? ec : error_code(error::not_connected));
+    if (close_handler_) {
+        complete(std::move(*close_handler_), ec);
+        close_handler_.reset();
+    }
+    notify(events_.on_disconnected, std::as_const(last_));
+}
+
+void session::impl::enqueue(outgoing msg)
+{
+    const auto s = state_.load();
+    if ((s != state::open && s != state::running) || close_queued_) {
+        complete(std::move(msg.handler), error::not_connected);
+        return;
+    }
+    if (queue_.size() >= cfg_.send_queue_limit) {
+        complete(std::move(msg.handler), error::send_queue_full);
+        return;
+    }
+    queue_.push_back(std::move(msg));
+    wake_writer();
+}
+
+void session::impl::wake_writer()
+{
+    if (writer_waiting_)
+        writer_wake_.cancel();
+}
+
+void session::impl::complete(handler_type h, error_code ec)
+{
+    // Never inline: the handler may call send() again, and the writer must not be re-entered.
+    // post() hands the handler on to its own associated executor (a caller's coroutine
+    // resumes on its executor, not on our strand).
+    asio::post(strand_, asio::append(std::move(h), ec));
+}
+
+void session::impl::fail_queue(error_code ec)
+{
+    auto pending = std::move(queue_);
+    queue_.clear();
+    for (auto& msg : pending)
+        complete(std::move(msg.handler), ec);
+}
+
+void session::impl::set_deadline(clock_type::time_point when)
+{
+    if (when < watchdog_at_)
+        watchdog_timer_.cancel();
+}
+
+void session::impl::close_socket() noexcept
+{
+    if (ws_) {
+        error_code ignored;
+        ws_->next_layer().socket().close(ignored);
+    }
+}
+
+void session::impl::cancel_now()
+{
+    const auto s = state_.load();
+    if (s == state::idle)
+        return;
+    cancel_requested_ = true;
+    if (resolver_)
+        resolver_->cancel();
+    close_socket();
+}
+
+void session::impl::record_handler_exception()
+{
+    if (!handler_error_)
+        handler_error_ = std::current_exception();
+    set_deadline(clock_type::time_point::min());  // the watchdog ends the session
+}
+
+void session::impl::on_control_frame(websocket::frame_type kind, beast::string_view payload)
+{
+    const auto now = clock_type::now();
+    last_rx_ = now;
+    if (kind == websocket::frame_type::pong && ping_outstanding_ &&
+        payload == beast::string_view(ping_payload_.data(), ping_payload_.size())) {
+        ping_outstanding_ = false;
+        notify(events_.on_pong, std::chrono::duration_cast<std::chrono::microseconds>(now - ping_sent_));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The public face: every operation hops onto the strand, so callers may be anywhere.
+
+session::session(asio::any_io_executor ex, session_config cfg)
+    : impl_(std::make_unique<impl>(std::move(ex), std::move(cfg)))
+{
+}
+
+session::~session() = default;
+
+session::executor_type session::get_executor() const noexcept
+{
+    return impl_->strand_;
+}
+
+const session_config& session::config() const noexcept
+{
+    return impl_->cfg_;
+}
+
+void session::set_config(session_config cfg)
+{
+    impl_->cfg_ = std::move(cfg);
+    impl_->tls_ctx_.reset();
+}
+
+session_events& session::events() noexcept
+{
+    return impl_->events_;
+}
+
+asio::awaitable<error_code> session::connect(std::string url)
+{
+    co_return co_await asio::co_spawn(impl_->strand_, impl_->connect_op(std::move(url)), asio::use_awaitable);
+}
+
+asio::awaitable<error_code> session::run()
+{
+    co_return co_await asio::co_spawn(impl_->strand_, impl_->run_op(), asio::use_awaitable);
+}
+
+asio::awaitable<error_code> session::close(std::uint16_t code, std::string reason)
+{
+    co_return co_await asio::co_spawn(impl_->strand_, impl_->close_op(code, std::move(reason)), asio::use_awaitable);
+}
+
+asio::awaitable<error_code> session::send(std::string data, message_type type)
+{
+    auto [ec] = co_await async_send(std::move(data), type, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+void session::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
+{
+    impl::outgoing msg;
+    msg.data = std::move(data);
+    msg.type = type;
+    msg.handler = std::move(handler);
+    asio::dispatch(impl_->strand_, [p = impl_.get(), msg = std::move(msg)]() mutable { p->enqueue(std::move(msg)); });
+}
+
+void session::cancel()
+{
+    asio::dispatch(impl_->strand_, [p = impl_.get()] { p->cancel_now(); });
+}
+
+bool session::is_open() const noexcept
+{
+    const auto s = impl_->state_.load();
+    return s == impl::state::open || s == impl::state::running;
+}
+
+const disconnect_info& session::last_disconnect() const noexcept
+{
+    return impl_->last_;
+}
+
+}  // namespace vigil

@@ -1,0 +1,512 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+//
+// vigil-probe end to end: the built binary (its path in the VIGIL_PROBE environment
+// variable) runs against an in-process peer, and its JSON lines are checked one by one.
+// Every run is bounded: a probe that outlives its limit is killed and the test fails.
+
+#include <support/peer.hpp>
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+using vigil::test::peer;
+using vigil::test::peer_behaviour;
+using vigil::test::peer_options;
+
+struct probe_run {
+    // The exit status, or -1 when the probe died of a signal (ours after a timeout, too).
+    int exit_code = -1;
+    bool timed_out = false;
+    std::vector<json> events;
+    std::vector<std::string> bad_lines;
+    std::string err;
+    double wall_seconds = 0;
+};
+
+struct probe_options {
+    std::chrono::milliseconds limit = 5s;
+    // Written to the probe's stdin, which is then closed; without it stdin is /dev/null.
+    std::optional<std::string> stdin_text;
+    // Called for each JSON line as it arrives, with the probe's pid.
+    std::function<void(const json&, pid_t)> on_event;
+};
+
+void close_fd(int& fd)
+{
+    if (fd >= 0) {
+        ::close(fd);
+        fd = -1;
+    }
+}
+
+probe_run run_probe(const std::vector<std::string>& args, const probe_options& opts = {})
+{
+    const char* path = std::getenv("VIGIL_PROBE");
+    REQUIRE_MESSAGE(path != nullptr, "VIGIL_PROBE must name the vigil-probe binary");
+    // A probe that died before reading its stdin must fail the test, not kill it.
+    std::signal(SIGPIPE, SIG_IGN);
+
+    int out[2] = {-1, -1};
+    int err[2] = {-1, -1};
+    int in[2] = {-1, -1};
+    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+    if (opts.stdin_text) {
+        REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+    }
+
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    if (opts.stdin_text) {
+        ::posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+    } else {
+        ::posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    }
+    ::posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    ::posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
+
+    std::vector<std::string> storage;
+    storage.reserve(args.size() + 1);
+    storage.emplace_back(path);
+    storage.insert(storage.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : storage) {
+        argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+
+    auto start = clock_type::now();
+    pid_t pid = -1;
+    int spawn_error = ::posix_spawn(&pid, path, &actions, nullptr, argv.data(), environ);
+    ::posix_spawn_file_actions_destroy(&actions);
+    close_fd(out[1]);
+    close_fd(err[1]);
+    close_fd(in[0]);
+    REQUIRE_MESSAGE(spawn_error == 0, "cannot start ", path);
+
+    if (opts.stdin_text) {
+        std::string_view rest = *opts.stdin_text;
+        while (!rest.empty()) {
+            auto n = ::write(in[1], rest.data(), rest.size());
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                break;
+            }
+            rest.remove_prefix(static_cast<std::size_t>(n));
+        }
+        close_fd(in[1]);
+    }
+
+    probe_run run;
+    auto deadline = start + opts.limit;
+    std::string pending;
+    auto take_lines = [&] {
+        for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+            std::string line = pending.substr(0, nl);
+            pending.erase(0, nl + 1);
+            auto j = json::parse(line, nullptr, false);
+            if (j.is_discarded() || !j.is_object()) {
+                run.bad_lines.push_back(line);
+                continue;
+            }
+            run.events.push_back(j);
+            if (opts.on_event) {
+                opts.on_event(j, pid);
+            }
+        }
+    };
+
+    while (out[0] >= 0 || err[0] >= 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+        if (left <= 0ms) {
+            run.timed_out = true;
+            break;
+        }
+        pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+        int ready = ::poll(fds, 2, static_cast<int>(left.count()));
+        if (ready < 0 && errno != EINTR) {
+            break;
+        }
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
+                continue;
+            }
+            char chunk[4096];
+            auto n = ::read(fds[i].fd, chunk, sizeof chunk);
+            if (n > 0) {
+                (i == 0 ? pending : run.err).append(chunk, static_cast<std::size_t>(n));
+            } else if (n == 0 || errno != EINTR) {
+                close_fd(i == 0 ? out[0] : err[0]);
+            }
+        }
+        take_lines();
+    }
+    close_fd(out[0]);
+    close_fd(err[0]);
+    if (!pending.empty()) {
+        run.bad_lines.push_back(pending);
+    }
+
+    // Output closed means the probe is on its way out; still, never wait unboundedly.
+    int status = 0;
+    for (;;) {
+        pid_t done = ::waitpid(pid, &status, run.timed_out ? 0 : WNOHANG);
+        if (done == pid) {
+            break;
+        }
+        if (run.timed_out || clock_type::now() >= deadline) {
+            run.timed_out = true;
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &status, 0);
+            break;
+        }
+        ::poll(nullptr, 0, 5);
+    }
+    if (run.timed_out) {
+        ::kill(pid, SIGKILL);
+    }
+    run.wall_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run;
+}
+
+const json* find_event(const probe_run& run, std::string_view name)
+{
+    for (const auto& e : run.events) {
+        if (e.value("event", "") == name) {
+            return &e;
+        }
+    }
+    return nullptr;
+}
+
+std::vector<const json*> events_named(const probe_run& run, std::string_view name)
+{
+    std::vector<const json*> found;
+    for (const auto& e : run.events) {
+        if (e.value("event", "") == name) {
+            found.push_back(&e);
+        }
+    }
+    return found;
+}
+
+// Every line is an object with an event name and a time that never goes backwards.
+void check_well_formed(const probe_run& run)
+{
+    CHECK(run.bad_lines.empty());
+    double last_t = 0;
+    for (const auto& e : run.events) {
+        REQUIRE(e.contains("event"));
+        CHECK(e["event"].is_string());
+        REQUIRE(e.contains("t"));
+        REQUIRE(e["t"].is_number());
+        double t = e["t"].get<double>();
+        CHECK(t >= last_t);
+        last_t = t;
+    }
+}
+
+}  // namespace
+
+TEST_SUITE("probe")
+{
+    TEST_CASE("probe connects, heartbeats with round-trip times, and stops after --duration")
+    {
+        peer server;
+        auto run = run_probe({"--ping-interval", "0.1", "--pong-timeout", "0.05", "--duration",
+                              "0.5", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+
+        REQUIRE(run.events.size() >= 4);
+        CHECK(run.events.front()["event"] == "connecting");
+        CHECK(run.events.front()["url"] == server.url());
+        CHECK(run.events[1]["event"] == "connected");
+
+        auto pongs = events_named(run, "pong");
+        CHECK(pongs.size() >= 2);
+        CHECK(events_named(run, "ping").size() >= pongs.size());
+        for (const auto* p : pongs) {
+            REQUIRE(p->contains("rtt_ms"));
+            CHECK((*p)["rtt_ms"].is_number());
+            CHECK((*p)["rtt_ms"].get<double>() >= 0);
+            CHECK((*p)["rtt_ms"].get<double>() < 100);
+        }
+
+        const auto& last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "ok");
+        // Stopped by --duration, not by a timeout far later.
+        CHECK(last["t"].get<double>() >= 0.45);
+        CHECK(last["t"].get<double>() < 2.0);
+        CHECK(server.closes() == 1);
+    }
+
+    TEST_CASE("probe sends --send texts in order and prints the echoes")
+    {
+        peer server;
+        auto run = run_probe(
+            {"--send", "hello", "--send", "second message", "--duration", "0.5", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+
+        auto messages = events_named(run, "message");
+        REQUIRE(messages.size() == 2);
+        CHECK((*messages[0])["text"] == "hello");
+        CHECK((*messages[1])["text"] == "second message");
+        CHECK(server.messages() == 2);
+    }
+
+    TEST_CASE("probe sends each stdin line and keeps running after stdin ends")
+    {
+        peer server;
+        probe_options opts;
+        opts.stdin_text = "line one\nline two\r\nlast line without newline";
+        auto run = run_probe({"--send", "first", "--duration", "0.6", server.url()}, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+
+        auto messages = events_named(run, "message");
+        REQUIRE(messages.size() == 4);
+        CHECK((*messages[0])["text"] == "first");
+        CHECK((*messages[1])["text"] == "line one");
+        CHECK((*messages[2])["text"] == "line two");
+        CHECK((*messages[3])["text"] == "last line without newline");
+        // End of stdin came almost at once; the probe still ran until --duration.
+        CHECK(run.events.back()["event"] == "disconnected");
+        CHECK(run.events.back()["t"].get<double>() >= 0.55);
+    }
+
+    TEST_CASE("probe --duration 0.5 closes with a handshake and exits 0")
+    {
+        peer server;
+        auto run = run_probe({"--duration", "0.5", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(run.wall_seconds >= 0.45);
+        CHECK(run.wall_seconds < 3.0);
+        REQUIRE(find_event(run, "connected") != nullptr);
+        CHECK(server.closes() == 1);
+        CHECK(run.err.empty());
+    }
+
+    TEST_CASE("probe reports pong_timeout when the peer goes silent")
+    {
+        peer server;
+        probe_options opts;
+        bool silenced = false;
+        opts.on_event = [&](const json& e, pid_t) {
+            if (!silenced && e.value("event", "") == "pong") {
+                silenced = true;
+                server.set_behaviour(peer_behaviour::silent);
+            }
+        };
+        auto run = run_probe({"--ping-interval", "0.2", "--pong-timeout", "0.1",
+                              "--close-timeout", "0.2", server.url()},
+                             opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(silenced);
+        CHECK(run.exit_code == 1);
+
+        const auto& last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "pong_timeout");
+        CHECK(last.contains("detail"));
+        REQUIRE(last.contains("silent_ms"));
+        // ping_interval + pong_timeout, plus slack for a loaded machine.
+        CHECK(last["silent_ms"].get<long long>() >= 250);
+        CHECK(last["silent_ms"].get<long long>() <= 300 + 200);
+    }
+
+    TEST_CASE("probe reports the close code and reason a peer sends")
+    {
+        SUBCASE("1008 is a failure")
+        {
+            peer_options po;
+            po.behaviour = peer_behaviour::close_with;
+            po.close_code = 1008;
+            po.close_reason = "policy";
+            peer server(po);
+            auto run = run_probe({server.url()});
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 1);
+            const auto& last = run.events.back();
+            CHECK(last["event"] == "disconnected");
+            CHECK(last["reason"] == "closed_by_peer");
+            CHECK(last["close_code"] == 1008);
+            CHECK(last["close_reason"] == "policy");
+        }
+        SUBCASE("1000 is a clean close")
+        {
+            peer_options po;
+            po.behaviour = peer_behaviour::close_with;
+            po.close_code = 1000;
+            po.close_reason = "bye";
+            peer server(po);
+            auto run = run_probe({server.url()});
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 0);
+            CHECK(run.events.back()["close_code"] == 1000);
+        }
+    }
+
+    TEST_CASE("probe reports a rejected upgrade with its HTTP status")
+    {
+        peer_options po;
+        po.behaviour = peer_behaviour::reject;
+        po.reject_status = 401;
+        peer server(po);
+        auto run = run_probe({server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 1);
+        CHECK(find_event(run, "connected") == nullptr);
+        const auto& last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "handshake_rejected");
+        CHECK(last["status"] == 401);
+    }
+
+    TEST_CASE("probe exits on SIGTERM with a clean close")
+    {
+        peer server;
+        probe_options opts;
+        opts.on_event = [](const json& e, pid_t pid) {
+            if (e.value("event", "") == "connected") {
+                ::kill(pid, SIGTERM);
+            }
+        };
+        auto run = run_probe({"--duration", "30", server.url()}, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(run.wall_seconds < 3.0);
+        CHECK(run.events.back()["event"] == "disconnected");
+        CHECK(server.closes() == 1);
+    }
+
+    TEST_CASE("probe rejects bad arguments with exit status 64")
+    {
+        const std::vector<std::vector<std::string>> bad = {
+            {"--bogus", "ws://127.0.0.1:1/"},
+            {"ws://127.0.0.1:1/", "--ping-interval"},
+            {"--ping-interval", "soon", "ws://127.0.0.1:1/"},
+            {"--pong-timeout", "-1", "ws://127.0.0.1:1/"},
+            {"--duration", "nan", "ws://127.0.0.1:1/"},
+            {"--ping-mode", "sometimes", "ws://127.0.0.1:1/"},
+            {"--insecure=yes", "ws://127.0.0.1:1/"},
+            {"--duration", "1"},
+            {},
+            {"ws://127.0.0.1:1/", "ws://127.0.0.1:2/"},
+        };
+        for (const auto& args : bad) {
+            std::string joined;
+            for (const auto& a : args) {
+                joined += a + ' ';
+            }
+            CAPTURE(joined);
+            auto run = run_probe(args);
+            REQUIRE_FALSE(run.timed_out);
+            CHECK(run.exit_code == 64);
+            CHECK(run.events.empty());
+            CHECK(run.err.find("usage") != std::string::npos);
+        }
+    }
+
+    TEST_CASE("probe --help prints the options and exits 0")
+    {
+        auto run = run_probe({"--help"});
+        REQUIRE_FALSE(run.timed_out);
+        CHECK(run.exit_code == 0);
+        CHECK(run.events.empty());
+    }
+
+    TEST_CASE("probe reports a bad URL or config as a disconnection, not a usage error")
+    {
+        struct bad_input {
+            std::vector<std::string> args;
+            std::string reason;
+        };
+        const std::vector<bad_input> cases = {
+            {{"not a url"}, "invalid_url"},
+            {{"http://127.0.0.1/"}, "unsupported_scheme"},
+            {{"ws://127.0.0.1:99999/"}, "invalid_port"},
+            {{"--ping-interval", "0.1", "--pong-timeout", "0.2", "ws://127.0.0.1:1/"},
+             "invalid_config"},
+        };
+        for (const auto& c : cases) {
+            CAPTURE(c.reason);
+            auto run = run_probe(c.args);
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 1);
+            REQUIRE(run.events.size() == 2);
+            CHECK(run.events[0]["event"] == "connecting");
+            CHECK(run.events[1]["event"] == "disconnected");
+            CHECK(run.events[1]["reason"] == c.reason);
+            CHECK_FALSE(run.events[1]["detail"].get<std::string>().empty());
+            CHECK_FALSE(run.events[1].contains("silent_ms"));
+        }
+    }
+
+    TEST_CASE("probe reports a refused connection")
+    {
+        std::uint16_t port = 0;
+        {
+            peer gone;
+            port = gone.port();
+        }
+        auto run = run_probe({"ws://127.0.0.1:" + std::to_string(port) + "/"});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 1);
+        CHECK(run.events.back()["event"] == "disconnected");
+        CHECK(run.events.back()["reason"] == "connection_refused");
+    }
+}
