@@ -83,6 +83,9 @@ asio::awaitable<void> raw_open(raw_stream& ws, std::uint16_t port)
 {
     co_await beast::get_lowest_layer(ws).async_connect(
         tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), asio::use_awaitable);
+    // Without it Nagle's algorithm and delayed ACKs stall every large echo by tens of
+    // milliseconds; any latency-minded client turns it off, and vigil does.
+    beast::get_lowest_layer(ws).socket().set_option(tcp::no_delay(true));
     co_await ws.async_handshake("127.0.0.1:" + std::to_string(port), "/", asio::use_awaitable);
     ws.binary(true);
 }

@@ -53,7 +53,7 @@ def main():
             raw = medians.get((mode, size, "raw"), 0.0)
             vig = medians.get((mode, size, "vigil"), 0.0)
             bars = ax.bar(["raw Beast", "vigil"], [raw, vig], color=["#8c8c8c", "#2b6cb0"])
-            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+            ax.bar_label(bars, fmt="%.4g", fontsize=8)
             ratio = vig / raw if raw else float("nan")
             target = TARGETS.get(size)
             verdict = "" if target is None else (" ok" if ratio >= target else " below target")

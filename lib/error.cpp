@@ -49,6 +49,9 @@ const char* vigil_error_name(int value) noexcept
     case error::not_connected: return "not_connected";
     case error::already_running: return "already_running";
     case error::handler_exception: return "handler_exception";
+    case error::retries_exhausted: return "retries_exhausted";
+    case error::message_expired: return "message_expired";
+    case error::supervisor_stopped: return "supervisor_stopped";
     }
     return nullptr;
 }

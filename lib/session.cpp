@@ -59,13 +59,28 @@ session::impl::impl(asio::any_io_executor ex, session_config cfg)
 
 asio::awaitable<error_code> session::impl::resolve_and_connect(const endpoint& ep)
 {
-    auto [rec, results] = co_await resolver_->async_resolve(ep.host, std::to_string(ep.port),
-                                                            asio::as_tuple(asio::use_awaitable));
-    if (rec) {
-        last_.detail = with_context("resolving \"" + ep.host + "\"", rec);
-        co_return rec;
+    // getaddrinfo runs on Asio's resolver thread and cannot be interrupted: cancel() only
+    // takes effect once it returns, which with a dead DNS server can be many seconds. So
+    // the lookup reports into a shared state and we wait on a timer that the deadline (or
+    // the caller) can cancel at once; a lookup we gave up on finishes in the background.
+    auto state = std::make_shared<lookup>(asio::any_io_executor(strand_));
+    lookup_ = state;
+    resolver_->async_resolve(ep.host, std::to_string(ep.port),
+                             [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
+                                 state->ec = ec;
+                                 state->results = std::move(results);
+                                 state->finished = true;
+                                 state->done.cancel();
+                             });
+    co_await state->done.async_wait(asio::as_tuple(asio::use_awaitable));
+    lookup_.reset();
+    if (!state->finished)
+        co_return asio::error::operation_aborted;
+    if (state->ec) {
+        last_.detail = with_context("resolving \"" + ep.host + "\"", state->ec);
+        co_return state->ec;
     }
-    auto [cec, peer] = co_await asio::async_connect(ws_->next_layer().socket(), results,
+    auto [cec, peer] = co_await asio::async_connect(ws_->next_layer().socket(), state->results,
                                                     asio::as_tuple(asio::use_awaitable));
     if (cec)
         last_.detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), cec);
@@ -222,6 +237,10 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
         if (ec == websocket::error::upgrade_declined) {
             last_.http_status = res.result_int();
             ec = make_http_status_error(last_.http_status);
+            if (auto it = res.find(beast::http::field::retry_after); it != res.end()) {
+                if (auto delay = parse_retry_after(it->value()))
+                    last_.retry_after = *delay;
+            }
             why = "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(last_.http_status) + " " +
                   std::string(res.reason());
         } else if (ec == error::handshake_timeout) {
@@ -235,9 +254,11 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     if (aborted() || detail::cancelled(co_await asio::this_coro::cancellation_state))
         co_return fail_connect(asio::error::operation_aborted, "cancelled");
 
-    // From now on Beast's handshake timer bounds the close handshake, including the one the
-    // peer starts (which Beast answers inside our pending read); keep-alive is ours alone.
-    ws_->set_option(websocket::stream_base::timeout{cfg_.close_timeout, websocket::stream_base::none(), false});
+    // From now on Beast's handshake timer is a backstop for the close handshake the peer
+    // starts (Beast answers it inside our pending read, then waits for the TCP teardown).
+    // Our own close is timed by the watchdog; Beast's timer runs twice as long so that the
+    // two never race and close_timeout is reported as itself. Keep-alive is ours alone.
+    ws_->set_option(websocket::stream_base::timeout{2 * cfg_.close_timeout, websocket::stream_base::none(), false});
 
     const auto now = clock_type::now();
     last_rx_ = last_data_ = ping_sent_ = now;
@@ -275,8 +296,11 @@ asio::awaitable<error_code> session::impl::run_op()
         co_return error::not_connected;
     state_ = state::running;
 
-    auto result = co_await (reader() || ticker() || watchdog() || writer());
-    error_code ec = std::visit([](const error_code& e) { return e; }, result);
+    cause_.reset();
+    co_await (first_cause(reader()) || first_cause(ticker()) || first_cause(watchdog()) || first_cause(writer()));
+    // Not the value of `||`: a chain of `||` nests (the left side is one arm of the next
+    // `||`), so the arm that finished first in time is not always the one `||` reports.
+    error_code ec = cause_.value_or(error_code(asio::error::operation_aborted));
     if (cancel_requested_ || detail::cancelled(co_await asio::this_coro::cancellation_state))
         ec = asio::error::operation_aborted;
     last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
@@ -307,6 +331,18 @@ asio::awaitable<error_code> session::impl::run_op()
     co_return ec;
 }
 
+asio::awaitable<error_code> session::impl::first_cause(asio::awaitable<error_code> arm)
+{
+    co_await enable_any_cancellation();
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto ec = co_await std::move(arm);
+    // Arms that end after the first were cancelled, or failed because the first one tore
+    // something down: only the first says why the session ended.
+    if (!cause_)
+        cause_ = ec;
+    co_return ec;
+}
+
 // ---------------------------------------------------------------------------------------
 // close, send, cancel
 
@@ -319,11 +355,7 @@ asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::str
         auto token = asio::as_tuple(asio::use_awaitable);
         auto [ec] = co_await asio::async_initiate<decltype(token), void(error_code)>(
             [this, cr](auto handler) {
-                outgoing o;
-                o.is_close = true;
-                o.close = cr;
-                o.handler = handler_type(std::move(handler));
-                queue_.push_back(std::move(o));
+                queue_.push_back(outgoing{{}, message_type::text, true, cr, handler_type(std::move(handler))});
                 wake_writer();
             },
             token);
@@ -364,11 +396,11 @@ void session::impl::enqueue(outgoing msg)
 {
     const auto s = state_.load();
     if ((s != state::open && s != state::running) || close_queued_) {
-        complete(std::move(msg.handler), error::not_connected);
+        complete(std::move(msg.handler), error::not_connected, false);
         return;
     }
     if (queue_.size() >= cfg_.send_queue_limit) {
-        complete(std::move(msg.handler), error::send_queue_full);
+        complete(std::move(msg.handler), error::send_queue_full, false);
         return;
     }
     queue_.push_back(std::move(msg));
@@ -377,16 +409,18 @@ void session::impl::enqueue(outgoing msg)
 
 void session::impl::wake_writer()
 {
-    if (writer_waiting_)
-        writer_wake_.cancel();
+    writer_wake_.notify();
 }
 
-void session::impl::complete(handler_type h, error_code ec)
+void session::impl::complete(handler_type h, error_code ec, bool from_io)
 {
-    // Never inline: the handler may call send() again, and the writer must not be re-entered.
-    // post() hands the handler on to its own associated executor (a caller's coroutine
-    // resumes on its executor, not on our strand).
-    asio::post(strand_, asio::append(std::move(h), ec));
+    // Either way the handler then runs through its own associated executor (a caller's
+    // coroutine resumes on its executor, not necessarily our strand). Inside an initiating
+    // function it must not run before the initiation returns, hence post.
+    if (from_io)
+        asio::dispatch(strand_, asio::append(std::move(h), ec));
+    else
+        asio::post(strand_, asio::append(std::move(h), ec));
 }
 
 void session::impl::fail_queue(error_code ec)
@@ -419,6 +453,8 @@ void session::impl::cancel_now()
     cancel_requested_ = true;
     if (resolver_)
         resolver_->cancel();
+    if (lookup_)
+        lookup_->done.cancel();
     close_socket();
 }
 
@@ -494,10 +530,7 @@ asio::awaitable<error_code> session::send(std::string data, message_type type)
 
 void session::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
 {
-    impl::outgoing msg;
-    msg.data = std::move(data);
-    msg.type = type;
-    msg.handler = std::move(handler);
+    impl::outgoing msg{std::move(data), type, false, {}, impl::handler_type(std::move(handler))};
     asio::dispatch(impl_->strand_, [p = impl_.get(), msg = std::move(msg)]() mutable { p->enqueue(std::move(msg)); });
 }
 

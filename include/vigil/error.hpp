@@ -51,6 +51,14 @@ enum class error {
     already_running,
     /// An event handler threw; `run()` rethrows the exception after teardown.
     handler_exception,
+    /// The supervisor gave up after `max_attempts` consecutive failed attempts; the last
+    /// failure is in `supervisor::last_disconnect()`.
+    retries_exhausted,
+    /// A message waited in the supervisor's outbox longer than `message_ttl` and was
+    /// dropped unsent, and its sender told so.
+    message_expired,
+    /// The supervisor was stopped (or gave up) before the message could be written.
+    supervisor_stopped,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -35,10 +36,20 @@ struct disconnect_info {
     unsigned close_code = 0;
     /// Close reason text the peer sent.
     std::string close_reason;
+    /// How long the server asked us to wait, from the `Retry-After` header of a rejected
+    /// upgrade (seconds or an HTTP date), else 0. The supervisor honours it.
+    std::chrono::milliseconds retry_after{0};
     /// Time from the last frame received (any kind) to the end. For a dead peer this is
     /// the detection latency, at most `ping_interval + pong_timeout` plus scheduling noise.
     std::chrono::milliseconds silent_for{0};
 };
+
+/// Parses a `Retry-After` header value: delay-seconds (`"120"`) or an HTTP date
+/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, also the obsolete RFC 850 and asctime forms), relative
+/// to `now`. A date in the past gives 0. Returns nullopt for anything else (negative numbers,
+/// garbage); never throws. Values beyond a day are clamped to a day.
+std::optional<std::chrono::milliseconds> parse_retry_after(
+    std::string_view value, std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
 
 /// Observers for what a session does. Each may be left empty: an empty one costs a branch.
 /// Handlers run on the session's strand, inline with the I/O, so they must be quick; a

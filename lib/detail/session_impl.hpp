@@ -6,6 +6,7 @@
 // (reader.hpp, ticker.hpp, watchdog.hpp, writer.hpp) share it without locks for that reason.
 
 #include "any_stream.hpp"
+#include "wakeup.hpp"
 #include "with_deadline.hpp"
 
 #include <vigil/session.hpp>
@@ -43,12 +44,23 @@ struct session::impl {
 
     /// One entry of the send queue: a data message, or the application's close request,
     /// which waits its turn so that messages sent before close() are written first.
+    /// Built with its handler in place and never assigned to: Boost 1.81's
+    /// any_completion_handler move assignment wraps the handler in itself endlessly.
     struct outgoing {
         std::string data;
         message_type type = message_type::text;
         bool is_close = false;
         websocket::close_reason close;
         handler_type handler;
+    };
+
+    /// A DNS lookup in progress; see resolve_and_connect().
+    struct lookup {
+        explicit lookup(const asio::any_io_executor& ex) : done(ex, clock_type::time_point::max()) {}
+        asio::steady_timer done;
+        error_code ec;
+        asio::ip::tcp::resolver::results_type results;
+        bool finished = false;
     };
 
     impl(asio::any_io_executor ex, session_config cfg);
@@ -65,6 +77,9 @@ struct session::impl {
     asio::awaitable<error_code> ticker();
     asio::awaitable<error_code> watchdog();
     asio::awaitable<error_code> writer();
+    /// Runs an arm and records its result as the session's end cause if it is the first
+    /// arm to finish.
+    asio::awaitable<error_code> first_cause(asio::awaitable<error_code> arm);
 
     // Single operations, shaped for with_deadline().
     asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
@@ -77,7 +92,9 @@ struct session::impl {
     error_code setup_tls_context(std::string& detail);
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
     void set_deadline(clock_type::time_point when);
-    void complete(handler_type h, error_code ec);
+    /// Completes a send or close. `from_io` is true when called from the writer or the
+    /// teardown (not from inside an initiating function), where the handler may run inline.
+    void complete(handler_type h, error_code ec, bool from_io = true);
     void fail_queue(error_code ec);
     void wake_writer();
     void end_connection(error_code ec, std::string detail);
@@ -95,6 +112,7 @@ struct session::impl {
     std::shared_ptr<asio::ssl::context> tls_ctx_;  // the user's, or ours built from cfg_.tls
     std::optional<ws_stream> ws_;
     std::optional<asio::ip::tcp::resolver> resolver_;
+    std::shared_ptr<lookup> lookup_;
     beast::flat_buffer rx_;
 
     // Liveness bookkeeping, all on strand_.
@@ -112,6 +130,7 @@ struct session::impl {
     bool close_queued_ = false;              // close() is waiting in the send queue
     bool cancel_requested_ = false;
     std::exception_ptr handler_error_;
+    std::optional<error_code> cause_;        // why run() ends: the first arm's result
 
     // The watchdog sleeps on watchdog_timer_ until watchdog_at_; set_deadline() wakes it
     // early only when a new deadline is sooner, so steady traffic costs no timer churn.
@@ -119,8 +138,7 @@ struct session::impl {
     clock_type::time_point watchdog_at_ = clock_type::time_point::max();
 
     // The writer sleeps on writer_wake_ while the queue is empty.
-    asio::steady_timer writer_wake_;
-    bool writer_waiting_ = false;
+    detail::wakeup<asio::strand<asio::any_io_executor>> writer_wake_;
     std::deque<outgoing> queue_;
     std::optional<handler_type> close_handler_;  // close() in progress inside run()
 

@@ -14,10 +14,7 @@ asio::awaitable<error_code> session::impl::writer()
     co_await asio::this_coro::throw_if_cancelled(false);
     for (;;) {
         while (queue_.empty()) {
-            writer_waiting_ = true;
-            writer_wake_.expires_at(clock_type::time_point::max());
             auto [ec] = co_await writer_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-            writer_waiting_ = false;
             if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
                 co_return ec;
         }
@@ -45,8 +42,10 @@ asio::awaitable<error_code> session::impl::writer()
         writing_ = false;
         if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return ec;  // left queued: run() reports it with the reason the session ended
-        complete(std::move(queue_.front().handler), ec);
+        // Pop before completing: the handler may run inline and send again.
+        handler_type done(std::move(queue_.front().handler));
         queue_.pop_front();
+        complete(std::move(done), ec);
         if (ec)
             co_return ec;
     }

@@ -207,12 +207,13 @@ const json* find_event(const probe_run& run, std::string_view name)
     return nullptr;
 }
 
-std::vector<const json*> events_named(const probe_run& run, std::string_view name)
+// Copies, so that a test can index a missing key (null) instead of tripping an assertion.
+std::vector<json> events_named(const probe_run& run, std::string_view name)
 {
-    std::vector<const json*> found;
+    std::vector<json> found;
     for (const auto& e : run.events) {
         if (e.value("event", "") == name) {
-            found.push_back(&e);
+            found.push_back(e);
         }
     }
     return found;
@@ -256,14 +257,13 @@ TEST_SUITE("probe")
         auto pongs = events_named(run, "pong");
         CHECK(pongs.size() >= 2);
         CHECK(events_named(run, "ping").size() >= pongs.size());
-        for (const auto* p : pongs) {
-            REQUIRE(p->contains("rtt_ms"));
-            CHECK((*p)["rtt_ms"].is_number());
-            CHECK((*p)["rtt_ms"].get<double>() >= 0);
-            CHECK((*p)["rtt_ms"].get<double>() < 100);
+        for (auto& p : pongs) {
+            REQUIRE(p["rtt_ms"].is_number());
+            CHECK(p["rtt_ms"].get<double>() >= 0);
+            CHECK(p["rtt_ms"].get<double>() < 100);
         }
 
-        const auto& last = run.events.back();
+        auto last = run.events.back();
         CHECK(last["event"] == "disconnected");
         CHECK(last["reason"] == "ok");
         // Stopped by --duration, not by a timeout far later.
@@ -284,8 +284,8 @@ TEST_SUITE("probe")
 
         auto messages = events_named(run, "message");
         REQUIRE(messages.size() == 2);
-        CHECK((*messages[0])["text"] == "hello");
-        CHECK((*messages[1])["text"] == "second message");
+        CHECK(messages[0]["text"] == "hello");
+        CHECK(messages[1]["text"] == "second message");
         CHECK(server.messages() == 2);
     }
 
@@ -302,10 +302,10 @@ TEST_SUITE("probe")
 
         auto messages = events_named(run, "message");
         REQUIRE(messages.size() == 4);
-        CHECK((*messages[0])["text"] == "first");
-        CHECK((*messages[1])["text"] == "line one");
-        CHECK((*messages[2])["text"] == "line two");
-        CHECK((*messages[3])["text"] == "last line without newline");
+        CHECK(messages[0]["text"] == "first");
+        CHECK(messages[1]["text"] == "line one");
+        CHECK(messages[2]["text"] == "line two");
+        CHECK(messages[3]["text"] == "last line without newline");
         // End of stdin came almost at once; the probe still ran until --duration.
         CHECK(run.events.back()["event"] == "disconnected");
         CHECK(run.events.back()["t"].get<double>() >= 0.55);
@@ -346,11 +346,11 @@ TEST_SUITE("probe")
         CHECK(silenced);
         CHECK(run.exit_code == 1);
 
-        const auto& last = run.events.back();
+        auto last = run.events.back();
         CHECK(last["event"] == "disconnected");
         CHECK(last["reason"] == "pong_timeout");
         CHECK(last.contains("detail"));
-        REQUIRE(last.contains("silent_ms"));
+        REQUIRE(last["silent_ms"].is_number_integer());
         // ping_interval + pong_timeout, plus slack for a loaded machine.
         CHECK(last["silent_ms"].get<long long>() >= 250);
         CHECK(last["silent_ms"].get<long long>() <= 300 + 200);
@@ -370,7 +370,7 @@ TEST_SUITE("probe")
             REQUIRE_FALSE(run.timed_out);
             check_well_formed(run);
             CHECK(run.exit_code == 1);
-            const auto& last = run.events.back();
+            auto last = run.events.back();
             CHECK(last["event"] == "disconnected");
             CHECK(last["reason"] == "closed_by_peer");
             CHECK(last["close_code"] == 1008);
@@ -404,7 +404,7 @@ TEST_SUITE("probe")
         check_well_formed(run);
         CHECK(run.exit_code == 1);
         CHECK(find_event(run, "connected") == nullptr);
-        const auto& last = run.events.back();
+        auto last = run.events.back();
         CHECK(last["event"] == "disconnected");
         CHECK(last["reason"] == "handshake_rejected");
         CHECK(last["status"] == 401);
@@ -489,7 +489,7 @@ TEST_SUITE("probe")
             CHECK(run.events[0]["event"] == "connecting");
             CHECK(run.events[1]["event"] == "disconnected");
             CHECK(run.events[1]["reason"] == c.reason);
-            CHECK_FALSE(run.events[1]["detail"].get<std::string>().empty());
+            CHECK_FALSE(run.events[1].value("detail", std::string()).empty());
             CHECK_FALSE(run.events[1].contains("silent_ms"));
         }
     }

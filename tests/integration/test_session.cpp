@@ -761,6 +761,8 @@ TEST_CASE("malformed URLs are refused with the part named")
         {"ws:///path", error::invalid_host, ""},
         {"ws://localhost:99999/", error::invalid_port, "99999"},
         {"ws://localhost:0/", error::invalid_port, "0"},
+        {"ws://localhost:abc/", error::invalid_port, "abc"},
+        {"ws://[::1/", error::invalid_host, "::1"},
         {"not a url", error::invalid_url, ""},
         {"", error::invalid_url, ""},
     };

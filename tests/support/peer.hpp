@@ -42,19 +42,20 @@ enum class peer_behaviour {
     close_with,
 };
 
-/// How a `peer` starts.
+/// How a `peer` starts. Every member has an initializer, so designated initializers
+/// (`peer({.behaviour = peer_behaviour::silent})`) compile warning-free.
 struct peer_options {
     peer_behaviour behaviour = peer_behaviour::echo;
 
     /// Serve `wss://` with the certificate chain and key in these PEM files
     /// (`test_pki::server_cert` / `server_key`, for example).
     bool tls = false;
-    std::string cert_file;
-    std::string key_file;
+    std::string cert_file{};
+    std::string key_file{};
 
     /// For `reject`: the status and extra headers of the refusal.
     unsigned reject_status = 403;
-    std::vector<std::pair<std::string, std::string>> reject_headers;
+    std::vector<std::pair<std::string, std::string>> reject_headers{};
 
     /// For `stream`: time between two unsolicited messages.
     std::chrono::milliseconds stream_period{10};

@@ -67,6 +67,9 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::not_connected, "not_connected"},
         {error::already_running, "already_running"},
         {error::handler_exception, "handler_exception"},
+        {error::retries_exhausted, "retries_exhausted"},
+        {error::message_expired, "message_expired"},
+        {error::supervisor_stopped, "supervisor_stopped"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {

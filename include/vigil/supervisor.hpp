@@ -1,0 +1,201 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+#include <vigil/backoff.hpp>
+#include <vigil/config.hpp>
+#include <vigil/error.hpp>
+#include <vigil/session.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace vigil {
+
+/// How the supervisor retries. Durations are milliseconds; seconds convert implicitly.
+struct supervisor_config {
+    /// The settings of every session the supervisor opens.
+    session_config session;
+
+    /// The backoff streak resets only after a connection stayed up this long, so a server
+    /// that accepts and then drops every connection meets growing delays, not a reconnect
+    /// loop. Default 5 s. Zero resets on every successful connect (not recommended).
+    std::chrono::milliseconds stable_after{5000};
+
+    /// Floor on every delay, whatever the policy returns: never a tight loop. Default
+    /// 100 ms. Must be positive.
+    std::chrono::milliseconds min_delay{100};
+
+    /// Upper bound on a server's `Retry-After` (seconds or HTTP date on a 429 or 503
+    /// upgrade response), so a misconfigured server cannot park clients for hours. Default
+    /// 60 s. Zero ignores `Retry-After`.
+    std::chrono::milliseconds max_retry_after{60000};
+
+    /// Consecutive failed attempts after which the supervisor gives up with
+    /// `error::retries_exhausted`. A connection that became stable resets the count.
+    /// Default 0: retry transient failures forever.
+    std::size_t max_attempts = 0;
+
+    /// Most messages waiting in the outbox (while disconnected, or behind earlier messages).
+    /// `send()` beyond it fails at once with `error::send_queue_full`. Default 1024.
+    std::size_t outbox_limit = 1024;
+
+    /// Longest a message may wait in the outbox; older ones complete with
+    /// `error::message_expired` instead of going out late (a stale order is worse than none).
+    /// Default 0: no limit (the outbox bound still applies).
+    std::chrono::milliseconds message_ttl{0};
+
+    /// Overrides `is_permanent()` for deciding whether to stop: return true to give up on
+    /// `ec`. Called on the supervisor's strand. Empty (default): `vigil::is_permanent`.
+    std::function<bool(const error_code& ec)> is_permanent;
+};
+
+/// Checks `cfg` (including `cfg.session`); see `validate(const session_config&)`.
+error_code validate(const supervisor_config& cfg, std::string* detail = nullptr);
+
+/// Reported before each wait between attempts.
+struct retry_info {
+    /// 1 for the first retry in a failure streak.
+    std::size_t attempt = 0;
+    /// How long the supervisor will wait (policy, floor and Retry-After applied).
+    std::chrono::milliseconds delay{0};
+    /// Why the last attempt ended, with its detail, HTTP status and close code.
+    disconnect_info last;
+};
+
+/// Observers for what the supervisor does, next to the events of its sessions. Handlers
+/// run on the supervisor's strand and must not throw (an exception is caught and ignored).
+/// Set them before `run()`.
+struct supervisor_events {
+    /// A session is up: connected, and the `on_connected` hook succeeded.
+    std::function<void()> on_up;
+    /// An attempt failed or a connection ended, and another attempt follows after a delay.
+    std::function<void(const retry_info&)> on_retry;
+    /// The supervisor stopped retrying: a permanent failure or `max_attempts`.
+    /// `reason` is what `run()` returns; `last` is the failure that caused it.
+    std::function<void(const error_code& reason, const disconnect_info& last)> on_gave_up;
+};
+
+/// Counters the application can read at any time (a consistent snapshot).
+struct supervisor_counters {
+    std::size_t attempts = 0;      ///< connection attempts started
+    std::size_t connects = 0;      ///< sessions that came up (hook included)
+    std::size_t retries = 0;       ///< waits between attempts
+    std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
+    std::chrono::milliseconds time_connected{0};     ///< total time sessions were up
+    std::size_t messages_sent = 0;    ///< sends completed as written
+    std::size_t messages_failed = 0;  ///< sends completed with an error
+};
+
+/// Keeps a WebSocket client connected: runs sessions one after another, retries transient
+/// failures after delays from a backoff policy, stops at once on permanent ones, and keeps
+/// every message the application sends accounted for.
+///
+/// Each attempt: `connect()`; then, concurrently with `session::run()`, the `on_connected`
+/// hook (re-authenticate, re-subscribe) and, once it succeeded, the outbox drains into the
+/// session in order. When the session ends, the reason is classified: `operation_aborted`
+/// (cancelled) and `stop()` end the supervisor; permanent failures end it with that reason;
+/// transient ones lead to a wait (the policy's delay, at least `min_delay`, at least the
+/// server's `Retry-After`) and the next attempt.
+///
+/// **Message fate:** `send()` works while disconnected: the message waits in the bounded
+/// outbox and goes out after the next `on_connected`, in order. It completes exactly once:
+/// without error when written to a socket (handed to TCP: if the connection then dies the
+/// peer may or may not have read it; vigil never claims delivery it cannot know), or with
+/// `send_queue_full`, `message_expired`, `supervisor_stopped`, or the permanent failure that
+/// ended the supervisor. A message whose write was cut off by a dying connection was not
+/// written whole, so the peer never saw it: it stays at the head of the outbox for the next
+/// connection.
+///
+/// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
+/// Events and the hook run on the supervisor's strand.
+///
+/// **Object lifetimes:** the supervisor must outlive `run()` and every send.
+class supervisor {
+public:
+    /// The hook run after each successful handshake, before the session counts as up and
+    /// before queued messages flow. Messages it sends through the session go first. Return a
+    /// non-empty code to fail the attempt (it is classified like any other failure).
+    using connected_hook = std::function<boost::asio::awaitable<error_code>(session&)>;
+
+    /// A supervisor for `url` whose retry delays come from `policy` (default: exponential
+    /// backoff with full jitter). Nothing happens until `run()`.
+    template <backoff_policy Policy = exponential_backoff>
+    supervisor(boost::asio::any_io_executor ex, std::string url, supervisor_config cfg = {}, Policy policy = {})
+        : supervisor(std::move(ex), std::move(url), std::move(cfg), any_backoff(std::move(policy)), 0)
+    {
+    }
+    ~supervisor();
+    supervisor(const supervisor&) = delete;
+    supervisor& operator=(const supervisor&) = delete;
+
+    /// Set before `run()`.
+    void on_connected(connected_hook hook);
+    /// Events of every session the supervisor opens. Set before `run()`.
+    vigil::session_events& session_event_handlers() noexcept;
+    /// The supervisor's own events. Set before `run()`.
+    supervisor_events& events() noexcept;
+
+    /// Runs sessions until the supervisor ends, and returns why:
+    /// - empty after `stop()` (the current session was closed with a close handshake
+    ///   bounded by `close_timeout`);
+    /// - the permanent failure (an HTTP status, `invalid_url`, a TLS verification error ...);
+    /// - `retries_exhausted` after `max_attempts`;
+    /// - `invalid_config` if the config is invalid;
+    /// - `operation_aborted` when the awaiting coroutine is cancelled.
+    /// Messages still in the outbox complete with `supervisor_stopped` (or the permanent
+    /// failure). `last_disconnect()` has the last session's disconnect info.
+    ///
+    /// **Per-operation cancellation:** terminal, partial and total: the current attempt or
+    /// wait is abandoned, the socket closed, and `run()` returns `operation_aborted`.
+    boost::asio::awaitable<error_code> run();
+
+    /// Cancels a pending backoff wait so the next attempt starts now (the network came
+    /// back, the app returned to the foreground). A no-op while connected or connecting.
+    void retry_now();
+
+    /// Ends `run()`: closes the current session with a close handshake (bounded by
+    /// `close_timeout`), or abandons the wait or attempt in progress.
+    void stop();
+
+    /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`.
+    template <class CompletionToken>
+    auto async_send(std::string data, message_type type, CompletionToken&& token)
+    {
+        return boost::asio::async_initiate<CompletionToken, void(error_code)>(
+            [this](auto handler, std::string data, message_type type) {
+                do_send(std::move(data), type,
+                        boost::asio::any_completion_handler<void(error_code)>(std::move(handler)));
+            },
+            token, std::move(data), type);
+    }
+
+    /// `async_send` as an awaitable that returns the error code instead of throwing.
+    boost::asio::awaitable<error_code> send(std::string data, message_type type = message_type::text);
+
+    /// A snapshot of the counters.
+    supervisor_counters counters() const;
+
+    /// The last session's end (or failed attempt). Read it only while `run()` is not running
+    /// or from the supervisor's handlers.
+    const disconnect_info& last_disconnect() const noexcept;
+
+    struct impl;
+
+private:
+    supervisor(boost::asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy, int);
+    void do_send(std::string data, message_type type, boost::asio::any_completion_handler<void(error_code)> handler);
+
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace vigil
