@@ -9,13 +9,11 @@
 
 #include <support/peer.hpp>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -48,7 +46,14 @@ struct settings {
     std::size_t bulk_small_messages = 50'000;
     std::size_t bulk_large_messages = 1'000;
     std::string csv_path;
+    // For profiling one client on one scenario: "raw" or "vigil", and a mode and a size.
+    std::string only;
+    std::string only_mode;
+    std::size_t only_size = 0;
 };
+
+// Messages echoed in all (both clients, warm-up included), for per-message profiles.
+std::size_t echoed_messages = 0;
 
 // One measurement kind: what it measures for one message size.
 struct scenario {
@@ -108,6 +113,7 @@ asio::awaitable<double> raw_round_trip(std::uint16_t port, std::string payload,
         buffer.consume(buffer.size());
         ++count;
     }
+    echoed_messages += count;
     double elapsed = seconds_since(start);
     co_await ws.async_close(websocket::close_code::normal, asio::use_awaitable);
     co_return static_cast<double>(count) / elapsed;
@@ -141,131 +147,135 @@ asio::awaitable<double> raw_bulk(std::uint16_t port, std::string payload, std::s
     if (bytes != n * payload.size()) {
         throw std::runtime_error("raw: echoed byte count is off");
     }
+    echoed_messages += n;
     co_await ws.async_close(websocket::close_code::normal, asio::use_awaitable);
     co_return static_cast<double>(bytes) / 1e6 / elapsed;
 }
 
-// ---- the vigil client: sends with co_await send(), receives through on_message ----
+// ---- the vigil client, used as vigil is meant to be used ----
+//
+// Everything runs on the session's strand: the coroutine is spawned there, echoes arrive in
+// on_message on that strand, and on_message starts the next send right away with a plain
+// callback. On the strand, send() completes and wakes the writer inline: no scheduler hop
+// per message on vigil's side, as on the raw client's.
 
-// A session connected to the echo server with run() going, and a way for a coroutine to
-// wait until on_message has seen enough.
-class vigil_client {
+class vigil_echo {
 public:
-    explicit vigil_client(asio::any_io_executor ex) : ex_(ex), session_(ex), wake_(ex)
+    explicit vigil_echo(asio::any_io_executor ex) : session_(ex) {}
+
+    vigil::session& session() noexcept { return session_; }
+
+    // Send one message, wait for its echo, send the next one from on_message, until `length`
+    // has passed. Round trips per second.
+    asio::awaitable<double> round_trip(std::uint16_t port, std::string payload,
+                                       duration<double> length)
     {
-        session_.events().on_message = [this](std::string_view data, vigil::message_type) {
+        co_await open(port);
+        const auto end = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(length);
+        session_.events().on_message = [this, &payload, end](std::string_view data,
+                                                             vigil::message_type) {
             ++messages_;
             bytes_ += data.size();
-            if (messages_ >= wanted_) {
-                wake_.cancel();
+            last_echo_ = clock_type::now();
+            if (last_echo_ < end) {
+                send_one(payload);
+            } else {
+                finish();
             }
         };
+        start_ = clock_type::now();
+        send_one(payload);
+        co_await drive();
+        echoed_messages += messages_;
+        if (bytes_ != messages_ * payload.size()) {
+            throw std::runtime_error("vigil: echoes of the wrong size");
+        }
+        co_return static_cast<double>(messages_) / duration<double>(last_echo_ - start_).count();
     }
 
+    // Send `n` messages back to back while on_message counts the echoes. Echoed MB/s.
+    asio::awaitable<double> bulk(std::uint16_t port, std::string payload, std::size_t n)
+    {
+        co_await open(port);
+        session_.events().on_message = [this, n](std::string_view data, vigil::message_type) {
+            ++messages_;
+            bytes_ += data.size();
+            if (messages_ == n) {
+                last_echo_ = clock_type::now();
+                finish();
+            }
+        };
+        start_ = clock_type::now();
+        asio::co_spawn(session_.get_executor(), write_all(payload, n), asio::detached);
+        co_await drive();
+        echoed_messages += messages_;
+        if (bytes_ != n * payload.size()) {
+            throw std::runtime_error("vigil: echoed byte count is off");
+        }
+        co_return static_cast<double>(bytes_) / 1e6 /
+            duration<double>(last_echo_ - start_).count();
+    }
+
+private:
     asio::awaitable<void> open(std::uint16_t port)
     {
         if (auto ec = co_await session_.connect("ws://127.0.0.1:" + std::to_string(port) + "/")) {
             throw std::runtime_error("vigil: connect: " + vigil::error_name(ec));
         }
-        running_ = true;
-        asio::co_spawn(ex_, watch_run(), asio::detached);
     }
 
-    asio::awaitable<void> send(std::string payload)
+    // run() until finish() closes the session; a send error ends it too.
+    asio::awaitable<void> drive()
     {
-        if (auto ec = co_await session_.send(std::move(payload), vigil::message_type::binary)) {
-            throw std::runtime_error("vigil: send: " + vigil::error_name(ec));
+        auto ec = co_await session_.run();
+        if (ec || send_error_) {
+            throw std::runtime_error("vigil: run() ended: " +
+                                     vigil::error_name(ec ? ec : send_error_));
         }
     }
 
-    // Returns once `n` messages in all have been received.
-    asio::awaitable<void> wait_for_messages(std::size_t n)
+    void send_one(const std::string& payload)
     {
-        wanted_ = n;
-        while (messages_ < n) {
-            if (!running_) {
-                throw std::runtime_error("vigil: run() ended: " + vigil::error_name(run_result_));
+        session_.async_send(payload, vigil::message_type::binary, [this](vigil::error_code ec) {
+            if (ec && !send_error_) {
+                send_error_ = ec;
+                session_.cancel();
             }
-            wake_.expires_at(clock_type::time_point::max());
-            co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+        });
+    }
+
+    asio::awaitable<void> write_all(std::string payload, std::size_t n)
+    {
+        for (std::size_t i = 0; i < n; ++i) {
+            if (auto ec = co_await session_.send(payload, vigil::message_type::binary)) {
+                send_error_ = ec;
+                session_.cancel();
+                co_return;
+            }
         }
     }
 
-    asio::awaitable<void> shut()
+    void finish()
     {
-        co_await session_.close(1000);
-        while (running_) {
-            wake_.expires_at(clock_type::time_point::max());
-            co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-        }
+        asio::co_spawn(session_.get_executor(), session_.close(1000), asio::detached);
     }
 
-    std::size_t bytes() const noexcept { return bytes_; }
-
-private:
-    asio::awaitable<void> watch_run()
-    {
-        run_result_ = co_await session_.run();
-        running_ = false;
-        wake_.cancel();
-    }
-
-    asio::any_io_executor ex_;
     vigil::session session_;
-    asio::steady_timer wake_;
     std::size_t messages_ = 0;
     std::size_t bytes_ = 0;
-    std::size_t wanted_ = 0;
-    bool running_ = false;
-    vigil::error_code run_result_;
+    clock_type::time_point start_;
+    clock_type::time_point last_echo_;
+    vigil::error_code send_error_;
 };
-
-asio::awaitable<double> vigil_round_trip(std::uint16_t port, std::string payload,
-                                         duration<double> length)
-{
-    vigil_client client(co_await asio::this_coro::executor);
-    co_await client.open(port);
-    std::size_t count = 0;
-    auto start = clock_type::now();
-    auto end = start + std::chrono::duration_cast<clock_type::duration>(length);
-    while (clock_type::now() < end) {
-        co_await client.send(payload);
-        co_await client.wait_for_messages(count + 1);
-        ++count;
-    }
-    double elapsed = seconds_since(start);
-    if (client.bytes() != count * payload.size()) {
-        throw std::runtime_error("vigil: echoes of the wrong size");
-    }
-    co_await client.shut();
-    co_return static_cast<double>(count) / elapsed;
-}
-
-asio::awaitable<double> vigil_bulk(std::uint16_t port, std::string payload, std::size_t n)
-{
-    vigil_client client(co_await asio::this_coro::executor);
-    co_await client.open(port);
-    auto start = clock_type::now();
-    for (std::size_t i = 0; i < n; ++i) {
-        co_await client.send(payload);
-    }
-    co_await client.wait_for_messages(n);
-    double elapsed = seconds_since(start);
-    if (client.bytes() != n * payload.size()) {
-        throw std::runtime_error("vigil: echoed byte count is off");
-    }
-    co_await client.shut();
-    co_return static_cast<double>(client.bytes()) / 1e6 / elapsed;
-}
 
 // ---- driver ----
 
 // Round trips per second, or echoed megabytes (10^6 bytes) per second.
-double run_one(asio::io_context& ioc, asio::awaitable<double> work)
+double run_one(asio::io_context& ioc, const asio::any_io_executor& ex, asio::awaitable<double> work)
 {
     double r = 0;
     std::exception_ptr error;
-    asio::co_spawn(ioc, std::move(work), [&](std::exception_ptr e, double got) {
+    asio::co_spawn(ex, std::move(work), [&](std::exception_ptr e, double got) {
         error = e;
         r = got;
     });
@@ -281,12 +291,18 @@ double measure(asio::io_context& ioc, const scenario& sc, bool use_vigil, std::u
                duration<double> length)
 {
     std::string payload(sc.size, 'x');
-    if (sc.mode == "round_trip") {
-        return run_one(ioc, use_vigil ? vigil_round_trip(port, payload, length)
-                                      : raw_round_trip(port, payload, length));
+    const bool round_trip = sc.mode == "round_trip";
+    if (use_vigil) {
+        vigil_echo client(ioc.get_executor());
+        // The client coroutine lives on the session's strand, like the application code
+        // that vigil expects.
+        return run_one(ioc, client.session().get_executor(),
+                       round_trip ? client.round_trip(port, payload, length)
+                                  : client.bulk(port, payload, sc.bulk_messages));
     }
-    return run_one(ioc, use_vigil ? vigil_bulk(port, payload, sc.bulk_messages)
-                                  : raw_bulk(port, payload, sc.bulk_messages));
+    return run_one(ioc, ioc.get_executor(),
+                   round_trip ? raw_round_trip(port, payload, length)
+                              : raw_bulk(port, payload, sc.bulk_messages));
 }
 
 settings parse_args(int argc, char** argv)
@@ -316,12 +332,22 @@ settings parse_args(int argc, char** argv)
             s.bulk_small_messages = static_cast<std::size_t>(number(next()));
         } else if (arg == "--bulk-large") {
             s.bulk_large_messages = static_cast<std::size_t>(number(next()));
+        } else if (arg == "--only") {
+            s.only = std::string(next());
+            if (s.only != "raw" && s.only != "vigil") {
+                throw std::invalid_argument("--only: raw or vigil");
+            }
+        } else if (arg == "--mode") {
+            s.only_mode = std::string(next());
+        } else if (arg == "--size") {
+            s.only_size = static_cast<std::size_t>(number(next()));
         } else if (arg == "--csv") {
             s.csv_path = std::string(next());
         } else {
             throw std::invalid_argument(
                 "usage: vigil-bench-echo [--rounds N] [--seconds S] [--bulk-small N] "
-                "[--bulk-large N] [--csv FILE]");
+                "[--bulk-large N] [--csv FILE] [--only raw|vigil] [--mode round_trip|bulk] "
+                "[--size BYTES]");
         }
     }
     return s;
@@ -366,6 +392,17 @@ int main(int argc, char** argv)
         std::fflush(stdout);
 
         for (const auto& sc : scenarios) {
+            if ((!s.only_mode.empty() && sc.mode != s.only_mode) ||
+                (s.only_size != 0 && sc.size != s.only_size)) {
+                continue;
+            }
+            if (!s.only.empty()) {
+                // Profiling: one client, one run, nothing else in the process's profile.
+                double v = measure(ioc, sc, s.only == "vigil", server.port(), s.seconds);
+                std::printf("%s %s %s: %.1f, %zu messages echoed\n", s.only.c_str(),
+                            sc.mode.c_str(), size_label(sc.size).c_str(), v, echoed_messages);
+                continue;
+            }
             const char* unit = sc.mode == "round_trip" ? "msg/s" : "MB/s";
             // One short unrecorded run of each first, so neither side pays for cold caches
             // and first-touch page faults.

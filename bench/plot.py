@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 # vigil: WebSocket connections that always find out they are dead.
 # SPDX-License-Identifier: BSL-1.0
-"""Draws bench/results/echo.png from the CSV that vigil-bench-echo --csv writes.
+"""Draws the benchmark figures from the CSVs the benchmarks write.
 
-usage: plot.py [echo.csv [echo.png]]   (defaults: results/echo.csv, results/echo.png
-                                         next to this script)
+usage: plot.py [echo.csv [echo.png]]           vigil-bench-echo --csv (defaults:
+                                               results/echo.csv, results/echo.png)
+       plot.py --storm [storm.csv [storm.png]]  vigil-bench-storm --csv (defaults:
+                                               results/storm.csv, results/storm.png)
 """
 
 import csv
@@ -38,7 +40,56 @@ def load(path):
     return {k: statistics.median(v) for k, v in runs.items()}, units
 
 
+def storm(args):
+    src = Path(args[0]) if len(args) > 0 else HERE / "results" / "storm.csv"
+    dst = Path(args[1]) if len(args) > 1 else HERE / "results" / "storm.png"
+    times = defaultdict(list)
+    rounds = defaultdict(set)
+    server_back = defaultdict(list)
+    with open(src, newline="") as f:
+        for row in csv.DictReader(f):
+            policy = row["policy"]
+            times[policy].append(float(row["reconnect_ms"]))
+            if row["round"] not in rounds[policy]:
+                rounds[policy].add(row["round"])
+                server_back[policy].append(float(row["server_back_ms"]))
+    labels = {"full_jitter": "exponential, full jitter (default)", "constant": "constant 500 ms, no jitter"}
+    colors = {"full_jitter": "#2b6cb0", "constant": "#c05621"}
+    bin_ms = 100
+    end = max(max(v) for v in times.values())
+    edges = [i * bin_ms for i in range(int(end // bin_ms) + 2)]
+
+    fig, axes = plt.subplots(len(times), 1, figsize=(9, 2.6 * len(times)), sharex=True)
+    if len(times) == 1:
+        axes = [axes]
+    for ax, (policy, values) in zip(axes, times.items()):
+        n_rounds = len(rounds[policy])
+        # Pooled over the rounds, scaled to one restart.
+        counts, _, _ = ax.hist(values, bins=edges, weights=[1.0 / n_rounds] * len(values),
+                               color=colors.get(policy, "#555555"))
+        peak = max(counts)
+        back = statistics.median(server_back[policy])
+        ax.axvline(back, color="black", linestyle=":", linewidth=1)
+        ax.text(back, peak, " new server listening", fontsize=8, va="top")
+        per_round = len(values) // n_rounds
+        ax.set_title(
+            f"{labels.get(policy, policy)}: {per_round} clients, mean of {n_rounds} restarts; "
+            f"all back after {max(values) / 1000:.2f} s (slowest round)",
+            fontsize=9,
+        )
+        ax.set_ylabel(f"reconnects per {bin_ms} ms")
+    axes[-1].set_xlabel("time since the server went away (ms)")
+    fig.suptitle("reconnect storm: when each client is back after a server restart", fontsize=10)
+    fig.tight_layout()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dst, dpi=110)
+    print(f"wrote {dst}")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--storm":
+        storm(sys.argv[2:])
+        return
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "echo.csv"
     dst = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "results" / "echo.png"
     medians, units = load(src)

@@ -1,12 +1,16 @@
 // vigil: WebSocket connections that always find out they are dead.
 // SPDX-License-Identifier: BSL-1.0
 //
-// vigil-probe: opens one WebSocket connection and reports everything it does as JSON lines
-// on stdout, so that scripts and tests can watch a connection live and die.
+// vigil-probe: keeps a WebSocket connection open (reconnecting as vigil::supervisor does) and
+// reports everything it does as JSON lines on stdout, so that scripts and tests can watch a
+// connection live, die and come back.
 
 #include <vigil/session.hpp>
+#include <vigil/supervisor.hpp>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -21,13 +25,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstddef>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -40,14 +48,19 @@ using boost::system::error_code;
 using json = nlohmann::ordered_json;
 using std::chrono::milliseconds;
 
+// Exit statuses. 2 is what a wrapper script must not retry: retrying cannot help.
+constexpr int exit_ok = 0;
+constexpr int exit_failed = 1;
+constexpr int exit_gave_up = 2;
 // sysexits.h EX_USAGE: what scripts expect from a command given bad arguments.
 constexpr int exit_usage = 64;
 
 constexpr std::string_view usage_text =
     "usage: vigil-probe [options] URL\n"
     "\n"
-    "Opens a WebSocket connection to URL (ws:// or wss://) and prints one JSON object per\n"
-    "line on stdout for each event: connecting, connected, ping, pong, message, disconnected.\n"
+    "Keeps a WebSocket connection to URL (ws:// or wss://) open, reconnecting after transient\n"
+    "failures, and prints one JSON object per line on stdout for each event: connecting,\n"
+    "connected, ping, pong, message, disconnected, retry, retry_now, gave_up.\n"
     "\n"
     "options (S = seconds, fractions allowed):\n"
     "  --ping-interval S      ping after S seconds without traffic (0: no heartbeat)\n"
@@ -59,23 +72,37 @@ constexpr std::string_view usage_text =
     "  --ping-mode idle|fixed ping only when idle (default), or every interval\n"
     "  --ca FILE              trust this PEM CA for wss://\n"
     "  --insecure             no certificate verification (test servers only)\n"
-    "  --send TEXT            send TEXT once connected (repeatable); each stdin line is sent too\n"
+    "  --send TEXT            send TEXT after every connect, e.g. a subscription (repeatable);\n"
+    "                         each stdin line is sent once, queued while disconnected\n"
     "  --duration S           close cleanly after S seconds\n"
-    "  --no-reconnect         end after the first session (the default)\n"
+    "  --no-reconnect         one session only: end when it ends\n"
+    "  --backoff-initial S    ceiling of the first retry delay (default 0.5); delays are\n"
+    "                         exponential with full jitter, never below 0.1\n"
+    "  --backoff-max S        cap on the delay ceiling (default 30)\n"
+    "  --max-attempts N       give up after N failed attempts in a row (default 0: never)\n"
+    "  --stable-after S       a connection up this long resets the backoff (default 5)\n"
     "  --help                 show this text\n"
     "\n"
-    "exit status: 0 after --duration, a signal or a clean close; 1 when the connection\n"
-    "failed; 64 for bad arguments.\n";
+    "signals: SIGINT/SIGTERM close with a close handshake and exit (a second one: at once);\n"
+    "SIGUSR1 cuts a pending retry delay short.\n"
+    "\n"
+    "exit status: 0 after --duration, a signal or a clean close; 1 when the single session of\n"
+    "--no-reconnect failed transiently; 2 on a permanent failure (bad URL or config, upgrade\n"
+    "rejected with 401/403/404..., untrusted certificate, close code 1003/1008) or when\n"
+    "--max-attempts ran out; 64 for bad arguments.\n";
 
 struct usage_error {
     std::string message;
 };
 
 struct options {
-    vigil::session_config cfg;
+    vigil::supervisor_config cfg;
+    std::optional<milliseconds> backoff_initial;
+    std::optional<milliseconds> backoff_max;
     std::string url;
     std::vector<std::string> sends;
     std::optional<milliseconds> duration;
+    bool reconnect = true;
     bool help = false;
 };
 
@@ -96,6 +123,25 @@ milliseconds parse_seconds(std::string_view flag, std::string_view text)
         throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is too large"};
     }
     return milliseconds(std::llround(value * 1000.0));
+}
+
+std::size_t parse_count(std::string_view flag, std::string_view text)
+{
+    std::size_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+        throw usage_error{std::string(flag) + ": '" + std::string(text) +
+                          "' is not a whole number"};
+    }
+    return value;
+}
+
+milliseconds positive(std::string_view flag, milliseconds d)
+{
+    if (d.count() <= 0) {
+        throw usage_error{std::string(flag) + " must be positive"};
+    }
+    return d;
 }
 
 options parse_args(int argc, char** argv)
@@ -139,7 +185,7 @@ options parse_args(int argc, char** argv)
             }
         };
 
-        auto& cfg = opts.cfg;
+        auto& cfg = opts.cfg.session;
         if (flag == "--ping-interval") {
             cfg.ping_interval = parse_seconds(flag, value());
         } else if (flag == "--pong-timeout") {
@@ -173,6 +219,15 @@ options parse_args(int argc, char** argv)
             opts.duration = parse_seconds(flag, value());
         } else if (flag == "--no-reconnect") {
             no_value();
+            opts.reconnect = false;
+        } else if (flag == "--backoff-initial") {
+            opts.backoff_initial = positive(flag, parse_seconds(flag, value()));
+        } else if (flag == "--backoff-max") {
+            opts.backoff_max = positive(flag, parse_seconds(flag, value()));
+        } else if (flag == "--max-attempts") {
+            opts.cfg.max_attempts = parse_count(flag, value());
+        } else if (flag == "--stable-after") {
+            opts.cfg.stable_after = parse_seconds(flag, value());
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -184,6 +239,9 @@ options parse_args(int argc, char** argv)
     if (opts.help) {
         return opts;
     }
+    if (opts.backoff_initial && opts.backoff_max && *opts.backoff_max < *opts.backoff_initial) {
+        throw usage_error{"--backoff-max must not be below --backoff-initial"};
+    }
     if (positional.empty()) {
         throw usage_error{"missing URL"};
     }
@@ -194,54 +252,82 @@ options parse_args(int argc, char** argv)
     return opts;
 }
 
+// A single bound given alone moves the other default out of its way: `--backoff-max 0.2`
+// means "never wait more than 0.2 s", not a conflict with the default initial 0.5 s.
+vigil::exponential_backoff make_backoff(const options& opts)
+{
+    vigil::exponential_backoff::options b;
+    if (opts.backoff_initial) {
+        b.initial = *opts.backoff_initial;
+        b.max = std::max(b.max, b.initial);
+    }
+    if (opts.backoff_max) {
+        b.max = *opts.backoff_max;
+        b.initial = std::min(b.initial, b.max);
+    }
+    return vigil::exponential_backoff(b);
+}
+
 class probe {
 public:
     probe(asio::io_context& ioc, options opts, std::chrono::steady_clock::time_point start)
         : ioc_(ioc),
           opts_(std::move(opts)),
           start_(start),
-          session_(ioc.get_executor(), opts_.cfg),
-          signals_(ioc, SIGINT, SIGTERM),
+          stop_signals_(ioc, SIGINT, SIGTERM),
+          retry_signal_(ioc, SIGUSR1),
           duration_timer_(ioc),
+          attempt_timer_(ioc),
           stdin_(ioc)
     {
-        auto& ev = session_.events();
-        ev.on_connected = [this] {
+        vigil::session_events* ev = nullptr;
+        if (opts_.reconnect) {
+            supervisor_ = std::make_unique<vigil::supervisor>(ioc.get_executor(), opts_.url,
+                                                              opts_.cfg, make_backoff(opts_));
+            ev = &supervisor_->session_event_handlers();
+            watch_supervisor();
+        } else {
+            session_ = std::make_unique<vigil::session>(ioc.get_executor(), opts_.cfg.session);
+            ev = &session_->events();
+        }
+        ev->on_connected = [this] {
             connected_ = true;
             emit({{"event", "connected"}});
         };
-        ev.on_ping = [this] { emit({{"event", "ping"}}); };
-        ev.on_pong = [this](std::chrono::microseconds rtt) {
+        ev->on_ping = [this] { emit({{"event", "ping"}}); };
+        ev->on_pong = [this](std::chrono::microseconds rtt) {
             emit({{"event", "pong"}, {"rtt_ms", static_cast<double>(rtt.count()) / 1000.0}});
         };
-        ev.on_message = [this](std::string_view data, vigil::message_type type) {
+        ev->on_message = [this](std::string_view data, vigil::message_type type) {
             if (type == vigil::message_type::text) {
                 emit({{"event", "message"}, {"text", data}});
             } else {
                 emit({{"event", "message"}, {"bytes", data.size()}});
             }
         };
-        ev.on_disconnected = [this](const vigil::disconnect_info& info) { report(info); };
+        ev->on_disconnected = [this](const vigil::disconnect_info& info) { report(info); };
     }
 
     void start()
     {
-        if (opts_.cfg.tls.insecure_skip_verify) {
+        if (opts_.cfg.session.tls.insecure_skip_verify) {
             std::cerr << "vigil-probe: warning: --insecure: certificates are not verified; "
                          "anyone on the path can read and change this connection\n";
         }
         open_stdin();
-        signals_.async_wait([this](error_code ec, int) {
+        stop_signals_.async_wait([this](error_code ec, int) {
             if (!ec) {
                 stop(stop_cause::signal);
                 // A second signal means "now": no waiting for the close handshake.
-                signals_.async_wait([this](error_code ec2, int) {
+                stop_signals_.async_wait([this](error_code ec2, int) {
                     if (!ec2) {
-                        session_.cancel();
+                        abort_now();
                     }
                 });
             }
         });
+        // Installed without --no-reconnect too: SIGUSR1's default action would kill us.
+        wait_retry_signal();
         if (opts_.duration) {
             duration_timer_.expires_after(*opts_.duration);
             duration_timer_.async_wait([this](error_code ec) {
@@ -250,17 +336,23 @@ public:
                 }
             });
         }
-        asio::co_spawn(ioc_, main_loop(), [this](std::exception_ptr e) {
+        auto done = [this](std::exception_ptr e) {
             if (e) {
                 try {
                     std::rethrow_exception(e);
                 } catch (const std::exception& ex) {
                     std::cerr << "vigil-probe: " << ex.what() << '\n';
                 }
-                exit_code_ = 1;
+                exit_code_ = exit_failed;
                 finish();
             }
-        });
+        };
+        if (supervisor_) {
+            asio::co_spawn(ioc_, supervise(),
+                           asio::bind_cancellation_slot(abort_.slot(), std::move(done)));
+        } else {
+            asio::co_spawn(ioc_, single_session(), std::move(done));
+        }
     }
 
     int exit_code() const noexcept { return exit_code_; }
@@ -285,6 +377,23 @@ private:
                   << std::flush;
     }
 
+    static void add_status(json& j, const vigil::disconnect_info& info)
+    {
+        if (info.http_status != 0) {
+            j["status"] = info.http_status;
+        }
+        if (info.close_code != 0) {
+            j["close_code"] = info.close_code;
+        }
+    }
+
+    void emit_connecting()
+    {
+        connected_ = false;
+        reported_ = false;
+        emit({{"event", "connecting"}, {"url", opts_.url}});
+    }
+
     void report(const vigil::disconnect_info& info)
     {
         reported_ = true;
@@ -294,16 +403,82 @@ private:
         if (connected_) {
             j["silent_ms"] = info.silent_for.count();
         }
-        if (info.http_status != 0) {
-            j["status"] = info.http_status;
-        }
-        if (info.close_code != 0) {
-            j["close_code"] = info.close_code;
-        }
+        add_status(j, info);
         if (!info.close_reason.empty()) {
             j["close_reason"] = info.close_reason;
         }
         emit(std::move(j));
+    }
+
+    void watch_supervisor()
+    {
+        auto& sup = *supervisor_;
+        sup.on_connected([this](vigil::session& s) -> asio::awaitable<error_code> {
+            // Like a subscription: the server forgot it with the old connection.
+            for (const auto& text : opts_.sends) {
+                if (auto ec = co_await s.send(text)) {
+                    co_return ec;
+                }
+            }
+            co_return error_code{};
+        });
+        auto& ev = sup.events();
+        ev.on_retry = [this](const vigil::retry_info& r) {
+            json j = {{"event", "retry"},
+                      {"attempt", r.attempt},
+                      {"delay_ms", r.delay.count()},
+                      {"reason", vigil::error_name(r.last.reason)},
+                      {"permanent", false}};
+            add_status(j, r.last);
+            if (r.last.retry_after.count() > 0) {
+                j["retry_after_ms"] = r.last.retry_after.count();
+            }
+            emit(std::move(j));
+            // The supervisor has no event for the start of an attempt; its wait starts right
+            // after this handler, so a timer armed now expires first (or in the same batch,
+            // ahead of it) and "connecting" precedes whatever the attempt reports.
+            waiting_ = true;
+            attempt_timer_.expires_after(r.delay);
+            attempt_timer_.async_wait([this](error_code ec) {
+                if (!ec && waiting_ && !finished_) {
+                    waiting_ = false;
+                    emit_connecting();
+                }
+            });
+        };
+        ev.on_gave_up = [this](const error_code& reason, const vigil::disconnect_info& last) {
+            if (!reported_) {
+                // Failed before any connection attempt (invalid configuration).
+                report(last);
+            }
+            json j = {{"event", "gave_up"},
+                      {"reason", vigil::error_name(reason)},
+                      {"detail", last.detail}};
+            if (reason != last.reason) {
+                j["last_reason"] = vigil::error_name(last.reason);
+            }
+            add_status(j, last);
+            emit(std::move(j));
+        };
+    }
+
+    void wait_retry_signal()
+    {
+        retry_signal_.async_wait([this](error_code ec, int) {
+            if (ec) {
+                return;
+            }
+            if (supervisor_ && !finished_) {
+                emit({{"event", "retry_now"}});
+                supervisor_->retry_now();
+                if (waiting_) {
+                    waiting_ = false;
+                    attempt_timer_.cancel();
+                    emit_connecting();
+                }
+            }
+            wait_retry_signal();
+        });
     }
 
     // Lines typed into a terminal are not ours to read: a probe left running in the
@@ -333,12 +508,27 @@ private:
             return;
         }
         stop_cause_ = cause;
-        if (!session_.is_open()) {
+        if (supervisor_) {
+            waiting_ = false;
+            attempt_timer_.cancel();
+            supervisor_->stop();
+            return;
+        }
+        if (!session_->is_open()) {
             // Still connecting: there is no connection to close yet.
-            session_.cancel();
+            session_->cancel();
             return;
         }
         start_close();
+    }
+
+    void abort_now()
+    {
+        if (supervisor_) {
+            abort_.emit(asio::cancellation_type::terminal);
+        } else {
+            session_->cancel();
+        }
     }
 
     void start_close()
@@ -352,20 +542,16 @@ private:
 
     asio::awaitable<void> close_session()
     {
-        auto ec = co_await session_.close(1000);
+        auto ec = co_await session_->close(1000);
         if (ec && ec != vigil::error::not_connected) {
             std::cerr << "vigil-probe: close: " << vigil::error_name(ec) << '\n';
         }
     }
 
-    asio::awaitable<void> feed()
+    // Reads stdin lines and hands each to `send`; stops at the first error it returns.
+    template <class Send>
+    asio::awaitable<void> read_stdin(Send send)
     {
-        for (auto& text : opts_.sends) {
-            if (auto ec = co_await session_.send(text)) {
-                std::cerr << "vigil-probe: send: " << vigil::error_name(ec) << '\n';
-                co_return;
-            }
-        }
         if (!stdin_.is_open()) {
             co_return;
         }
@@ -388,30 +574,72 @@ private:
             if (!line.empty() && line.back() == '\r') {
                 line.pop_back();
             }
-            if (auto sec = co_await session_.send(std::move(line))) {
-                std::cerr << "vigil-probe: send: " << vigil::error_name(sec) << '\n';
-                co_return;
-            }
-            if (ec) {
+            if (!co_await send(std::move(line)) || ec) {
                 co_return;
             }
         }
     }
 
-    asio::awaitable<void> main_loop()
+    asio::awaitable<void> feed_session()
     {
-        emit({{"event", "connecting"}, {"url", opts_.url}});
-        reported_ = false;
-        auto ec = co_await session_.connect(opts_.url);
+        for (auto& text : opts_.sends) {
+            if (auto ec = co_await session_->send(text)) {
+                std::cerr << "vigil-probe: send: " << vigil::error_name(ec) << '\n';
+                co_return;
+            }
+        }
+        co_await read_stdin([this](std::string line) -> asio::awaitable<bool> {
+            if (auto ec = co_await session_->send(std::move(line))) {
+                std::cerr << "vigil-probe: send: " << vigil::error_name(ec) << '\n';
+                co_return false;
+            }
+            co_return true;
+        });
+    }
+
+    asio::awaitable<void> feed_supervisor()
+    {
+        co_await read_stdin([this](std::string line) -> asio::awaitable<bool> {
+            auto ec = co_await supervisor_->send(std::move(line));
+            if (!ec) {
+                co_return true;
+            }
+            // The end of the supervisor is reported by its own events, not once per line.
+            if (ec != vigil::error::supervisor_stopped && !finished_) {
+                std::cerr << "vigil-probe: send: " << vigil::error_name(ec) << '\n';
+            }
+            // A full outbox or an expired line loses that line only; anything else means
+            // no later line can go out either.
+            co_return ec == vigil::error::send_queue_full || ec == vigil::error::message_expired;
+        });
+    }
+
+    asio::awaitable<void> supervise()
+    {
+        emit_connecting();
+        asio::co_spawn(ioc_, feed_supervisor(), asio::detached);
+        auto ec = co_await supervisor_->run();
+        // Empty after stop(); operation_aborted after a second signal. Anything else is a
+        // permanent failure or retries_exhausted, already reported by on_gave_up.
+        exit_code_ = (!ec || ec == asio::error::operation_aborted) ? exit_ok : exit_gave_up;
+        finish();
+    }
+
+    asio::awaitable<void> single_session()
+    {
+        emit_connecting();
+        auto ec = co_await session_->connect(opts_.url);
         if (ec) {
             if (!reported_) {
-                report(session_.last_disconnect());
+                report(session_->last_disconnect());
             }
             // Interrupted by the user while connecting is a normal way to end; a
             // --duration that ran out before the connection was even open is not.
-            exit_code_ = (stop_cause_ == stop_cause::signal && ec == asio::error::operation_aborted)
-                             ? 0
-                             : 1;
+            if (stop_cause_ == stop_cause::signal && ec == asio::error::operation_aborted) {
+                exit_code_ = exit_ok;
+            } else {
+                exit_code_ = vigil::is_permanent(ec) ? exit_gave_up : exit_failed;
+            }
             finish();
             co_return;
         }
@@ -419,13 +647,17 @@ private:
             // The stop request raced the last step of connect(); honour it now.
             start_close();
         }
-        asio::co_spawn(ioc_, feed(), asio::detached);
+        asio::co_spawn(ioc_, feed_session(), asio::detached);
 
-        ec = co_await session_.run();
+        ec = co_await session_->run();
         if (!reported_) {
-            report(session_.last_disconnect());
+            report(session_->last_disconnect());
         }
-        exit_code_ = clean_end(ec) ? 0 : 1;
+        if (clean_end(ec)) {
+            exit_code_ = exit_ok;
+        } else {
+            exit_code_ = vigil::is_permanent(ec) ? exit_gave_up : exit_failed;
+        }
         finish();
     }
 
@@ -444,9 +676,12 @@ private:
     void finish()
     {
         finished_ = true;
+        waiting_ = false;
         error_code ignored;
-        signals_.cancel(ignored);
+        stop_signals_.cancel(ignored);
+        retry_signal_.cancel(ignored);
         duration_timer_.cancel();
+        attempt_timer_.cancel();
         if (stdin_.is_open()) {
             stdin_.cancel(ignored);
             stdin_.close(ignored);
@@ -456,16 +691,23 @@ private:
     asio::io_context& ioc_;
     options opts_;
     std::chrono::steady_clock::time_point start_;
-    vigil::session session_;
-    asio::signal_set signals_;
+    // Exactly one of the two: a supervisor by default, a bare session with --no-reconnect.
+    std::unique_ptr<vigil::supervisor> supervisor_;
+    std::unique_ptr<vigil::session> session_;
+    asio::cancellation_signal abort_;
+    asio::signal_set stop_signals_;
+    asio::signal_set retry_signal_;
     asio::steady_timer duration_timer_;
+    // Mirrors the supervisor's backoff wait, to report the start of the next attempt.
+    asio::steady_timer attempt_timer_;
     asio::posix::stream_descriptor stdin_;
     stop_cause stop_cause_ = stop_cause::none;
     bool connected_ = false;
     bool closing_ = false;
     bool reported_ = false;
+    bool waiting_ = false;
     bool finished_ = false;
-    int exit_code_ = 1;
+    int exit_code_ = exit_failed;
 };
 
 }  // namespace
@@ -483,7 +725,7 @@ int main(int argc, char** argv)
     }
     if (opts.help) {
         std::cout << usage_text;
-        return 0;
+        return exit_ok;
     }
 
     try {
@@ -494,6 +736,6 @@ int main(int argc, char** argv)
         return p.exit_code();
     } catch (const std::exception& e) {
         std::cerr << "vigil-probe: " << e.what() << '\n';
-        return 1;
+        return exit_failed;
     }
 }

@@ -456,6 +456,11 @@ void session::impl::cancel_now()
     if (lookup_)
         lookup_->done.cancel();
     close_socket();
+    // Open but not running: no operation will notice, so end the connection here.
+    if (s == state::open) {
+        last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
+        end_connection(asio::error::operation_aborted, "cancelled");
+    }
 }
 
 void session::impl::record_handler_exception()

@@ -67,7 +67,10 @@ struct supervisor::impl {
           url_(std::move(url)),
           cfg_(std::move(cfg)),
           policy_(std::move(policy)),
-          session_(ex, cfg_.session),
+          // On a strand of our strand: the session's events (on_message ...) are then
+          // serialised with the hook and the supervisor's events, as documented, even when
+          // the io_context runs on several threads.
+          session_(strand_, cfg_.session),
           outbox_wake_(strand_),
           backoff_timer_(strand_)
     {
@@ -201,6 +204,10 @@ asio::awaitable<error_code> supervisor::impl::wait_backoff(clock_type::duration 
 {
     const auto until = clock_type::now() + delay;
     for (;;) {
+        // stop() or retry_now() may have come before the timer was armed (from on_retry, or
+        // between two waits): cancelling an idle timer does nothing, so check first.
+        if (stop_requested_ || std::exchange(retry_now_requested_, false))
+            co_return error_code{};
         expire_outbox();
         auto wake = until;
         if (cfg_.message_ttl.count() > 0 && !outbox_.empty())
@@ -209,7 +216,7 @@ asio::awaitable<error_code> supervisor::impl::wait_backoff(clock_type::duration 
         co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return asio::error::operation_aborted;
-        if (stop_requested_ || std::exchange(retry_now_requested_, false) || clock_type::now() >= until)
+        if (clock_type::now() >= until)
             co_return error_code{};
     }
 }
@@ -241,6 +248,12 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
     // only once the session reports it written, so a connection that dies mid-write leaves
     // it at the head for the next connection, in order.
     for (;;) {
+        // `||` cancels this arm once, when run() ends. That can happen while we are suspended
+        // in session_.send(), which ignores cancellation and may still report the message as
+        // written; a wait started after that would never see the signal, and `||` (so the
+        // whole supervisor) would hang. Look before every wait.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         expire_outbox();
         if (outbox_.empty()) {
             pump_waiting_ = true;
@@ -356,10 +369,12 @@ asio::awaitable<error_code> supervisor::impl::run_op()
             if (cfg_.max_retry_after.count() > 0 && last_.retry_after.count() > 0)
                 delay = std::max(delay, std::min(last_.retry_after, cfg_.max_retry_after));
             count([](supervisor_counters& c) { ++c.retries; });
-            notify(events_.on_retry, retry_info{streak, delay, last_});
+            // Waiting already: a stop() or retry_now() from the on_retry handler must count.
             phase_ = phase::waiting;
+            notify(events_.on_retry, retry_info{streak, delay, last_});
             const auto waited = co_await wait_backoff(delay);
             phase_ = phase::idle;
+            retry_now_requested_ = false;  // one that raced the end of the wait is spent
             if (waited) {
                 result = waited;
                 break;

@@ -91,7 +91,7 @@ struct supervisor_counters {
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
-    std::chrono::milliseconds time_connected{0};     ///< total time sessions were up
+    std::chrono::milliseconds time_connected{0};     ///< time sessions were up (added as each ends)
     std::size_t messages_sent = 0;    ///< sends completed as written
     std::size_t messages_failed = 0;  ///< sends completed with an error
 };
@@ -111,13 +111,13 @@ struct supervisor_counters {
 /// outbox and goes out after the next `on_connected`, in order. It completes exactly once:
 /// without error when written to a socket (handed to TCP: if the connection then dies the
 /// peer may or may not have read it; vigil never claims delivery it cannot know), or with
-/// `send_queue_full`, `message_expired`, `supervisor_stopped`, or the permanent failure that
-/// ended the supervisor. A message whose write was cut off by a dying connection was not
-/// written whole, so the peer never saw it: it stays at the head of the outbox for the next
-/// connection.
+/// `send_queue_full`, `message_expired`, `supervisor_stopped`, or what else ended the
+/// supervisor (the permanent failure, `retries_exhausted`, `invalid_config`). A message
+/// whose write was cut off by a dying connection was not written whole, so the peer never
+/// saw it: it stays at the head of the outbox for the next connection.
 ///
 /// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
-/// Events and the hook run on the supervisor's strand.
+/// Events (the sessions' too) and the hook run on the supervisor's strand.
 ///
 /// **Object lifetimes:** the supervisor must outlive `run()` and every send.
 class supervisor {
@@ -152,8 +152,9 @@ public:
     /// - `retries_exhausted` after `max_attempts`;
     /// - `invalid_config` if the config is invalid;
     /// - `operation_aborted` when the awaiting coroutine is cancelled.
-    /// Messages still in the outbox complete with `supervisor_stopped` (or the permanent
-    /// failure). `last_disconnect()` has the last session's disconnect info.
+    /// Messages still in the outbox complete with `supervisor_stopped` (or with the code
+    /// `run()` returns when it gave up). `last_disconnect()` has the last session's
+    /// disconnect info.
     ///
     /// **Per-operation cancellation:** terminal, partial and total: the current attempt or
     /// wait is abandoned, the socket closed, and `run()` returns `operation_aborted`.
@@ -161,10 +162,12 @@ public:
 
     /// Cancels a pending backoff wait so the next attempt starts now (the network came
     /// back, the app returned to the foreground). A no-op while connected or connecting.
+    /// Also honoured when called from `on_retry`, before the wait begins.
     void retry_now();
 
     /// Ends `run()`: closes the current session with a close handshake (bounded by
-    /// `close_timeout`), or abandons the wait or attempt in progress.
+    /// `close_timeout`), or abandons the wait or attempt in progress. Returns at once; `run()`
+    /// completes afterwards. May be called from the supervisor's own event handlers.
     void stop();
 
     /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`.

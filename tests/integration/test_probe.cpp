@@ -337,7 +337,7 @@ TEST_SUITE("probe")
                 server.set_behaviour(peer_behaviour::silent);
             }
         };
-        auto run = run_probe({"--ping-interval", "0.2", "--pong-timeout", "0.1",
+        auto run = run_probe({"--no-reconnect", "--ping-interval", "0.2", "--pong-timeout", "0.1",
                               "--close-timeout", "0.2", server.url()},
                              opts);
         INFO("stderr: ", run.err);
@@ -358,7 +358,7 @@ TEST_SUITE("probe")
 
     TEST_CASE("probe reports the close code and reason a peer sends")
     {
-        SUBCASE("1008 is a failure")
+        SUBCASE("1008 is permanent: no retry, exit 2")
         {
             peer_options po;
             po.behaviour = peer_behaviour::close_with;
@@ -369,12 +369,19 @@ TEST_SUITE("probe")
             INFO("stderr: ", run.err);
             REQUIRE_FALSE(run.timed_out);
             check_well_formed(run);
-            CHECK(run.exit_code == 1);
+            CHECK(run.exit_code == 2);
+            CHECK(events_named(run, "connecting").size() == 1);
+            CHECK(find_event(run, "retry") == nullptr);
+            auto disconnected = events_named(run, "disconnected");
+            REQUIRE(disconnected.size() == 1);
+            CHECK(disconnected[0]["reason"] == "closed_by_peer");
+            CHECK(disconnected[0]["close_code"] == 1008);
+            CHECK(disconnected[0]["close_reason"] == "policy");
             auto last = run.events.back();
-            CHECK(last["event"] == "disconnected");
+            CHECK(last["event"] == "gave_up");
             CHECK(last["reason"] == "closed_by_peer");
             CHECK(last["close_code"] == 1008);
-            CHECK(last["close_reason"] == "policy");
+            CHECK(server.upgrades() == 1);
         }
         SUBCASE("1000 is a clean close")
         {
@@ -383,7 +390,7 @@ TEST_SUITE("probe")
             po.close_code = 1000;
             po.close_reason = "bye";
             peer server(po);
-            auto run = run_probe({server.url()});
+            auto run = run_probe({"--no-reconnect", server.url()});
             INFO("stderr: ", run.err);
             REQUIRE_FALSE(run.timed_out);
             check_well_formed(run);
@@ -392,22 +399,48 @@ TEST_SUITE("probe")
         }
     }
 
-    TEST_CASE("probe reports a rejected upgrade with its HTTP status")
+    TEST_CASE("probe gives up at once on a 401 and exits 2")
     {
         peer_options po;
         po.behaviour = peer_behaviour::reject;
         po.reject_status = 401;
         peer server(po);
-        auto run = run_probe({server.url()});
+        auto run = run_probe({"--backoff-initial", "0.1", server.url()});
         INFO("stderr: ", run.err);
         REQUIRE_FALSE(run.timed_out);
         check_well_formed(run);
-        CHECK(run.exit_code == 1);
+        CHECK(run.exit_code == 2);
         CHECK(find_event(run, "connected") == nullptr);
+        CHECK(find_event(run, "retry") == nullptr);
+        CHECK(events_named(run, "connecting").size() == 1);
+        REQUIRE(run.events.size() == 3);
+        CHECK(run.events[1]["event"] == "disconnected");
+        CHECK(run.events[1]["reason"] == "handshake_rejected");
+        CHECK(run.events[1]["status"] == 401);
+        auto last = run.events.back();
+        CHECK(last["event"] == "gave_up");
+        CHECK(last["reason"] == "handshake_rejected");
+        CHECK(last["status"] == 401);
+        CHECK(server.connections() == 1);
+    }
+
+    TEST_CASE("probe --no-reconnect reports a rejected upgrade with its HTTP status")
+    {
+        peer_options po;
+        po.behaviour = peer_behaviour::reject;
+        po.reject_status = 403;
+        peer server(po);
+        auto run = run_probe({"--no-reconnect", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        // Permanent, with or without reconnecting.
+        CHECK(run.exit_code == 2);
+        CHECK(find_event(run, "gave_up") == nullptr);
         auto last = run.events.back();
         CHECK(last["event"] == "disconnected");
         CHECK(last["reason"] == "handshake_rejected");
-        CHECK(last["status"] == 401);
+        CHECK(last["status"] == 403);
     }
 
     TEST_CASE("probe exits on SIGTERM with a clean close")
@@ -442,6 +475,11 @@ TEST_SUITE("probe")
             {"--duration", "1"},
             {},
             {"ws://127.0.0.1:1/", "ws://127.0.0.1:2/"},
+            {"--max-attempts", "-1", "ws://127.0.0.1:1/"},
+            {"--max-attempts", "2.5", "ws://127.0.0.1:1/"},
+            {"--backoff-initial", "0", "ws://127.0.0.1:1/"},
+            {"--backoff-initial", "2", "--backoff-max", "1", "ws://127.0.0.1:1/"},
+            {"--no-reconnect=yes", "ws://127.0.0.1:1/"},
         };
         for (const auto& args : bad) {
             std::string joined;
@@ -465,7 +503,7 @@ TEST_SUITE("probe")
         CHECK(run.events.empty());
     }
 
-    TEST_CASE("probe reports a bad URL or config as a disconnection, not a usage error")
+    TEST_CASE("probe gives up on a bad URL or config, which is not a usage error")
     {
         struct bad_input {
             std::vector<std::string> args;
@@ -484,13 +522,15 @@ TEST_SUITE("probe")
             INFO("stderr: ", run.err);
             REQUIRE_FALSE(run.timed_out);
             check_well_formed(run);
-            CHECK(run.exit_code == 1);
-            REQUIRE(run.events.size() == 2);
+            CHECK(run.exit_code == 2);
+            REQUIRE(run.events.size() == 3);
             CHECK(run.events[0]["event"] == "connecting");
             CHECK(run.events[1]["event"] == "disconnected");
             CHECK(run.events[1]["reason"] == c.reason);
             CHECK_FALSE(run.events[1].value("detail", std::string()).empty());
             CHECK_FALSE(run.events[1].contains("silent_ms"));
+            CHECK(run.events[2]["event"] == "gave_up");
+            CHECK(run.events[2]["reason"] == c.reason);
         }
     }
 
@@ -501,12 +541,148 @@ TEST_SUITE("probe")
             peer gone;
             port = gone.port();
         }
-        auto run = run_probe({"ws://127.0.0.1:" + std::to_string(port) + "/"});
+        auto run = run_probe({"--no-reconnect", "ws://127.0.0.1:" + std::to_string(port) + "/"});
         INFO("stderr: ", run.err);
         REQUIRE_FALSE(run.timed_out);
         check_well_formed(run);
+        // Transient: a single session that failed, not a permanent verdict.
         CHECK(run.exit_code == 1);
+        CHECK(find_event(run, "retry") == nullptr);
         CHECK(run.events.back()["event"] == "disconnected");
         CHECK(run.events.back()["reason"] == "connection_refused");
+    }
+
+    TEST_CASE("probe reconnects after the server resets every connection")
+    {
+        peer server;
+        probe_options opts;
+        int connected = 0;
+        opts.on_event = [&](const json& e, pid_t pid) {
+            if (e.value("event", "") != "connected") {
+                return;
+            }
+            if (++connected == 1) {
+                server.reset_all();
+            } else {
+                ::kill(pid, SIGTERM);
+            }
+        };
+        auto run = run_probe({"--backoff-initial", "0.1", "--ping-interval", "0.2",
+                              "--pong-timeout", "0.1", server.url()},
+                             opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(connected == 2);
+
+        std::vector<std::string> names;
+        for (const auto& e : run.events) {
+            auto name = e.value("event", "");
+            if (name != "ping" && name != "pong") {
+                names.push_back(name);
+            }
+        }
+        const std::vector<std::string> expected = {"connecting", "connected",  "disconnected",
+                                                   "retry",      "connecting", "connected",
+                                                   "disconnected"};
+        CHECK(names == expected);
+
+        auto disconnected = events_named(run, "disconnected");
+        REQUIRE(disconnected.size() == 2);
+        CHECK(disconnected[0]["reason"] != "ok");
+        CHECK(disconnected[1]["reason"] == "ok");
+        auto retry = events_named(run, "retry");
+        REQUIRE(retry.size() == 1);
+        CHECK(retry[0]["attempt"] == 1);
+        CHECK(retry[0]["permanent"] == false);
+        CHECK(retry[0]["reason"] == disconnected[0]["reason"]);
+        // Full jitter under a 100 ms ceiling, then the 100 ms floor.
+        CHECK(retry[0]["delay_ms"] == 100);
+        CHECK(server.upgrades() == 2);
+        CHECK(server.closes() == 1);
+    }
+
+    TEST_CASE("probe --max-attempts 2 against a refused port gives up with retries_exhausted")
+    {
+        std::uint16_t port = 0;
+        {
+            peer gone;
+            port = gone.port();
+        }
+        auto run = run_probe({"--max-attempts", "2", "--backoff-initial", "0.1",
+                              "ws://127.0.0.1:" + std::to_string(port) + "/"});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 2);
+        CHECK(events_named(run, "connecting").size() == 2);
+        auto retries = events_named(run, "retry");
+        REQUIRE(retries.size() == 1);
+        CHECK(retries[0]["attempt"] == 1);
+        CHECK(retries[0]["reason"] == "connection_refused");
+        auto disconnected = events_named(run, "disconnected");
+        REQUIRE(disconnected.size() == 2);
+        for (auto& d : disconnected) {
+            CHECK(d["reason"] == "connection_refused");
+        }
+        auto last = run.events.back();
+        CHECK(last["event"] == "gave_up");
+        CHECK(last["reason"] == "retries_exhausted");
+        CHECK(last["last_reason"] == "connection_refused");
+        CHECK_FALSE(last.contains("status"));
+    }
+
+    TEST_CASE("probe retries at once on SIGUSR1 during a long backoff")
+    {
+        std::uint16_t port = 0;
+        {
+            peer gone;
+            port = gone.port();
+        }
+        probe_options opts;
+        opts.limit = 8s;
+        // Delays are jittered: wait for one long enough that an early attempt can only be
+        // SIGUSR1's doing (one in five is shorter than 1 s; those just pass).
+        enum class stage { waiting_for_long_delay, signalled, done } state = stage::waiting_for_long_delay;
+        json long_retry;
+        opts.on_event = [&](const json& e, pid_t pid) {
+            auto name = e.value("event", "");
+            if (name != "retry") {
+                return;
+            }
+            if (state == stage::waiting_for_long_delay && e["delay_ms"].get<long long>() >= 1000) {
+                long_retry = e;
+                state = stage::signalled;
+                ::kill(pid, SIGUSR1);
+            } else if (state == stage::signalled) {
+                // The attempt SIGUSR1 started has failed: that is all this test needs.
+                state = stage::done;
+                ::kill(pid, SIGTERM);
+            }
+        };
+        auto run = run_probe({"--backoff-initial", "5", "--backoff-max", "5",
+                              "ws://127.0.0.1:" + std::to_string(port) + "/"},
+                             opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        REQUIRE(state == stage::done);
+
+        // After the long retry: retry_now, then a new attempt that failed, all well within
+        // half a second although the delay was at least a second.
+        std::size_t at = 0;
+        while (at < run.events.size() && run.events[at] != long_retry) {
+            ++at;
+        }
+        REQUIRE(at + 3 < run.events.size());
+        const double t0 = long_retry["t"].get<double>();
+        CHECK(run.events[at + 1]["event"] == "retry_now");
+        CHECK(run.events[at + 2]["event"] == "connecting");
+        CHECK(run.events[at + 3]["event"] == "disconnected");
+        CHECK(run.events[at + 3]["reason"] == "connection_refused");
+        CHECK(run.events[at + 3]["t"].get<double>() - t0 < 0.5);
+        CHECK(run.events.back()["event"] != "gave_up");
     }
 }

@@ -298,7 +298,7 @@ peer::impl::impl(peer_options opts) : opts_(std::move(opts)), behaviour_(opts_.b
         ssl_->use_certificate_chain_file(opts_.cert_file);
         ssl_->use_private_key_file(opts_.key_file, asio::ssl::context::pem);
     }
-    tcp::endpoint ep(asio::ip::make_address_v4("127.0.0.1"), 0);
+    tcp::endpoint ep(asio::ip::make_address_v4("127.0.0.1"), opts_.port);
     acceptor_.open(ep.protocol());
     acceptor_.set_option(tcp::acceptor::reuse_address(true));
     // Accepted sockets inherit the listener's buffer size, and the TCP window is negotiated
@@ -379,10 +379,12 @@ asio::awaitable<void> peer::impl::accept_loop()
 asio::awaitable<void> peer::impl::handle(tcp::socket sock)
 {
     ++connections_;
-    if (behaviour_.load() == peer_behaviour::stop_reading) {
-        boost::system::error_code ec;
-        sock.set_option(asio::socket_base::receive_buffer_size(small_rcvbuf), ec);
-    }
+    boost::system::error_code opt_ec;
+    // Without it, a small echo that follows a large one waits for the client's delayed ACK
+    // (Nagle), and round trips measure 40 ms of kernel policy instead of the code under test.
+    sock.set_option(tcp::no_delay(true), opt_ec);
+    if (behaviour_.load() == peer_behaviour::stop_reading)
+        sock.set_option(asio::socket_base::receive_buffer_size(small_rcvbuf), opt_ec);
     beast::tcp_stream plain(std::move(sock));
     if (!ssl_) {
         co_await serve(std::move(plain));

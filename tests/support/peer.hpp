@@ -63,13 +63,18 @@ struct peer_options {
     /// For `close_with`: what the close frame carries.
     std::uint16_t close_code = 1008;
     std::string close_reason = "policy";
+
+    /// The port to listen on; 0 (default) picks an ephemeral one. The listener sets
+    /// SO_REUSEADDR, so a test can destroy a peer and start another on the same port at once
+    /// (a server killed and restarted) although the old connections linger in TIME_WAIT.
+    std::uint16_t port = 0;
 };
 
-/// An in-process WebSocket server on 127.0.0.1 (an ephemeral port) that behaves as told,
-/// including badly. It runs its own io_context on its own thread from construction to
-/// destruction; every member function may be called from any thread. The counters are
-/// updated on the peer's thread and read atomically, so a test that waits for one of them
-/// must wait with a bound (`wait_until`) or on a client-side event.
+/// An in-process WebSocket server on 127.0.0.1 (`peer_options::port`, else an ephemeral
+/// port) that behaves as told, including badly. It runs its own io_context on its own thread
+/// from construction to destruction; every member function may be called from any thread.
+/// The counters are updated on the peer's thread and read atomically, so a test that waits
+/// for one of them must wait with a bound (`wait_until`) or on a client-side event.
 ///
 /// The server never times out idle connections and sends no keep-alive pings of its own:
 /// whatever liveness a test observes is the client's doing.

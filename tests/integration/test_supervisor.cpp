@@ -1,0 +1,1137 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#include <vigil/supervisor.hpp>
+
+#include <support/peer.hpp>
+#include <support/pki.hpp>
+#include <support/wait.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+namespace asio = boost::asio;
+namespace vt = vigil::test;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using vigil::error;
+using vigil::error_code;
+using vigil::message_type;
+
+std::string describe(const error_code& ec)
+{
+    return vigil::error_name(ec) + " (" + ec.to_string() + ")";
+}
+
+#define CHECK_CODE(ec, expected)                                                          \
+    CHECK_MESSAGE((ec) == (expected),                                                     \
+                  "got " << describe(ec) << ", want " << describe(error_code(expected)))
+
+milliseconds ms_between(steady::time_point from, steady::time_point to)
+{
+    return std::chrono::duration_cast<milliseconds>(to - from);
+}
+
+milliseconds ms_since(steady::time_point t)
+{
+    return ms_between(t, steady::now());
+}
+
+// Slack for a loaded 2-core machine, on upper bounds only: a wait that should be cut short
+// but is not shows the whole policy delay (seconds), far beyond this.
+constexpr milliseconds tolerance = 200ms;
+
+vigil::session_config quick_session()
+{
+    vigil::session_config cfg;
+    cfg.ping_interval = 200ms;
+    cfg.pong_timeout = 150ms;
+    cfg.connect_timeout = 2s;
+    cfg.tls_handshake_timeout = 2s;
+    cfg.handshake_timeout = 2s;
+    cfg.write_timeout = 2s;
+    cfg.close_timeout = 500ms;
+    return cfg;
+}
+
+vigil::supervisor_config quick_config()
+{
+    vigil::supervisor_config cfg;
+    cfg.session = quick_session();
+    cfg.min_delay = 10ms;
+    cfg.stable_after = 5s;
+    return cfg;
+}
+
+vigil::exponential_backoff seeded(milliseconds initial, milliseconds max, std::uint64_t seed)
+{
+    return vigil::exponential_backoff({.initial = initial, .multiplier = 2.0, .max = max, .seed = seed});
+}
+
+asio::awaitable<bool> eventually(std::function<bool()> pred, milliseconds bound)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto deadline = steady::now() + bound;
+    while (!pred()) {
+        if (steady::now() >= deadline)
+            co_return false;
+        timer.expires_after(1ms);
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return true;
+}
+
+// Built by appending: g++ 12 warns (-Wrestrict, a false positive) on `"literal" + to_string()`.
+std::string local_url(std::uint16_t port)
+{
+    std::string url = "ws://127.0.0.1:";
+    url += std::to_string(port);
+    url += '/';
+    return url;
+}
+
+// A port on which every connection is refused: a socket is bound to it but never listens,
+// which also keeps the port from being handed out as an ephemeral one meanwhile.
+struct refused_port {
+    refused_port()
+    {
+        asio::ip::tcp::endpoint ep(asio::ip::make_address_v4("127.0.0.1"), 0);
+        sock.open(ep.protocol());
+        sock.bind(ep);
+    }
+    std::string url() const { return local_url(sock.local_endpoint().port()); }
+
+    asio::io_context ioc;
+    asio::ip::tcp::acceptor sock{ioc};
+};
+
+// A supervisor on the test thread's io_context, and what its events said.
+struct harness {
+    template <class Policy = vigil::exponential_backoff>
+    explicit harness(std::string url, vigil::supervisor_config cfg = quick_config(), Policy policy = Policy{})
+        : sup(ioc.get_executor(), std::move(url), std::move(cfg), std::move(policy))
+    {
+        auto& ev = sup.events();
+        ev.on_up = [this] {
+            ++ups;
+            ups_seen.store(ups);
+            up = true;
+            up_since = steady::now();
+        };
+        ev.on_retry = [this](const vigil::retry_info& info) {
+            retries.push_back(info);
+            retry_times.push_back(steady::now());
+            retries_seen.store(retries.size());
+            up = false;
+        };
+        ev.on_gave_up = [this](const error_code& reason, const vigil::disconnect_info& last) {
+            gave_up.emplace_back(reason, last);
+        };
+        sup.session_event_handlers().on_message = [this](std::string_view data, message_type) {
+            messages.emplace_back(data);
+        };
+    }
+
+    ~harness()
+    {
+        // A failed case must not leave coroutines pointing into a destroyed supervisor.
+        if (started && !run_done) {
+            sup.stop();
+            ioc.restart();
+            ioc.run_for(3s);
+        }
+    }
+
+    template <class F>
+    void spawn(F f)
+    {
+        asio::co_spawn(ioc, std::move(f), [](std::exception_ptr e) {
+            if (e)
+                std::rethrow_exception(e);
+        });
+    }
+
+    void start_run()
+    {
+        started = true;
+        spawn([this]() -> asio::awaitable<void> {
+            run_ec = co_await sup.run();
+            run_ended = steady::now();
+            run_done = true;
+        });
+    }
+
+    // Sends `data`, recording its fate in `fates[index]` (how many completions, which code).
+    void send(std::string data, std::size_t index)
+    {
+        if (fates.size() <= index)
+            fates.resize(index + 1);
+        sup.async_send(std::move(data), message_type::text, [this, index](error_code ec) {
+            ++fates[index].completions;
+            fates[index].ec = ec;
+        });
+    }
+
+    struct fate {
+        int completions = 0;
+        error_code ec = error::not_connected;
+    };
+
+    asio::io_context ioc;
+    vigil::supervisor sup;
+
+    int ups = 0;
+    bool up = false;
+    steady::time_point up_since{};
+    std::atomic<int> ups_seen{0};
+    std::vector<vigil::retry_info> retries;
+    std::vector<steady::time_point> retry_times;
+    std::atomic<std::size_t> retries_seen{0};
+    std::vector<std::pair<error_code, vigil::disconnect_info>> gave_up;
+    std::vector<std::string> messages;
+    std::vector<fate> fates;
+
+    bool started = false;
+    error_code run_ec = error::not_connected;
+    bool run_done = false;
+    steady::time_point run_ended{};
+};
+
+vt::peer_options rejecting(unsigned status, std::vector<std::pair<std::string, std::string>> headers = {})
+{
+    vt::peer_options o;
+    o.behaviour = vt::peer_behaviour::reject;
+    o.reject_status = status;
+    o.reject_headers = std::move(headers);
+    return o;
+}
+
+// Records what the supervisor asks of it; delays grow linearly. Defined here, not in the
+// library: the supervisor must take any type that models the concept.
+struct linear_backoff {
+    milliseconds step;
+    std::shared_ptr<std::vector<vigil::retry_context>> asked = std::make_shared<std::vector<vigil::retry_context>>();
+    std::shared_ptr<int> resets = std::make_shared<int>(0);
+
+    milliseconds next_delay(const vigil::retry_context& c)
+    {
+        asked->push_back(c);
+        return step * static_cast<int>(c.attempt);
+    }
+    void reset() { ++*resets; }
+};
+static_assert(vigil::backoff_policy<linear_backoff>);
+
+}  // namespace
+
+TEST_SUITE("supervisor")
+{
+
+TEST_CASE("a server killed and restarted on the same port: reconnect, re-subscribe, queued messages in order")
+{
+    auto server = std::make_unique<vt::peer>();
+    const auto port = server->port();
+    const auto url = server->url();
+    auto cfg = quick_config();
+    cfg.min_delay = 20ms;
+    harness h(url, cfg, seeded(50ms, 200ms, 11));
+
+    int hook_runs = 0;
+    std::vector<error_code> subscribe_results;
+    h.sup.on_connected([&](vigil::session& s) -> asio::awaitable<error_code> {
+        ++hook_runs;
+        auto ec = co_await s.send("subscribe");
+        subscribe_results.push_back(ec);
+        co_return ec;
+    });
+
+    bool first_up = false;
+    bool noticed_death = false;
+    bool queued_across_a_retry = false;
+    int completed_before_restart = -1;
+    bool all_back = false;
+    const std::vector<std::string> queued = {"m0", "m1", "m2", "m3", "m4"};
+
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        first_up = co_await eventually([&] { return h.ups == 1 && h.messages.size() == 1; }, 3s);
+        if (!first_up)
+            co_return;
+        server.reset();  // killed: its connections closed, its port free
+        noticed_death = co_await eventually([&] { return !h.retries.empty(); }, 3s);
+        for (std::size_t i = 0; i < queued.size(); ++i)
+            h.send(queued[i], i);
+        // At least one more attempt fails (refused) while the messages wait.
+        const auto seen = h.retries.size();
+        queued_across_a_retry = co_await eventually([&] { return h.retries.size() > seen; }, 3s);
+        completed_before_restart = 0;
+        for (const auto& f : h.fates)
+            completed_before_restart += f.completions;
+        vt::peer_options again;
+        again.port = port;
+        server = std::make_unique<vt::peer>(again);
+        all_back = co_await eventually([&] { return h.messages.size() >= 2 + queued.size(); }, 3s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(first_up);
+    REQUIRE(noticed_death);
+    CHECK(queued_across_a_retry);
+    CHECK(completed_before_restart == 0);
+    REQUIRE(all_back);
+    const std::vector<std::string> expected = {"subscribe", "subscribe", "m0", "m1", "m2", "m3", "m4"};
+    CHECK(h.messages == expected);
+    const auto c = h.sup.counters();
+    CHECK(hook_runs == 2);
+    CHECK(c.connects == 2);
+    CHECK(h.ups == 2);
+    CHECK(c.attempts >= 3);  // the first, at least one refused, the reconnect
+    CHECK(c.messages_sent == queued.size());
+    CHECK(c.messages_failed == 0);
+    for (const auto& ec : subscribe_results)
+        CHECK_CODE(ec, error_code{});
+    for (const auto& f : h.fates) {
+        CHECK(f.completions == 1);
+        CHECK_CODE(f.ec, error_code{});
+    }
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(h.gave_up.empty());
+    // Every failure on the way was transient: the death (eof or reset) and the refusals.
+    for (const auto& r : h.retries)
+        CHECK_FALSE(vigil::is_permanent(r.last.reason));
+    CHECK(c.disconnects.contains("connection_refused"));
+}
+
+TEST_CASE("refused port: retries with growing, jittered, floored delays")
+{
+    refused_port closed;
+    const auto initial = 40ms;
+    const auto cap = 320ms;
+    const std::uint64_t seed = 1234;
+    auto cfg = quick_config();
+    cfg.min_delay = 15ms;
+    harness h(closed.url(), cfg, seeded(initial, cap, seed));
+    const std::size_t wanted = 6;
+
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return h.retries.size() >= wanted; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    REQUIRE(h.retries.size() >= wanted);
+
+    // The same seed gives the same draws: the supervisor used the policy, attempt after
+    // attempt with no reset, and applied its floor.
+    auto reference = seeded(initial, cap, seed);
+    bool some_below_ceiling = false;
+    for (std::size_t i = 0; i < wanted; ++i) {
+        CAPTURE(i);
+        const auto& r = h.retries[i];
+        const std::size_t attempt = i + 1;
+        CHECK(r.attempt == attempt);
+        CHECK(r.last.reason == asio::error::connection_refused);
+        const auto drawn = reference.next_delay({attempt, asio::error::connection_refused});
+        CHECK(r.delay == std::max(drawn, cfg.min_delay));
+        const auto ceiling = std::min(cap, initial * (1 << i));
+        CHECK(r.delay >= cfg.min_delay);
+        CHECK(r.delay <= std::max(ceiling, cfg.min_delay));
+        if (r.delay < ceiling)
+            some_below_ceiling = true;
+        // The wait really happened: the next attempt failed no sooner than the delay.
+        if (i + 1 < h.retry_times.size())
+            CHECK(ms_between(h.retry_times[i], h.retry_times[i + 1]) >= r.delay - 2ms);
+    }
+    CHECK(some_below_ceiling);  // jitter: delays are drawn, not pinned to the ceiling
+    const auto c = h.sup.counters();
+    CHECK(c.connects == 0);
+    // stop() may have cut the wait after the last retry, or the attempt that followed it.
+    CHECK(c.attempts >= h.retries.size());
+    CHECK(c.attempts <= h.retries.size() + 1);
+    CHECK(c.retries == h.retries.size());
+    CHECK(c.disconnects.at("connection_refused") >= wanted);
+}
+
+TEST_CASE("retry_now() cuts a long backoff wait short")
+{
+    refused_port closed;
+    harness h(closed.url(), quick_config(), vigil::constant_backoff(5s));
+    steady::time_point asked{};
+
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.retries.size() == 1; }, 2s))
+            co_return;
+        co_await eventually([] { return false; }, 200ms);
+        asked = steady::now();
+        h.sup.retry_now();
+        co_await eventually([&] { return h.retries.size() == 2; }, 2s);
+        h.sup.stop();
+    });
+    const auto start = steady::now();
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    REQUIRE(h.retries.size() == 2);
+    CHECK(h.retries[0].delay == 5s);
+    CHECK(h.retries[1].attempt == 2);
+    // The second attempt started (and was refused) right after retry_now, not 5 s later.
+    CHECK(h.retry_times[1] >= asked);
+    CHECK(ms_between(asked, h.retry_times[1]) < 100ms + tolerance);
+    CHECK(h.sup.counters().attempts == 2);
+    CHECK(ms_since(start) < 2s);
+}
+
+TEST_CASE("a handshake rejected with 401, 403 or 404 is permanent: one attempt")
+{
+    for (unsigned status : {401u, 403u, 404u}) {
+        CAPTURE(status);
+        vt::peer server(rejecting(status));
+        harness h(server.url(), quick_config(), vigil::constant_backoff(20ms));
+        h.send("early", 0);  // queued before run(): fails with the permanent reason
+        h.start_run();
+        h.ioc.run_for(5s);
+
+        REQUIRE(h.run_done);
+        CHECK(vigil::http_status_of(h.run_ec) == status);
+        CHECK(vigil::is_permanent(h.run_ec));
+        CHECK(h.sup.counters().attempts == 1);
+        CHECK(h.sup.counters().retries == 0);
+        CHECK(h.retries.empty());
+        CHECK(server.connections() == 1);
+        REQUIRE(h.gave_up.size() == 1);
+        CHECK(h.gave_up[0].first == h.run_ec);
+        CHECK(h.gave_up[0].second.http_status == status);
+        CHECK(h.sup.last_disconnect().http_status == status);
+        REQUIRE(h.fates.size() == 1);
+        CHECK(h.fates[0].completions == 1);
+        CHECK(h.fates[0].ec == h.run_ec);
+        CHECK(h.sup.counters().messages_failed == 1);
+    }
+}
+
+TEST_CASE("Retry-After on 503 and 429 is honoured, within max_retry_after")
+{
+    unsigned status = 503;
+    std::string retry_after = "1";
+    auto cfg = quick_config();
+    milliseconds expected = 1000ms;
+    SUBCASE("503 Retry-After: 1")
+    {
+    }
+    SUBCASE("429 Retry-After: 1")
+    {
+        status = 429;
+    }
+    SUBCASE("503 Retry-After: 100 bounded by max_retry_after 300 ms")
+    {
+        retry_after = "100";
+        cfg.max_retry_after = 300ms;
+        expected = 300ms;
+    }
+    CAPTURE(status);
+    CAPTURE(retry_after);
+
+    vt::peer server(rejecting(status, {{"Retry-After", retry_after}}));
+    // The policy alone would retry after 50 ms.
+    harness h(server.url(), cfg, vigil::constant_backoff(50ms));
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return h.retries.size() >= 2; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    REQUIRE(h.retries.size() >= 2);
+    CHECK(h.retries[0].last.http_status == status);
+    CHECK(h.retries[0].last.retry_after == std::chrono::seconds(std::stoi(retry_after)));
+    CHECK(h.retries[0].delay == expected);
+    const auto gap = ms_between(h.retry_times[0], h.retry_times[1]);
+    CHECK(gap >= expected - 50ms);
+    CHECK(gap < expected + tolerance);
+    CHECK(h.gave_up.empty());
+}
+
+TEST_CASE("TLS with an untrusted certificate is permanent: one attempt")
+{
+    vt::test_pki pki;
+    vt::peer_options o;
+    o.tls = true;
+    o.cert_file = pki.self_signed_cert;
+    o.key_file = pki.self_signed_key;
+    vt::peer server(o);
+    auto cfg = quick_config();
+    cfg.session.tls.ca_file = pki.ca_cert;
+    harness h(server.url("localhost"), cfg, vigil::constant_backoff(20ms));
+    h.start_run();
+    h.ioc.run_for(5s);
+
+    REQUIRE(h.run_done);
+    CHECK(vigil::is_permanent(h.run_ec));
+    CHECK(vigil::error_name(h.run_ec) == "tls_certificate_verify_failed");
+    CHECK(h.sup.counters().attempts == 1);
+    CHECK(h.retries.empty());
+    REQUIRE(h.gave_up.size() == 1);
+    CHECK(h.gave_up[0].first == h.run_ec);
+    CHECK(server.upgrades() == 0);
+}
+
+TEST_CASE("a DNS failure is transient: retried")
+{
+    auto cfg = quick_config();
+    // Bounds a resolver that hangs instead of answering NXDOMAIN.
+    cfg.session.connect_timeout = 500ms;
+    harness h("ws://nonexistent.invalid/", cfg, vigil::constant_backoff(30ms));
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return h.retries.size() >= 2; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    REQUIRE(h.retries.size() >= 2);
+    CHECK(h.sup.counters().attempts >= 2);
+    for (const auto& r : h.retries) {
+        CAPTURE(describe(r.last.reason));
+        CHECK(r.last.reason);
+        CHECK_FALSE(vigil::is_permanent(r.last.reason));
+    }
+    CHECK(h.gave_up.empty());
+}
+
+TEST_CASE("a server that accepts and closes at once meets growing delays")
+{
+    std::uint16_t code = 1001;
+    SUBCASE("1001 going away") {}
+    SUBCASE("1011 internal error")
+    {
+        code = 1011;
+    }
+    CAPTURE(code);
+    vt::peer_options o;
+    o.behaviour = vt::peer_behaviour::close_with;
+    o.close_code = code;
+    o.close_reason = "bye";
+    vt::peer server(o);
+
+    const auto initial = 40ms;
+    const auto cap = 2000ms;
+    const std::uint64_t seed = 99;
+    auto cfg = quick_config();
+    cfg.min_delay = 1ms;
+    cfg.stable_after = 2s;  // far longer than any of these connections lasts
+    harness h(server.url(), cfg, seeded(initial, cap, seed));
+    const std::size_t wanted = 5;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return h.retries.size() >= wanted; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    REQUIRE(h.retries.size() >= wanted);
+    auto reference = seeded(initial, cap, seed);
+    for (std::size_t i = 0; i < wanted; ++i) {
+        CAPTURE(i);
+        const auto& r = h.retries[i];
+        // Each attempt connected, yet the streak kept growing: no reset before stable_after.
+        CHECK(r.attempt == i + 1);
+        CHECK(vigil::close_code_of(r.last.reason) == code);
+        CHECK(r.last.close_code == code);
+        CHECK(r.last.close_reason == "bye");
+        const auto drawn = reference.next_delay({i + 1, r.last.reason});
+        CHECK(r.delay == std::max(drawn, cfg.min_delay));
+        CHECK(r.delay <= initial * (1 << i));
+    }
+    CHECK(h.ups >= static_cast<int>(wanted));
+    CHECK(h.sup.counters().connects >= wanted);
+    CHECK(server.upgrades() >= wanted);
+    CHECK(h.sup.counters().disconnects.at("closed_by_peer") >= wanted);
+}
+
+TEST_CASE("a connection that stays up for stable_after resets the streak")
+{
+    vt::peer_options o;
+    o.behaviour = vt::peer_behaviour::close_with;
+    o.close_code = 1001;
+    vt::peer server(o);
+    auto cfg = quick_config();
+    cfg.min_delay = 1ms;
+    cfg.stable_after = 150ms;
+    linear_backoff policy{10ms};
+    auto asked = policy.asked;
+    auto resets = policy.resets;
+    harness h(server.url(), cfg, policy);
+
+    std::size_t streak_before = 0;
+    int resets_before = -1;
+    bool stayed_up = false;
+    bool dropped = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.retries.size() >= 3; }, 3s))
+            co_return;
+        server.set_behaviour(vt::peer_behaviour::echo);
+        stayed_up = co_await eventually([&] { return h.up && ms_since(h.up_since) >= 300ms; }, 3s);
+        if (!stayed_up)
+            co_return;
+        streak_before = h.retries.back().attempt;
+        resets_before = *resets;
+        const auto seen = h.retries.size();
+        server.reset_all();
+        dropped = co_await eventually([&] { return h.retries.size() > seen; }, 3s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(stayed_up);
+    REQUIRE(dropped);
+    CHECK(streak_before >= 3);
+    CHECK(resets_before == 0);  // the short connections did not reset anything
+    CHECK(h.retries.back().attempt == 1);
+    CHECK(*resets == 1);
+    REQUIRE_FALSE(asked->empty());
+    CHECK(asked->back().attempt == 1);
+    CHECK(h.retries.back().delay == 10ms);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("max_attempts: gives up with retries_exhausted")
+{
+    refused_port closed;
+    auto cfg = quick_config();
+    cfg.max_attempts = 3;
+    harness h(closed.url(), cfg, vigil::constant_backoff(20ms));
+    h.send("never", 0);
+    h.start_run();
+    h.ioc.run_for(5s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error::retries_exhausted);
+    const auto c = h.sup.counters();
+    CHECK(c.attempts == 3);
+    CHECK(c.retries == 2);
+    CHECK(h.retries.size() == 2);
+    REQUIRE(h.gave_up.size() == 1);
+    CHECK_CODE(h.gave_up[0].first, error::retries_exhausted);
+    CHECK(h.gave_up[0].second.reason == asio::error::connection_refused);
+    CHECK(h.sup.last_disconnect().reason == asio::error::connection_refused);
+    REQUIRE(h.fates.size() == 1);
+    CHECK(h.fates[0].completions == 1);
+    CHECK(h.fates[0].ec);
+}
+
+TEST_CASE("message fate: expired, or delivered in order after reconnect")
+{
+    // A port nobody listens on yet; later a server starts there.
+    std::uint16_t port = 0;
+    {
+        vt::peer placeholder;
+        port = placeholder.port();
+    }
+    std::unique_ptr<vt::peer> server;
+    auto cfg = quick_config();
+    cfg.message_ttl = 300ms;
+    harness h(local_url(port), cfg, vigil::constant_backoff(40ms));
+
+    steady::time_point sent_at{};
+    steady::time_point expired_at{};
+    bool expired = false;
+    bool delivered = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return !h.retries.empty(); }, 2s))
+            co_return;
+        sent_at = steady::now();
+        h.send("stale 0", 0);
+        h.send("stale 1", 1);
+        expired = co_await eventually([&] { return h.fates[0].completions && h.fates[1].completions; }, 2s);
+        expired_at = steady::now();
+        h.send("fresh 2", 2);
+        h.send("fresh 3", 3);
+        vt::peer_options o;
+        o.port = port;
+        server = std::make_unique<vt::peer>(o);
+        delivered = co_await eventually([&] { return h.messages.size() >= 2; }, 3s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(6s);
+
+    REQUIRE(expired);
+    CHECK_CODE(h.fates[0].ec, error::message_expired);
+    CHECK_CODE(h.fates[1].ec, error::message_expired);
+    // Expired close to the TTL, not at the next attempt or never.
+    CHECK(ms_between(sent_at, expired_at) >= 300ms - 5ms);
+    CHECK(ms_between(sent_at, expired_at) < 300ms + tolerance);
+    REQUIRE(delivered);
+    CHECK(h.messages == std::vector<std::string>{"fresh 2", "fresh 3"});
+    CHECK_CODE(h.fates[2].ec, error_code{});
+    CHECK_CODE(h.fates[3].ec, error_code{});
+    for (const auto& f : h.fates)
+        CHECK(f.completions == 1);
+    const auto c = h.sup.counters();
+    CHECK(c.messages_sent == 2);
+    CHECK(c.messages_failed == 2);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("message fate: every send completes exactly once")
+{
+    refused_port closed;
+    auto cfg = quick_config();
+    cfg.outbox_limit = 3;
+    harness h(closed.url(), cfg, vigil::constant_backoff(30ms));
+    const std::size_t sends = 5;
+    std::size_t full_at_once = 0;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        for (std::size_t i = 0; i < sends; ++i)
+            h.send(std::string(1, 'm') += std::to_string(i), i);
+        // The two beyond the limit fail at once; the others wait through retries.
+        co_await eventually([&] { return h.fates[3].completions && h.fates[4].completions; }, 1s);
+        co_await eventually([&] { return h.retries.size() >= 2; }, 2s);
+        for (std::size_t i = 0; i < sends; ++i)
+            full_at_once += static_cast<std::size_t>(h.fates[i].completions);
+        h.sup.stop();
+    });
+    h.ioc.run_for(5s);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(full_at_once == 2);
+
+    // After run() ended, new sends fail at once.
+    h.send("late", sends);
+    h.ioc.restart();
+    h.ioc.run_for(1s);
+
+    REQUIRE(h.fates.size() == sends + 1);
+    std::size_t completions = 0;
+    for (std::size_t i = 0; i < h.fates.size(); ++i) {
+        CAPTURE(i);
+        CHECK(h.fates[i].completions == 1);
+        completions += static_cast<std::size_t>(h.fates[i].completions);
+    }
+    CHECK(completions == sends + 1);
+    for (std::size_t i = 0; i < 3; ++i)
+        CHECK_CODE(h.fates[i].ec, error::supervisor_stopped);
+    CHECK_CODE(h.fates[3].ec, error::send_queue_full);
+    CHECK_CODE(h.fates[4].ec, error::send_queue_full);
+    CHECK_CODE(h.fates[5].ec, error::supervisor_stopped);
+    const auto c = h.sup.counters();
+    CHECK(c.messages_sent + c.messages_failed == sends + 1);
+    CHECK(c.messages_failed == sends + 1);
+}
+
+TEST_CASE("message fate under churn: a server that closes every connection at once")
+{
+    // Each connection gets one message to write while the peer's close frame is on its way,
+    // so sends and the end of run() race in every order: written, then the end; the end, then
+    // the write's failure; the end while the message waits. The supervisor must keep going
+    // and account for every message exactly once.
+    vt::peer_options o;
+    o.behaviour = vt::peer_behaviour::close_with;
+    o.close_code = 1012;
+    vt::peer server(o);
+    auto cfg = quick_config();
+    cfg.min_delay = 1ms;
+    harness h(server.url(), cfg, vigil::constant_backoff(1ms));
+    const std::size_t rounds = 100;
+    std::size_t sends = 0;
+    h.sup.events().on_up = [&] {
+        ++h.ups;
+        h.send("up " + std::to_string(sends), sends);
+        ++sends;
+    };
+    h.sup.events().on_retry = [&](const vigil::retry_info& info) {
+        h.retries.push_back(info);
+        h.send("retry " + std::to_string(sends), sends);
+        ++sends;
+    };
+    bool kept_going = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        kept_going = co_await eventually([&] { return h.retries.size() >= rounds; }, 6s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    CHECK(kept_going);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    REQUIRE(h.fates.size() == sends);
+    std::size_t written = 0;
+    for (std::size_t i = 0; i < sends; ++i) {
+        CAPTURE(i);
+        CHECK(h.fates[i].completions == 1);
+        if (!h.fates[i].ec)
+            ++written;
+        else
+            CHECK_CODE(h.fates[i].ec, error::supervisor_stopped);
+    }
+    const auto c = h.sup.counters();
+    CHECK(c.messages_sent == written);
+    CHECK(c.messages_sent + c.messages_failed == sends);
+    CHECK(server.messages() <= written);
+}
+
+TEST_CASE("stop() closes with a close handshake and run() returns empty")
+{
+    vt::peer server;
+    harness h(server.url());
+    bool was_up = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        was_up = co_await eventually([&] { return h.ups == 1; }, 3s);
+        co_await eventually([] { return false; }, 50ms);
+        h.sup.stop();
+    });
+    h.ioc.run_for(5s);
+
+    REQUIRE(was_up);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(vt::wait_until([&] { return server.closes() == 1; }, 2s));
+    CHECK(h.retries.empty());
+    CHECK(h.gave_up.empty());
+    CHECK(h.sup.counters().attempts == 1);
+    CHECK(h.sup.counters().time_connected >= 50ms);
+}
+
+TEST_CASE("stop() or retry_now() from an event handler take effect at once")
+{
+    refused_port closed;
+    harness h(closed.url(), quick_config(), vigil::constant_backoff(5s));
+    bool from_retry_now = false;
+    SUBCASE("stop() from on_retry")
+    {
+        h.sup.events().on_retry = [&](const vigil::retry_info& info) {
+            h.retries.push_back(info);
+            h.retry_times.push_back(steady::now());
+            h.sup.stop();
+        };
+    }
+    SUBCASE("retry_now() from on_retry, then stop()")
+    {
+        from_retry_now = true;
+        h.sup.events().on_retry = [&](const vigil::retry_info& info) {
+            h.retries.push_back(info);
+            h.retry_times.push_back(steady::now());
+            if (h.retries.size() == 1)
+                h.sup.retry_now();
+            else
+                h.sup.stop();
+        };
+    }
+    const auto start = steady::now();
+    h.start_run();
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(h.retries.size() == (from_retry_now ? 2u : 1u));
+    CHECK(h.sup.counters().attempts == (from_retry_now ? 2u : 1u));
+    CHECK(ms_between(start, h.run_ended) < 1s);
+}
+
+TEST_CASE("stop() and retry_now() from another thread")
+{
+    SUBCASE("while waiting between attempts")
+    {
+        refused_port closed;
+        harness h(closed.url(), quick_config(), vigil::constant_backoff(5s));
+        steady::time_point asked{};
+        std::atomic<bool> second_seen{false};
+        h.start_run();
+        std::thread other([&] {
+            if (vt::wait_until([&] { return h.retries_seen.load() >= 1; }, 3s)) {
+                asked = steady::now();
+                h.sup.retry_now();
+                second_seen = vt::wait_until([&] { return h.retries_seen.load() >= 2; }, 3s);
+                (void)h.sup.counters();
+            }
+            h.sup.stop();
+        });
+        h.ioc.run_for(8s);
+        other.join();
+
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        CHECK(second_seen);
+        REQUIRE(h.retry_times.size() >= 2);
+        CHECK(ms_between(asked, h.retry_times[1]) < 100ms + tolerance);
+    }
+    SUBCASE("while connected")
+    {
+        vt::peer server;
+        harness h(server.url());
+        std::atomic<int> send_result{-1};
+        bool echoed = false;
+        h.start_run();
+        h.spawn([&]() -> asio::awaitable<void> {
+            echoed = co_await eventually([&] { return !h.messages.empty(); }, 3s);
+        });
+        std::thread other([&] {
+            if (vt::wait_until([&] { return h.ups_seen.load() >= 1; }, 3s)) {
+                h.sup.retry_now();  // connected: a no-op
+                h.sup.async_send("from another thread", message_type::text,
+                                 [&](error_code ec) { send_result = ec ? 1 : 0; });
+                vt::wait_until([&] { return send_result.load() >= 0; }, 3s);
+                (void)h.sup.counters();
+            }
+            h.sup.stop();
+        });
+        h.ioc.run_for(8s);
+        other.join();
+
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        CHECK(send_result.load() == 0);
+        CHECK(echoed);
+        CHECK(h.sup.counters().attempts == 1);
+        CHECK(h.retries.empty());
+        CHECK(vt::wait_until([&] { return server.closes() == 1; }, 2s));
+    }
+}
+
+TEST_CASE("cancelling the coroutine awaiting run() ends it promptly and leaves nothing pending")
+{
+    std::optional<vt::peer> server;
+    refused_port closed;
+    std::string url;
+    std::function<bool(const harness&)> ready;
+    vigil::supervisor_config cfg = quick_config();
+    SUBCASE("while connected")
+    {
+        server.emplace();
+        url = server->url();
+        ready = [](const harness& h) { return h.ups == 1; };
+    }
+    SUBCASE("while waiting between attempts")
+    {
+        url = closed.url();
+        ready = [](const harness& h) { return h.retries.size() == 1; };
+    }
+    SUBCASE("while connecting")
+    {
+        vt::peer_options o;
+        o.behaviour = vt::peer_behaviour::no_upgrade_answer;
+        server.emplace(o);
+        url = server->url();
+        ready = [&](const harness&) { return server->connections() == 1; };
+    }
+    harness h(url, cfg, vigil::constant_backoff(5s));
+    h.send("queued", 0);
+    asio::cancellation_signal signal;
+    steady::time_point cancelled_at{};
+    h.started = true;
+    asio::co_spawn(
+        h.ioc,
+        [&]() -> asio::awaitable<void> {
+            h.run_ec = co_await h.sup.run();
+            h.run_ended = steady::now();
+            h.run_done = true;
+        },
+        asio::bind_cancellation_slot(signal.slot(), [](std::exception_ptr e) {
+            if (e)
+                std::rethrow_exception(e);
+        }));
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return ready(h); }, 3s))
+            co_return;
+        cancelled_at = steady::now();
+        signal.emit(asio::cancellation_type::terminal);
+    });
+    const auto start = steady::now();
+    h.ioc.run_for(6s);
+    const auto took = ms_since(start);
+
+    REQUIRE(cancelled_at != steady::time_point{});
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, asio::error::operation_aborted);
+    CHECK(ms_between(cancelled_at, h.run_ended) < tolerance);
+    // The io_context ran out of work by itself: no timer or socket operation was left.
+    CHECK(h.ioc.stopped());
+    CHECK(took < 4s);
+    CHECK(h.gave_up.empty());
+    REQUIRE(h.fates.size() == 1);
+    CHECK(h.fates[0].completions == 1);
+    if (h.ups == 1) {
+        // Connected: the queued message went out before the cancellation.
+        CHECK_CODE(h.fates[0].ec, error_code{});
+    } else {
+        CHECK_CODE(h.fates[0].ec, error::supervisor_stopped);
+    }
+}
+
+TEST_CASE("a user-defined backoff policy decides the delays")
+{
+    refused_port closed;
+    auto cfg = quick_config();
+    cfg.min_delay = 1ms;
+    linear_backoff policy{30ms};
+    auto asked = policy.asked;
+    harness h(closed.url(), cfg, policy);
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return h.retries.size() >= 3; }, 3s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(5s);
+
+    REQUIRE(h.run_done);
+    REQUIRE(h.retries.size() >= 3);
+    CHECK(h.retries[0].delay == 30ms);
+    CHECK(h.retries[1].delay == 60ms);
+    CHECK(h.retries[2].delay == 90ms);
+    REQUIRE(asked->size() >= 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK((*asked)[i].attempt == i + 1);
+        CHECK((*asked)[i].reason == asio::error::connection_refused);
+    }
+
+    // The floor applies whatever the policy says.
+    linear_backoff zero{0ms};
+    cfg.min_delay = 25ms;
+    harness floored(closed.url(), cfg, zero);
+    floored.start_run();
+    floored.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return floored.retries.size() >= 2; }, 3s);
+        floored.sup.stop();
+    });
+    floored.ioc.run_for(5s);
+    REQUIRE(floored.retries.size() >= 2);
+    CHECK(floored.retries[0].delay == 25ms);
+    CHECK(ms_between(floored.retry_times[0], floored.retry_times[1]) >= 25ms - 2ms);
+}
+
+TEST_CASE("an invalid config ends run() at once with invalid_config")
+{
+    vt::peer server;
+    auto cfg = quick_config();
+    cfg.min_delay = 0ms;
+    harness h(server.url(), cfg);
+    h.send("never", 0);
+    const auto start = steady::now();
+    h.start_run();
+    h.ioc.run_for(2s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error::invalid_config);
+    CHECK(ms_between(start, h.run_ended) < 100ms);
+    CHECK(h.sup.counters().attempts == 0);
+    CHECK(server.connections() == 0);
+    CHECK(h.sup.last_disconnect().detail.find("min_delay") != std::string::npos);
+    REQUIRE(h.gave_up.size() == 1);
+    CHECK_CODE(h.gave_up[0].first, error::invalid_config);
+    REQUIRE(h.fates.size() == 1);
+    CHECK(h.fates[0].completions == 1);
+    CHECK(h.fates[0].ec);
+}
+
+TEST_CASE("an on_connected hook failure fails the attempt and is classified")
+{
+    vt::peer server;
+    harness h(server.url(), quick_config(), vigil::constant_backoff(20ms));
+    int hook_runs = 0;
+
+    SUBCASE("a transient code: retried")
+    {
+        h.sup.on_connected([&](vigil::session&) -> asio::awaitable<error_code> {
+            ++hook_runs;
+            co_return hook_runs == 1 ? vigil::make_close_error(1011) : error_code{};
+        });
+        h.start_run();
+        h.spawn([&]() -> asio::awaitable<void> {
+            co_await eventually([&] { return h.ups == 1; }, 3s);
+            h.sup.stop();
+        });
+        h.ioc.run_for(5s);
+
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        REQUIRE(h.retries.size() == 1);
+        CHECK(vigil::close_code_of(h.retries[0].last.reason) == 1011);
+        CHECK(h.retries[0].last.detail.find("on_connected") != std::string::npos);
+        CHECK(hook_runs == 2);
+        CHECK(h.sup.counters().attempts == 2);
+        CHECK(h.sup.counters().connects == 1);
+    }
+    SUBCASE("an exception: handler_exception, retried")
+    {
+        h.sup.on_connected([&](vigil::session&) -> asio::awaitable<error_code> {
+            if (++hook_runs == 1)
+                throw std::runtime_error("subscription refused");
+            co_return error_code{};
+        });
+        h.start_run();
+        h.spawn([&]() -> asio::awaitable<void> {
+            co_await eventually([&] { return h.ups == 1; }, 3s);
+            h.sup.stop();
+        });
+        h.ioc.run_for(5s);
+
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        REQUIRE(h.retries.size() == 1);
+        CHECK_CODE(h.retries[0].last.reason, error::handler_exception);
+        CHECK(hook_runs == 2);
+    }
+    SUBCASE("a permanent code: gave up")
+    {
+        h.sup.on_connected([&](vigil::session&) -> asio::awaitable<error_code> {
+            ++hook_runs;
+            co_return vigil::make_close_error(1008);
+        });
+        h.start_run();
+        h.ioc.run_for(5s);
+
+        REQUIRE(h.run_done);
+        CHECK(vigil::close_code_of(h.run_ec) == 1008);
+        CHECK(hook_runs == 1);
+        CHECK(h.retries.empty());
+        CHECK(h.sup.counters().attempts == 1);
+        CHECK(h.sup.counters().connects == 0);
+        CHECK(h.ups == 0);
+        REQUIRE(h.gave_up.size() == 1);
+        CHECK(h.gave_up[0].first == h.run_ec);
+    }
+}
+
+}  // TEST_SUITE
