@@ -384,12 +384,14 @@ int main(int argc, char** argv)
             csv << "mode,size_bytes,client,round,value,unit\n";
         }
 
-        std::printf("echo benchmark: raw Beast vs vigil::session (heartbeat on), "
-                    "%d alternating rounds each, medians\n\n",
-                    s.rounds);
-        std::printf("%-11s %-7s %16s %16s %10s %8s\n", "mode", "size", "raw", "vigil",
-                    "vigil/raw", "target");
-        std::fflush(stdout);
+        if (s.only.empty()) {
+            std::printf("echo benchmark: raw Beast vs vigil::session (heartbeat on), "
+                        "%d alternating rounds each, medians\n\n",
+                        s.rounds);
+            std::printf("%-11s %-7s %16s %16s %10s %8s\n", "mode", "size", "raw", "vigil",
+                        "vigil/raw", "target");
+            std::fflush(stdout);
+        }
 
         for (const auto& sc : scenarios) {
             if ((!s.only_mode.empty() && sc.mode != s.only_mode) ||
@@ -414,7 +416,7 @@ int main(int argc, char** argv)
                 for (bool use_vigil : {false, true}) {
                     double v = measure(ioc, sc, use_vigil, server.port(), s.seconds);
                     (use_vigil ? vig : raw).push_back(v);
-                    if (csv) {
+                    if (csv.is_open()) {
                         csv << sc.mode << ',' << sc.size << ',' << (use_vigil ? "vigil" : "raw")
                             << ',' << round << ',' << v << ',' << unit << '\n';
                     }
@@ -428,7 +430,7 @@ int main(int argc, char** argv)
                         ratio >= sc.target ? "" : "  (below target)");
             std::fflush(stdout);
         }
-        if (csv) {
+        if (csv.is_open()) {
             std::printf("\nraw figures written to %s\n", s.csv_path.c_str());
         }
         return 0;

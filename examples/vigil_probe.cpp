@@ -31,6 +31,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstddef>
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <memory>
@@ -356,6 +357,8 @@ public:
     }
 
     int exit_code() const noexcept { return exit_code_; }
+    /// A second signal asked to end at once: operations may still be pending.
+    bool forced() const noexcept { return forced_; }
 
 private:
     enum class stop_cause { none, signal, duration };
@@ -524,6 +527,12 @@ private:
 
     void abort_now()
     {
+        forced_ = true;
+        if (finished_) {
+            // The outcome is known; only a lingering close handshake is left.
+            ioc_.stop();
+            return;
+        }
         if (supervisor_) {
             abort_.emit(asio::cancellation_type::terminal);
         } else {
@@ -653,7 +662,8 @@ private:
         if (!reported_) {
             report(session_->last_disconnect());
         }
-        if (clean_end(ec)) {
+        // Asked to stop, and stopped: how the close handshake went is in `disconnected`.
+        if (clean_end(ec) || stop_cause_ != stop_cause::none) {
             exit_code_ = exit_ok;
         } else {
             exit_code_ = vigil::is_permanent(ec) ? exit_gave_up : exit_failed;
@@ -676,6 +686,11 @@ private:
     void finish()
     {
         finished_ = true;
+        if (forced_) {
+            // Asked to end at once: a close handshake still waiting for its answer must not
+            // keep us.
+            ioc_.stop();
+        }
         waiting_ = false;
         error_code ignored;
         stop_signals_.cancel(ignored);
@@ -707,6 +722,7 @@ private:
     bool reported_ = false;
     bool waiting_ = false;
     bool finished_ = false;
+    bool forced_ = false;
     int exit_code_ = exit_failed;
 };
 
@@ -733,6 +749,12 @@ int main(int argc, char** argv)
         probe p(ioc, std::move(opts), start);
         p.start();
         ioc.run();
+        if (p.forced()) {
+            // Operations the second signal cut short may still hold the session; leaving
+            // now, without unwinding them, is what "at once" means.
+            std::cout.flush();
+            std::_Exit(p.exit_code());
+        }
         return p.exit_code();
     } catch (const std::exception& e) {
         std::cerr << "vigil-probe: " << e.what() << '\n';

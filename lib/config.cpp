@@ -3,6 +3,8 @@
 
 #include <vigil/config.hpp>
 
+#include "detail/printable.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -64,27 +66,9 @@ bool has_line_break_or_nul(std::string_view s) noexcept
     return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
 }
 
-// Quoted input ends up in logs: keep it on one line and short.
 std::string printable(std::string_view s)
 {
-    constexpr std::size_t max_shown = 64;
-    std::string out;
-    std::size_t shown = 0;
-    for (; shown < s.size() && out.size() < max_shown; ++shown) {
-        const char c = s[shown];
-        const auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            static constexpr char hex[] = "0123456789abcdef";
-            out += "\\x";
-            out += hex[u >> 4];
-            out += hex[u & 0xf];
-        } else {
-            out += c;
-        }
-    }
-    if (shown < s.size())
-        out += "...";
-    return out;
+    return detail::printable(s, 64, false);
 }
 
 void check_headers(checker& check, const session_config& cfg)

@@ -3,6 +3,8 @@
 
 #include <vigil/url.hpp>
 
+#include "detail/printable.hpp"
+
 #include <boost/url/authority_view.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
@@ -61,27 +63,7 @@ std::string quote(std::string_view s)
             s = masked;
         }
     }
-    std::string out = "\"";
-    std::size_t shown = 0;
-    for (; shown < s.size() && out.size() < max_quoted; ++shown) {
-        const char c = s[shown];
-        const auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            static constexpr char hex[] = "0123456789abcdef";
-            out += "\\x";
-            out += hex[u >> 4];
-            out += hex[u & 0xf];
-        } else if (c == '"' || c == '\\') {
-            out += '\\';
-            out += c;
-        } else {
-            out += c;
-        }
-    }
-    if (shown < s.size())
-        out += "...";
-    out += '"';
-    return out;
+    return '"' + detail::printable(s, max_quoted, true) + '"';
 }
 
 class parser {

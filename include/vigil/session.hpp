@@ -58,7 +58,8 @@ std::optional<std::chrono::milliseconds> parse_retry_after(
 struct session_events {
     /// The WebSocket handshake succeeded.
     std::function<void()> on_connected;
-    /// A heartbeat ping was handed to the socket.
+    /// A heartbeat ping is being sent (called just before it is written, so that a fast
+    /// pong can never be reported before its ping).
     std::function<void()> on_ping;
     /// The pong for our last ping arrived; `rtt` is measured from the ping's send.
     std::function<void(std::chrono::microseconds rtt)> on_pong;
