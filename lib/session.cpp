@@ -43,10 +43,22 @@ std::string with_context(std::string what, const error_code& ec)
     return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
 }
 
+// The executor all of a session's work runs on: the caller's own if it already serializes,
+// else a strand over it, as concrete as we can make it.
+asio::any_io_executor serialized(asio::any_io_executor ex)
+{
+    using io_executor = asio::io_context::executor_type;
+    if (const auto* io = ex.target<io_executor>())
+        return asio::make_strand(*io);
+    if (ex.target<asio::strand<io_executor>>() || ex.target<asio::strand<asio::any_io_executor>>())
+        return ex;
+    return asio::make_strand(std::move(ex));
+}
+
 }  // namespace
 
 session::impl::impl(asio::any_io_executor ex, session_config cfg)
-    : strand_(asio::make_strand(std::move(ex))),
+    : strand_(serialized(std::move(ex))),
       cfg_(std::move(cfg)),
       watchdog_timer_(strand_),
       writer_wake_(strand_),
@@ -63,7 +75,7 @@ asio::awaitable<error_code> session::impl::resolve_and_connect(const endpoint& e
     // takes effect once it returns, which with a dead DNS server can be many seconds. So
     // the lookup reports into a shared state and we wait on a timer that the deadline (or
     // the caller) can cancel at once; a lookup we gave up on finishes in the background.
-    auto state = std::make_shared<lookup>(asio::any_io_executor(strand_));
+    auto state = std::make_shared<lookup>(strand_);
     lookup_ = state;
     resolver_->async_resolve(ep.host, std::to_string(ep.port),
                              [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
@@ -168,7 +180,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     }
 
     ws_.reset();
-    ws_.emplace(asio::any_io_executor(strand_), ep.tls ? tls_ctx_.get() : nullptr);
+    ws_.emplace(strand_, ep.tls ? tls_ctx_.get() : nullptr);
     resolver_.emplace(strand_);
     auto aborted = [this]() -> bool { return cancel_requested_; };
 
@@ -338,8 +350,15 @@ asio::awaitable<error_code> session::impl::first_cause(asio::awaitable<error_cod
     auto ec = co_await std::move(arm);
     // Arms that end after the first were cancelled, or failed because the first one tore
     // something down: only the first says why the session ended.
-    if (!cause_)
+    if (!cause_) {
         cause_ = ec;
+        // A failure means the transport is finished. Closing the socket now makes every
+        // other pending operation fail at once, so `||` cannot be held up by one that
+        // ignores cancellation in some state (Beast's close handshake, for one).
+        // idle_timeout is the exception: the peer is alive, and run() says goodbye politely.
+        if (ec && ec != error::idle_timeout)
+            close_socket();
+    }
     co_return ec;
 }
 
@@ -378,7 +397,10 @@ asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::str
 
 void session::impl::end_connection(error_code ec, std::string detail)
 {
+    // Nothing of ours is pending any more; destroying the stream also stops Beast's own
+    // timer, which an aborted close handshake would otherwise leave waiting.
     close_socket();
+    ws_.reset();
     state_ = state::idle;
     last_.reason = ec;
     last_.detail = std::move(detail);

@@ -67,10 +67,9 @@ struct supervisor::impl {
           url_(std::move(url)),
           cfg_(std::move(cfg)),
           policy_(std::move(policy)),
-          // On a strand of our strand: the session's events (on_message ...) are then
-          // serialised with the hook and the supervisor's events, as documented, even when
-          // the io_context runs on several threads.
-          session_(strand_, cfg_.session),
+          // Not on a strand of strand_: the session completes sends with dispatch(), which
+          // would then resume our coroutines inline, inside the session's own teardown.
+          session_(ex, cfg_.session),
           outbox_wake_(strand_),
           backoff_timer_(strand_)
     {

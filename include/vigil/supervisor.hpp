@@ -117,7 +117,9 @@ struct supervisor_counters {
 /// saw it: it stays at the head of the outbox for the next connection.
 ///
 /// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
-/// Events (the sessions' too) and the hook run on the supervisor's strand.
+/// The supervisor's events and the hook run on the supervisor's strand; the sessions' events
+/// run on each session's own strand (of the same executor), so with an io_context run by
+/// several threads they may run concurrently with the supervisor's.
 ///
 /// **Object lifetimes:** the supervisor must outlive `run()` and every send.
 class supervisor {

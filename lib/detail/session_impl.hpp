@@ -16,6 +16,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket/stream.hpp>
@@ -103,7 +104,10 @@ struct session::impl {
     template <class F, class... Args>
     void notify(const F& f, Args&&... args);
 
-    asio::strand<asio::any_io_executor> strand_;
+    // A strand over the caller's executor, type-erased. Over a plain io_context executor it
+    // is a strand of the concrete type: a strand of any_io_executor costs a heap allocation
+    // in several executor queries per operation (see serialized() in session.cpp).
+    asio::any_io_executor strand_;
     session_config cfg_;
     session_events events_;
     disconnect_info last_;
@@ -138,7 +142,7 @@ struct session::impl {
     clock_type::time_point watchdog_at_ = clock_type::time_point::max();
 
     // The writer sleeps on writer_wake_ while the queue is empty.
-    detail::wakeup<asio::strand<asio::any_io_executor>> writer_wake_;
+    detail::wakeup<asio::any_io_executor> writer_wake_;
     std::deque<outgoing> queue_;
     std::optional<handler_type> close_handler_;  // close() in progress inside run()
 

@@ -40,8 +40,11 @@ asio::awaitable<error_code> session::impl::writer()
         ws_->binary(msg.type == message_type::binary);
         auto [ec, n] = co_await ws_->async_write(asio::buffer(msg.data), asio::as_tuple(asio::use_awaitable));
         writing_ = false;
-        if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_return ec;  // left queued: run() reports it with the reason the session ended
+        // Cut off because the session is ending for another reason (we were cancelled, or
+        // the first arm to finish closed the socket under us): leave the message queued,
+        // run() reports it with the reason the session ended.
+        if (ec && (cause_ || detail::cancelled(co_await asio::this_coro::cancellation_state)))
+            co_return ec;
         // Pop before completing: the handler may run inline and send again.
         handler_type done(std::move(queue_.front().handler));
         queue_.pop_front();

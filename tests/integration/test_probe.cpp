@@ -462,6 +462,52 @@ TEST_SUITE("probe")
         CHECK(server.closes() == 1);
     }
 
+    TEST_CASE("probe stops on a signal even when the peer ignores the close handshake")
+    {
+        peer_options po;
+        po.behaviour = peer_behaviour::ignore_close;
+        SUBCASE("one signal: the close handshake is bounded by --close-timeout")
+        {
+            peer server(po);
+            probe_options opts;
+            opts.on_event = [](const json& e, pid_t pid) {
+                if (e.value("event", "") == "connected") {
+                    ::kill(pid, SIGTERM);
+                }
+            };
+            auto run = run_probe({"--close-timeout", "0.3", server.url()}, opts);
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 0);
+            auto last = run.events.back();
+            CHECK(last["event"] == "disconnected");
+            CHECK(last["reason"] == "close_timeout");
+            CHECK(find_event(run, "retry") == nullptr);
+            CHECK(server.closes() == 1);
+        }
+        SUBCASE("a second signal ends it at once")
+        {
+            peer server(po);
+            probe_options opts;
+            opts.on_event = [](const json& e, pid_t pid) {
+                if (e.value("event", "") == "connected") {
+                    // Queued by the probe's signal handling if they arrive together.
+                    ::kill(pid, SIGTERM);
+                    ::kill(pid, SIGINT);
+                }
+            };
+            auto run = run_probe({"--close-timeout", "5", server.url()}, opts);
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 0);
+            // Far less than the 5 s the close handshake was allowed.
+            CHECK(run.wall_seconds < 2.0);
+            CHECK(run.events.back()["event"] == "disconnected");
+        }
+    }
+
     TEST_CASE("probe rejects bad arguments with exit status 64")
     {
         const std::vector<std::vector<std::string>> bad = {

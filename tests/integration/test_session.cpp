@@ -483,6 +483,44 @@ TEST_CASE("close_timeout: a close that is never answered does not hold the sessi
     CHECK(close_took <= cfg.close_timeout + tolerance);
 }
 
+TEST_CASE("cancel() during a close that is never answered ends run() and close() at once")
+{
+    auto cfg = quick_config();
+    cfg.ping_interval = 0ms;
+    cfg.close_timeout = 3s;  // far beyond the bound below: only cancel() may end this
+    vt::peer server({.behaviour = vt::peer_behaviour::ignore_close});
+    client c(cfg);
+    error_code connect_ec = error::not_connected;
+    error_code close_ec;
+    bool close_done = false;
+    steady::time_point cancelled_at{}, close_returned{};
+
+    c.spawn([&]() -> asio::awaitable<void> {
+        connect_ec = co_await c.s.connect(server.url());
+        if (connect_ec)
+            co_return;
+        c.start_run();
+        c.spawn([&]() -> asio::awaitable<void> {
+            close_ec = co_await c.s.close();
+            close_returned = steady::now();
+            close_done = true;
+        });
+        co_await eventually([&] { return server.closes() == 1; }, 2s);  // our close frame is out
+        cancelled_at = steady::now();
+        c.s.cancel();
+    });
+    c.ioc.run_for(2500ms);
+
+    REQUIRE_FALSE(connect_ec);
+    REQUIRE(c.run_done);
+    REQUIRE(close_done);
+    CHECK_CODE(c.run_ec, asio::error::operation_aborted);
+    CHECK_CODE(close_ec, asio::error::operation_aborted);
+    CHECK(c.run_ended - cancelled_at < 200ms);
+    CHECK(close_returned - cancelled_at < 200ms);
+    CHECK(c.ioc.stopped());  // nothing left pending
+}
+
 TEST_CASE("write_timeout: a peer that stops reading while we write")
 {
     vt::peer server({.behaviour = vt::peer_behaviour::stop_reading});
