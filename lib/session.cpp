@@ -405,10 +405,12 @@ void session::impl::end_connection(error_code ec, std::string detail)
     last_.reason = ec;
     last_.detail = std::move(detail);
     // Nothing queued may vanish: unwritten messages complete with the reason we ended
-    // (never with success, even after a clean close).
+    // (never with success, even after a clean close). Posted, not run inline: a waiting
+    // coroutine resumed in the middle of teardown could be one that is itself being
+    // cancelled (a supervisor's arm), and must not re-enter it.
     fail_queue(ec ? ec : error_code(error::not_connected));
     if (close_handler_) {
-        complete(std::move(*close_handler_), ec);
+        complete(std::move(*close_handler_), ec, false);
         close_handler_.reset();
     }
     notify(events_.on_disconnected, std::as_const(last_));
@@ -434,12 +436,12 @@ void session::impl::wake_writer()
     writer_wake_.notify();
 }
 
-void session::impl::complete(handler_type h, error_code ec, bool from_io)
+void session::impl::complete(handler_type h, error_code ec, bool inline_ok)
 {
     // Either way the handler then runs through its own associated executor (a caller's
     // coroutine resumes on its executor, not necessarily our strand). Inside an initiating
     // function it must not run before the initiation returns, hence post.
-    if (from_io)
+    if (inline_ok)
         asio::dispatch(strand_, asio::append(std::move(h), ec));
     else
         asio::post(strand_, asio::append(std::move(h), ec));
@@ -450,7 +452,7 @@ void session::impl::fail_queue(error_code ec)
     auto pending = std::move(queue_);
     queue_.clear();
     for (auto& msg : pending)
-        complete(std::move(msg.handler), ec);
+        complete(std::move(msg.handler), ec, false);
 }
 
 void session::impl::set_deadline(clock_type::time_point when)

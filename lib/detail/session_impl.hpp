@@ -93,9 +93,9 @@ struct session::impl {
     error_code setup_tls_context(std::string& detail);
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
     void set_deadline(clock_type::time_point when);
-    /// Completes a send or close. `from_io` is true when called from the writer or the
-    /// teardown (not from inside an initiating function), where the handler may run inline.
-    void complete(handler_type h, error_code ec, bool from_io = true);
+    /// Completes a send or close. `inline_ok` only for the writer's own completions, the hot
+    /// path; initiating functions and teardown post.
+    void complete(handler_type h, error_code ec, bool inline_ok = true);
     void fail_queue(error_code ec);
     void wake_writer();
     void end_connection(error_code ec, std::string detail);
