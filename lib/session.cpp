@@ -6,6 +6,7 @@
 
 #include <vigil/session.hpp>
 
+#include "detail/serialized.hpp"
 #include "detail/session_impl.hpp"
 
 #include <boost/asio/append.hpp>
@@ -43,22 +44,10 @@ std::string with_context(std::string what, const error_code& ec)
     return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
 }
 
-// The executor all of a session's work runs on: the caller's own if it already serializes,
-// else a strand over it, as concrete as we can make it.
-asio::any_io_executor serialized(asio::any_io_executor ex)
-{
-    using io_executor = asio::io_context::executor_type;
-    if (const auto* io = ex.target<io_executor>())
-        return asio::make_strand(*io);
-    if (ex.target<asio::strand<io_executor>>() || ex.target<asio::strand<asio::any_io_executor>>())
-        return ex;
-    return asio::make_strand(std::move(ex));
-}
-
 }  // namespace
 
 session::impl::impl(asio::any_io_executor ex, session_config cfg)
-    : strand_(serialized(std::move(ex))),
+    : strand_(detail::serialized(std::move(ex))),
       cfg_(std::move(cfg)),
       watchdog_timer_(strand_),
       writer_wake_(strand_),

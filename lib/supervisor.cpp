@@ -6,6 +6,7 @@
 
 #include <vigil/supervisor.hpp>
 
+#include "detail/serialized.hpp"
 #include "detail/with_deadline.hpp"
 
 #include <boost/asio/append.hpp>
@@ -63,13 +64,13 @@ struct supervisor::impl {
     enum class phase { idle, connecting, up, waiting };
 
     impl(asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy)
-        : strand_(asio::make_strand(ex)),
+        : strand_(detail::serialized(std::move(ex))),
           url_(std::move(url)),
           cfg_(std::move(cfg)),
           policy_(std::move(policy)),
-          // Not on a strand of strand_: the session completes sends with dispatch(), which
-          // would then resume our coroutines inline, inside the session's own teardown.
-          session_(ex, cfg_.session),
+          // The session shares our strand (see detail::serialized() for why). Its writer may
+          // then resume our outbox pump inline when a send completes; its teardown posts.
+          session_(strand_, cfg_.session),
           outbox_wake_(strand_),
           backoff_timer_(strand_)
     {
@@ -103,7 +104,7 @@ struct supervisor::impl {
         f(counters_);
     }
 
-    asio::strand<asio::any_io_executor> strand_;
+    asio::any_io_executor strand_;  // shared with session_; see detail::serialized()
     std::string url_;
     supervisor_config cfg_;
     any_backoff policy_;
@@ -292,6 +293,8 @@ asio::awaitable<error_code> supervisor::impl::run_op()
     if (running_)
         co_return error::already_running;
     running_ = true;
+    ended_ = false;  // a supervisor may be run again after run() returned
+    end_reason_ = {};
 
     error_code result;
     std::string detail;
@@ -384,6 +387,7 @@ asio::awaitable<error_code> supervisor::impl::run_op()
     ended_ = true;
     end_reason_ = (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
     fail_outbox(end_reason_);
+    stop_requested_ = false;  // consumed: stop() ends one run()
     running_ = false;
     co_return result;
 }

@@ -158,6 +158,10 @@ public:
     /// `run()` returns when it gave up). `last_disconnect()` has the last session's
     /// disconnect info.
     ///
+    /// Between two `run()`s, `send()` fails at once with the code the last one ended with;
+    /// `run()` may be called again (a `stop()` made while no `run()` was in progress ends the
+    /// next one at once). A second concurrent `run()` returns `already_running`.
+    ///
     /// **Per-operation cancellation:** terminal, partial and total: the current attempt or
     /// wait is abandoned, the socket closed, and `run()` returns `operation_aborted`.
     boost::asio::awaitable<error_code> run();

@@ -104,10 +104,7 @@ struct session::impl {
     template <class F, class... Args>
     void notify(const F& f, Args&&... args);
 
-    // A strand over the caller's executor, type-erased. Over a plain io_context executor it
-    // is a strand of the concrete type: a strand of any_io_executor costs a heap allocation
-    // in several executor queries per operation (see serialized() in session.cpp).
-    asio::any_io_executor strand_;
+    asio::any_io_executor strand_;  // see detail::serialized()
     session_config cfg_;
     session_events events_;
     disconnect_info last_;

@@ -129,11 +129,18 @@ struct refused_port {
     asio::ip::tcp::acceptor sock{ioc};
 };
 
+// The io_context lives in a base, named first in harness's initializer list, so that it is
+// built before the supervisor that uses it. (clang 14's -Wuninitialized flags the same order
+// among plain members, wrongly.)
+struct io_base {
+    asio::io_context ioc;
+};
+
 // A supervisor on the test thread's io_context, and what its events said.
-struct harness {
+struct harness : io_base {
     template <class Policy = vigil::exponential_backoff>
     explicit harness(std::string url, vigil::supervisor_config cfg = quick_config(), Policy policy = Policy{})
-        : sup(ioc.get_executor(), std::move(url), std::move(cfg), std::move(policy))
+        : io_base(), sup(ioc.get_executor(), std::move(url), std::move(cfg), std::move(policy))
     {
         auto& ev = sup.events();
         ev.on_up = [this] {
@@ -201,7 +208,6 @@ struct harness {
         error_code ec = error::not_connected;
     };
 
-    asio::io_context ioc;
     vigil::supervisor sup;
 
     int ups = 0;
