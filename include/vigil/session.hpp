@@ -76,17 +76,24 @@ struct session_events {
 /// session object holds one connection at a time; after `run()` returns, `connect()` may be
 /// called again (that is what a supervisor does).
 ///
-/// **Thread safety:** all I/O runs on an internal strand made from the executor given to the
-/// constructor, so `connect`, `run`, `send`, `close` and `cancel` may be called from
-/// coroutines on any thread. Distinct sessions are independent. `events()` and
-/// `last_disconnect()` are not synchronised: touch them only while no operation runs, or
-/// from the handlers themselves.
+/// **Thread safety:** all I/O runs on one strand (the executor given to the constructor if it
+/// is a strand, else a strand made over it), so `connect`, `run`, `send`, `close` and
+/// `cancel` may be called from coroutines on any thread. Distinct sessions are independent.
+/// `events()` and `last_disconnect()` are not synchronised: touch them only while no
+/// operation runs, or from the handlers themselves.
+///
+/// **Performance and cancellation:** await the session's operations from coroutines running
+/// on `get_executor()` where you can. Sends then complete without a trip through the
+/// scheduler, and cancelling an awaiting coroutine is delivered inline: Boost 1.81's
+/// `co_spawn` forwards a cancellation to another executor by posting, and that posted step
+/// can touch freed memory if the operation completes in between.
 ///
 /// **Object lifetimes:** the session must outlive every operation started on it.
 class session {
 public:
-    /// Creates an unconnected session whose I/O runs on a strand of `ex`. `cfg` is checked by
-    /// `connect()`, not here, so that a bad config surfaces as an `error_code`.
+    /// Creates an unconnected session whose I/O runs on `ex` if it is a strand, else on a
+    /// strand of `ex`. `cfg` is checked by `connect()`, not here, so that a bad config
+    /// surfaces as an `error_code`.
     explicit session(boost::asio::any_io_executor ex, session_config cfg = {});
     ~session();
     session(const session&) = delete;
