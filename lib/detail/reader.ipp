@@ -14,6 +14,10 @@ asio::awaitable<error_code> session::impl::reader()
                                                        detail::any_cancellation_as_terminal{});
     co_await asio::this_coro::throw_if_cancelled(false);
     for (;;) {
+        // Cancellation is delivered once, to whatever operation is pending at that moment. If
+        // that operation still succeeded, the next one would never hear of it: look first.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         auto [ec, n] = co_await ws_->async_read(rx_, asio::as_tuple(asio::use_awaitable));
         if (ec) {
             if (ec != websocket::error::closed)

@@ -15,12 +15,18 @@ asio::awaitable<error_code> session::impl::ticker()
     const auto interval = clock_type::duration(cfg_.ping_interval);
     if (interval == clock_type::duration::zero()) {
         // Heartbeat off: stay an arm (the `||` expression has a fixed shape) until cancelled.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         ticker_timer_.expires_at(clock_type::time_point::max());
         auto [ec] = co_await ticker_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         co_return ec ? ec : error_code(asio::error::operation_aborted);
     }
     auto next_fixed = clock_type::now() + interval;
     for (;;) {
+        // Cancellation is delivered once, to whatever operation is pending at that moment. If
+        // that operation still succeeded, the next one would never hear of it: look first.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         // idle: ping once nothing has arrived for `interval` since the later of the last frame
         // and the last ping; fixed: ping on a steady schedule.
         const auto due = cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed;

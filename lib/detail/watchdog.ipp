@@ -31,6 +31,10 @@ asio::awaitable<error_code> session::impl::watchdog()
     co_await asio::this_coro::throw_if_cancelled(false);
     const bool heartbeat = cfg_.ping_interval.count() > 0;
     for (;;) {
+        // Cancellation is delivered once, to whatever operation is pending at that moment. If
+        // that operation still succeeded, the next one would never hear of it: look first.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         if (handler_error_)
             co_return error::handler_exception;
         const auto now = clock_type::now();

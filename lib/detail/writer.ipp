@@ -13,10 +13,14 @@ asio::awaitable<error_code> session::impl::writer()
                                                        detail::any_cancellation_as_terminal{});
     co_await asio::this_coro::throw_if_cancelled(false);
     for (;;) {
+        // Cancellation is delivered once, to whatever operation is pending at that moment. If
+        // that operation still succeeded, the next one would never hear of it: look first.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
         while (queue_.empty()) {
-            auto [ec] = co_await writer_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-            if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
-                co_return ec;
+            co_await writer_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+                co_return asio::error::operation_aborted;
         }
         if (queue_.front().is_close) {
             auto reason = queue_.front().close;

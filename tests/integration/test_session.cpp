@@ -858,10 +858,10 @@ TEST_CASE("invalid configs are refused by connect with the field named")
 TEST_CASE("cancelling run() ends it promptly and leaves nothing pending")
 {
     vt::peer server;
+    asio::cancellation_signal signal;  // outlives the client and anything bound to its slot
     client c;
     error_code connect_ec = error::not_connected;
     steady::time_point cancelled_at{};
-    asio::cancellation_signal signal;
 
     auto connect_then = [&](std::function<void()> start) {
         c.spawn([&, start]() -> asio::awaitable<void> {

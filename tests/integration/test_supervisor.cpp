@@ -962,9 +962,11 @@ TEST_CASE("cancelling the coroutine awaiting run() ends it promptly and leaves n
         url = server->url();
         ready = [&](const harness&) { return server->connections() == 1; };
     }
+    // Declared before the harness: the slot must outlive the operation bound to it, also when
+    // a failed case leaves the harness to finish run() in its destructor.
+    asio::cancellation_signal signal;
     harness h(url, cfg, vigil::constant_backoff(5s));
     h.send("queued", 0);
-    asio::cancellation_signal signal;
     steady::time_point cancelled_at{};
     h.started = true;
     asio::co_spawn(
