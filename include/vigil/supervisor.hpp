@@ -117,9 +117,11 @@ struct supervisor_counters {
 /// saw it: it stays at the head of the outbox for the next connection.
 ///
 /// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
-/// The supervisor's events and the hook run on the supervisor's strand; the sessions' events
-/// run on each session's own strand (of the same executor), so with an io_context run by
-/// several threads they may run concurrently with the supervisor's.
+/// The supervisor and its session share one strand (the executor given to the constructor if
+/// it is a strand, else a strand made over it): the supervisor's events, the hook and the
+/// sessions' events never run concurrently with each other. Await `run()` and `send()` from
+/// coroutines on that strand where you can (see `session` on Boost 1.81's cross-executor
+/// cancellation).
 ///
 /// **Object lifetimes:** the supervisor must outlive `run()` and every send.
 class supervisor {
