@@ -401,6 +401,11 @@ supervisor::supervisor(asio::any_io_executor ex, std::string url, supervisor_con
 
 supervisor::~supervisor() = default;
 
+supervisor::executor_type supervisor::get_executor() const noexcept
+{
+    return impl_->strand_;
+}
+
 void supervisor::on_connected(connected_hook hook)
 {
     impl_->hook_ = std::move(hook);

@@ -120,7 +120,7 @@ struct supervisor_counters {
 /// The supervisor and its session share one strand (the executor given to the constructor if
 /// it is a strand, else a strand made over it): the supervisor's events, the hook and the
 /// sessions' events never run concurrently with each other. Await `run()` and `send()` from
-/// coroutines on that strand where you can (see `session` on Boost 1.81's cross-executor
+/// coroutines on that strand (`get_executor()`) where you can (see `session` on Boost 1.81's cross-executor
 /// cancellation).
 ///
 /// **Object lifetimes:** the supervisor must outlive `run()` and every send.
@@ -141,6 +141,10 @@ public:
     ~supervisor();
     supervisor(const supervisor&) = delete;
     supervisor& operator=(const supervisor&) = delete;
+
+    using executor_type = boost::asio::any_io_executor;
+    /// The strand the supervisor and its sessions run on.
+    executor_type get_executor() const noexcept;
 
     /// Set before `run()`.
     void on_connected(connected_hook hook);

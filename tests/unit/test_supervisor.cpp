@@ -80,8 +80,9 @@ TEST_SUITE("supervisor")
         sup.events().on_retry = [&](const vigil::retry_info&) { ++retries; };
 
         error_code run_ec, queued_ec, late_ec;
+        // On the supervisor's own strand, as its header recommends.
         boost::asio::co_spawn(
-            ioc,
+            sup.get_executor(),
             [&]() -> boost::asio::awaitable<void> {
                 // Queued before run(): it must not vanish when the supervisor gives up.
                 sup.async_send("early", vigil::message_type::text, [&](error_code ec) { queued_ec = ec; });
