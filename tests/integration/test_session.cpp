@@ -5,6 +5,7 @@
 #include <support/peer.hpp>
 #include <support/pki.hpp>
 #include <support/relay.hpp>
+#include <support/testing.hpp>
 #include <support/wait.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -37,20 +38,10 @@ using vigil::error;
 using vigil::error_code;
 using vigil::message_type;
 
-std::string describe(const error_code& ec)
-{
-    return vigil::error_name(ec) + " (" + ec.to_string() + ")";
-}
-
-// doctest would print both sides of `ec == error::x` as numbers; this names them.
-#define CHECK_CODE(ec, expected)                                                          \
-    CHECK_MESSAGE((ec) == (expected),                                                     \
-                  "got " << describe(ec) << ", want " << describe(error_code(expected)))
-
-milliseconds ms_since(steady::time_point t)
-{
-    return std::chrono::duration_cast<milliseconds>(steady::now() - t);
-}
+using vt::describe;
+using vt::eventually;
+using vt::ms_since;
+using vt::pause;
 
 // Short enough that every case ends in well under a second; pong_timeout < ping_interval.
 vigil::session_config quick_config()
@@ -69,26 +60,6 @@ vigil::session_config quick_config()
 // Timing slack for a loaded 2-core machine; the bounds under test are far tighter than
 // anything a hung session would show (which is: never).
 constexpr milliseconds tolerance = 150ms;
-
-// Waits on the test's own io_context, polling state that its own handlers change.
-asio::awaitable<bool> eventually(std::function<bool()> pred, milliseconds bound)
-{
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    auto deadline = steady::now() + bound;
-    while (!pred()) {
-        if (steady::now() >= deadline)
-            co_return false;
-        timer.expires_after(1ms);
-        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-    co_return true;
-}
-
-asio::awaitable<void> pause(milliseconds d)
-{
-    asio::steady_timer timer(co_await asio::this_coro::executor, d);
-    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-}
 
 // One client on the test thread: an io_context, a session on it, and what its events said.
 struct client {

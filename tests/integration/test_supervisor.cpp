@@ -4,6 +4,7 @@
 
 #include <support/peer.hpp>
 #include <support/pki.hpp>
+#include <support/testing.hpp>
 #include <support/wait.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -42,24 +43,10 @@ using vigil::error;
 using vigil::error_code;
 using vigil::message_type;
 
-std::string describe(const error_code& ec)
-{
-    return vigil::error_name(ec) + " (" + ec.to_string() + ")";
-}
-
-#define CHECK_CODE(ec, expected)                                                          \
-    CHECK_MESSAGE((ec) == (expected),                                                     \
-                  "got " << describe(ec) << ", want " << describe(error_code(expected)))
-
-milliseconds ms_between(steady::time_point from, steady::time_point to)
-{
-    return std::chrono::duration_cast<milliseconds>(to - from);
-}
-
-milliseconds ms_since(steady::time_point t)
-{
-    return ms_between(t, steady::now());
-}
+using vt::describe;
+using vt::eventually;
+using vt::ms_between;
+using vt::ms_since;
 
 // Slack for a loaded 2-core machine, on upper bounds only: a wait that should be cut short
 // but is not shows the whole policy delay (seconds), far beyond this.
@@ -90,19 +77,6 @@ vigil::supervisor_config quick_config()
 vigil::exponential_backoff seeded(milliseconds initial, milliseconds max, std::uint64_t seed)
 {
     return vigil::exponential_backoff({.initial = initial, .multiplier = 2.0, .max = max, .seed = seed});
-}
-
-asio::awaitable<bool> eventually(std::function<bool()> pred, milliseconds bound)
-{
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    auto deadline = steady::now() + bound;
-    while (!pred()) {
-        if (steady::now() >= deadline)
-            co_return false;
-        timer.expires_after(1ms);
-        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-    co_return true;
 }
 
 // Built by appending: g++ 12 warns (-Wrestrict, a false positive) on `"literal" + to_string()`.
