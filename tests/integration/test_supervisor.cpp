@@ -147,6 +147,18 @@ struct harness : io_base {
         }
     }
 
+    // Runs until `n` retries were reported (waiting at most `bound`), then stop()s and lets
+    // run() finish: for cases that judge the retries themselves.
+    void run_until_retries(std::size_t n, milliseconds bound = 4s)
+    {
+        start_run();
+        spawn([this, n, bound]() -> asio::awaitable<void> {
+            co_await eventually([this, n] { return retries.size() >= n; }, bound);
+            sup.stop();
+        });
+        ioc.run_for(bound + 2s);
+    }
+
     template <class F>
     void spawn(F f)
     {
@@ -319,12 +331,7 @@ TEST_CASE("refused port: retries with growing, jittered, floored delays")
     harness h(closed.url(), cfg, seeded(initial, cap, seed));
     const std::size_t wanted = 6;
 
-    h.start_run();
-    h.spawn([&]() -> asio::awaitable<void> {
-        co_await eventually([&] { return h.retries.size() >= wanted; }, 4s);
-        h.sup.stop();
-    });
-    h.ioc.run_for(6s);
+    h.run_until_retries(wanted);
 
     REQUIRE(h.run_done);
     CHECK_CODE(h.run_ec, error_code{});
@@ -445,12 +452,7 @@ TEST_CASE("Retry-After on 503 and 429 is honoured, within max_retry_after")
     vt::peer server(rejecting(status, {{"Retry-After", retry_after}}));
     // The policy alone would retry after 50 ms.
     harness h(server.url(), cfg, vigil::constant_backoff(50ms));
-    h.start_run();
-    h.spawn([&]() -> asio::awaitable<void> {
-        co_await eventually([&] { return h.retries.size() >= 2; }, 4s);
-        h.sup.stop();
-    });
-    h.ioc.run_for(6s);
+    h.run_until_retries(2);
 
     REQUIRE(h.run_done);
     CHECK_CODE(h.run_ec, error_code{});
@@ -494,12 +496,7 @@ TEST_CASE("a DNS failure is transient: retried")
     // Bounds a resolver that hangs instead of answering NXDOMAIN.
     cfg.session.connect_timeout = 500ms;
     harness h("ws://nonexistent.invalid/", cfg, vigil::constant_backoff(30ms));
-    h.start_run();
-    h.spawn([&]() -> asio::awaitable<void> {
-        co_await eventually([&] { return h.retries.size() >= 2; }, 4s);
-        h.sup.stop();
-    });
-    h.ioc.run_for(6s);
+    h.run_until_retries(2);
 
     REQUIRE(h.run_done);
     CHECK_CODE(h.run_ec, error_code{});
@@ -536,12 +533,7 @@ TEST_CASE("a server that accepts and closes at once meets growing delays")
     cfg.stable_after = 2s;  // far longer than any of these connections lasts
     harness h(server.url(), cfg, seeded(initial, cap, seed));
     const std::size_t wanted = 5;
-    h.start_run();
-    h.spawn([&]() -> asio::awaitable<void> {
-        co_await eventually([&] { return h.retries.size() >= wanted; }, 4s);
-        h.sup.stop();
-    });
-    h.ioc.run_for(6s);
+    h.run_until_retries(wanted);
 
     REQUIRE(h.run_done);
     REQUIRE(h.retries.size() >= wanted);
@@ -990,12 +982,7 @@ TEST_CASE("a user-defined backoff policy decides the delays")
     linear_backoff policy{30ms};
     auto asked = policy.asked;
     harness h(closed.url(), cfg, policy);
-    h.start_run();
-    h.spawn([&]() -> asio::awaitable<void> {
-        co_await eventually([&] { return h.retries.size() >= 3; }, 3s);
-        h.sup.stop();
-    });
-    h.ioc.run_for(5s);
+    h.run_until_retries(3, 3s);
 
     REQUIRE(h.run_done);
     REQUIRE(h.retries.size() >= 3);
