@@ -125,6 +125,9 @@ error_code validate(const session_config& cfg, std::string* detail)
             check.fail("pong_timeout (" + ms(cfg.pong_timeout) + ") must be shorter than ping_interval ("
                 + ms(cfg.ping_interval) + ")");
     }
+    // NaN fails both comparisons, so test for the valid range rather than the invalid one.
+    if (!(cfg.ping_jitter >= 0.0 && cfg.ping_jitter <= 0.5))
+        check.fail("ping_jitter (" + std::to_string(cfg.ping_jitter) + ") must be in [0, 0.5]");
     if (cfg.ping != ping_mode::idle && cfg.ping != ping_mode::fixed)
         check.fail("ping (" + std::to_string(static_cast<int>(cfg.ping)) + ") is not a ping_mode");
 
@@ -143,6 +146,9 @@ error_code validate(const session_config& cfg, std::string* detail)
 
     if (cfg.send_queue_limit == 0)
         check.fail("send_queue_limit (0) must be positive");
+    if (cfg.send_queue_overflow != overflow_policy::reject && cfg.send_queue_overflow != overflow_policy::disconnect)
+        check.fail("send_queue_overflow (" + std::to_string(static_cast<int>(cfg.send_queue_overflow))
+            + ") is not an overflow_policy");
     if (cfg.max_message_size == 0)
         check.fail("max_message_size (0) must be positive");
 

@@ -52,6 +52,8 @@ const char* vigil_error_name(int value) noexcept
     case error::retries_exhausted: return "retries_exhausted";
     case error::message_expired: return "message_expired";
     case error::supervisor_stopped: return "supervisor_stopped";
+    case error::slow_consumer: return "slow_consumer";
+    case error::server_shutdown: return "server_shutdown";
     }
     return nullptr;
 }

@@ -18,7 +18,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/field.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/ssl.hpp>
 #include <boost/beast/websocket/stream.hpp>
 
@@ -26,6 +31,9 @@
 #include <openssl/x509v3.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <random>
 #include <variant>
 
 namespace vigil {
@@ -49,10 +57,29 @@ std::string with_context(std::string what, const error_code& ec)
 session::impl::impl(asio::any_io_executor ex, session_config cfg)
     : strand_(detail::serialized(std::move(ex))),
       cfg_(std::move(cfg)),
+      inbox_wake_(strand_),
+      reader_resume_(strand_),
       watchdog_timer_(strand_),
       writer_wake_(strand_),
       ticker_timer_(strand_)
 {
+    // Seeds differ per session without a system call each: one random_device per thread.
+    thread_local std::minstd_rand seeder(std::random_device{}());
+    rng_.seed(static_cast<std::minstd_rand::result_type>(seeder()));
+}
+
+void session::impl::start_connection()
+{
+    last_ = disconnect_info{};
+    cancel_requested_ = close_requested_ = close_queued_ = closing_ = writing_ = false;
+    ping_outstanding_ = paused_ = ended_ = overflowed_ = false;
+    handler_error_ = nullptr;
+    end_as_.reset();
+    end_as_detail_.clear();
+    ended_with_ = {};
+    inbox_.clear();
+    inflight_.reset();
+    heartbeat_ = cfg_.heartbeat;  // this connection's own copy: a stateful policy starts afresh
 }
 
 // ---------------------------------------------------------------------------------------
@@ -152,10 +179,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     if (state_ != state::idle)
         co_return error::already_running;
     state_ = state::connecting;
-    last_ = disconnect_info{};
-    cancel_requested_ = close_requested_ = close_queued_ = closing_ = writing_ = false;
-    ping_outstanding_ = false;
-    handler_error_ = nullptr;
+    start_connection();
 
     endpoint ep;
     std::string detail;
@@ -279,6 +303,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
 
 }  // namespace vigil
 
+#include "detail/accept.ipp"
 #include "detail/reader.ipp"
 #include "detail/ticker.ipp"
 #include "detail/watchdog.ipp"
@@ -307,6 +332,8 @@ asio::awaitable<error_code> session::impl::run_op()
     last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
     state_ = state::closing;
 
+    if (end_as_)
+        ec = *end_as_;  // the slow consumer or the server's shutdown, however the close went
     if (ec == error::idle_timeout && !cancel_requested_) {
         // The peer still answers pings; it is the data that went stale. Say goodbye properly,
         // within close_timeout, so that the server does not log an abnormal closure.
@@ -314,7 +341,7 @@ asio::awaitable<error_code> session::impl::run_op()
                                        cfg_.close_timeout, error::close_timeout, [this] { close_socket(); });
     }
 
-    std::string why = std::move(last_.detail);
+    std::string why = end_as_ ? std::move(end_as_detail_) : std::move(last_.detail);
     if (why.empty()) {
         if (!ec)
             why = "closed by the application";
@@ -393,6 +420,10 @@ void session::impl::end_connection(error_code ec, std::string detail)
     state_ = state::idle;
     last_.reason = ec;
     last_.detail = std::move(detail);
+    ended_ = true;
+    // An application's clean close must still read as an end, never as a message.
+    ended_with_ = ec ? ec : error_code(error::not_connected);
+    inbox_wake_.notify_later();
     // Nothing queued may vanish: unwritten messages complete with the reason we ended
     // (never with success, even after a clean close). Posted, not run inline: a waiting
     // coroutine resumed in the middle of teardown could be one that is itself being
@@ -407,17 +438,102 @@ void session::impl::end_connection(error_code ec, std::string detail)
 
 void session::impl::enqueue(outgoing msg)
 {
+    auto refuse = [&](error_code ec) {
+        if (!msg.internal)
+            complete(std::move(msg.handler), ec, false);
+    };
     const auto s = state_.load();
+    if (overflowed_) {
+        refuse(error::slow_consumer);
+        return;
+    }
     if ((s != state::open && s != state::running) || close_queued_) {
-        complete(std::move(msg.handler), error::not_connected, false);
+        refuse(error::not_connected);
         return;
     }
     if (queue_.size() >= cfg_.send_queue_limit) {
-        complete(std::move(msg.handler), error::send_queue_full, false);
+        if (cfg_.send_queue_overflow == overflow_policy::disconnect) {
+            refuse(error::slow_consumer);
+            overflow();
+        } else {
+            refuse(error::send_queue_full);
+        }
         return;
     }
     queue_.push_back(std::move(msg));
     wake_writer();
+}
+
+void session::impl::enqueue_internal(std::string data)
+{
+    const auto s = state_.load();
+    if ((s != state::open && s != state::running) || close_requested_ || overflowed_)
+        return;
+    // Ahead of the application's queue, so that a backlog does not delay the ping (or our
+    // answer to the peer's) and make a live connection look dead. Outside the send queue
+    // limit: at most one ping and one answer per ping are ever waiting.
+    queue_.push_front(outgoing{std::move(data), message_type::text, false, {}, {}, nullptr, true});
+    wake_writer();
+}
+
+void session::impl::overflow()
+{
+    if (overflowed_)
+        return;
+    overflowed_ = true;
+    end_as_ = error::slow_consumer;
+    end_as_detail_ = "send queue overflow: " + std::to_string(cfg_.send_queue_limit) +
+                     " messages waiting, the peer does not keep up (slow_consumer)";
+    // What is still queued will never go out: say so now. The message being written (if
+    // any) finishes or is cut off with the connection.
+    fail_queue(error::slow_consumer, false);
+    if (state_ != state::running) {
+        close_socket();
+        if (state_ == state::open)
+            end_connection(error::slow_consumer, std::move(end_as_detail_));
+        return;
+    }
+    // Tell the peer why (1013, try again later: a transient condition for its supervisor),
+    // bounded by close_timeout from now, including the write in progress.
+    queue_.push_back(outgoing{{}, message_type::text, true,
+                              websocket::close_reason(websocket::close_code::try_again_later, "slow consumer"),
+                              {}, nullptr, true});
+    close_queued_ = true;
+    closing_ = true;
+    close_started_ = clock_type::now();
+    set_deadline(close_started_ + cfg_.close_timeout);
+    wake_writer();
+}
+
+bool session::impl::heartbeat_consumed(std::string_view data)
+{
+    try {
+        if (heartbeat_->is_pong(data)) {
+            if (ping_outstanding_) {
+                ping_outstanding_ = false;
+                notify(events_.on_pong,
+                       std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - ping_sent_));
+            }
+            return true;
+        }
+        if (auto reply = heartbeat_->answer(data)) {
+            enqueue_internal(std::move(*reply));
+            return true;
+        }
+    } catch (...) {
+        record_handler_exception();
+        return true;
+    }
+    return false;
+}
+
+clock_type::duration session::impl::draw_ping_early()
+{
+    if (cfg_.ping_jitter <= 0.0)
+        return {};
+    const auto span = std::chrono::duration<double, clock_type::period>(cfg_.ping_interval) * cfg_.ping_jitter;
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    return std::chrono::duration_cast<clock_type::duration>(span * u(rng_));
 }
 
 void session::impl::wake_writer()
@@ -436,12 +552,20 @@ void session::impl::complete(handler_type h, error_code ec, bool inline_ok)
         asio::post(strand_, asio::append(std::move(h), ec));
 }
 
-void session::impl::fail_queue(error_code ec)
+void session::impl::fail_queue(error_code ec, bool with_inflight)
 {
+    if (with_inflight && inflight_) {
+        // The oldest first: it was sent before everything still queued.
+        outgoing msg(std::move(*inflight_));
+        inflight_.reset();
+        if (!msg.internal)
+            complete(std::move(msg.handler), ec, false);
+    }
     auto pending = std::move(queue_);
     queue_.clear();
     for (auto& msg : pending)
-        complete(std::move(msg.handler), ec, false);
+        if (!msg.internal)
+            complete(std::move(msg.handler), ec, false);
 }
 
 void session::impl::set_deadline(clock_type::time_point when)

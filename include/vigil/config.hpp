@@ -3,10 +3,12 @@
 #pragma once
 
 #include <vigil/error.hpp>
+#include <vigil/heartbeat.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +28,17 @@ enum class ping_mode {
     idle,
     /// Ping every `ping_interval` whatever arrives, for servers that expect client pings.
     fixed,
+};
+
+/// What happens when `send()` finds the send queue full.
+enum class overflow_policy {
+    /// The send fails with `error::send_queue_full`; the connection carries on. The client
+    /// default: the application decides what to drop.
+    reject,
+    /// The connection is ended with `error::slow_consumer` (close code 1013 and a reason
+    /// sent when the peer can still take it): a peer that cannot keep up must not make the
+    /// server hold an unbounded backlog. The server default.
+    disconnect,
 };
 
 /// TLS settings for `wss://` URLs. Ignored for `ws://`.
@@ -65,6 +78,26 @@ struct session_config {
     /// When pings are sent. Default `ping_mode::idle`.
     ping_mode ping = ping_mode::idle;
 
+    /// Spreads heartbeats out: each ping is sent up to this fraction of `ping_interval` early,
+    /// drawn at random per ping, so that thousands of connections accepted in the same
+    /// instant (a server after a restart) are not all pinged in the same tick. Detection
+    /// stays within `ping_interval + pong_timeout`. Default 0 (client); 0.2 in
+    /// `server_config`. Must be in [0, 0.5].
+    double ping_jitter = 0.0;
+
+    /// Application-level heartbeat: when set, the heartbeat pings with this policy's text
+    /// message instead of RFC 6455 ping frames, recognises its pong, and answers the peer's
+    /// application-level pings (see `heartbeat_policy`, `message_heartbeat`). Protocol pings
+    /// from the peer are still answered. `ping_interval`, `pong_timeout` and `ping_mode`
+    /// apply unchanged; any incoming frame still counts as a sign of life. Default: none,
+    /// protocol pings.
+    std::optional<any_heartbeat> heartbeat;
+
+    /// Hands the messages the application-level heartbeat consumed (our pongs, the peer's
+    /// pings) to the application as well. Default false. Heartbeat messages never count as
+    /// data for `idle_timeout`.
+    bool deliver_heartbeat_messages = false;
+
     /// Staleness deadline: the session ends with `error::idle_timeout` when no data message
     /// (text or binary; control frames do not count) arrives for this long. Catches a feed
     /// that answers pings but stopped sending. Default zero: off.
@@ -94,6 +127,9 @@ struct session_config {
     /// Most messages waiting to be written; `send()` beyond it fails at once with
     /// `error::send_queue_full` rather than growing memory. Default 1024. Must be positive.
     std::size_t send_queue_limit = 1024;
+
+    /// What a send beyond `send_queue_limit` does. Default `overflow_policy::reject`.
+    overflow_policy send_queue_overflow = overflow_policy::reject;
 
     /// Largest incoming message in bytes; a larger one ends the session with Beast's
     /// `message_too_big` (close code 1009 sent to the peer). Default 16 MiB. Must be positive.

@@ -59,6 +59,11 @@ enum class error {
     message_expired,
     /// The supervisor was stopped (or gave up) before the message could be written.
     supervisor_stopped,
+    /// The peer did not keep up: the send queue overflowed under `overflow_policy::disconnect`
+    /// and the connection was ended (close code 1013 sent where possible).
+    slow_consumer,
+    /// The server is shutting down (`server::stop()`); the connection was closed with 1001.
+    server_shutdown,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).

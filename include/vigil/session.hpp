@@ -20,8 +20,9 @@
 
 namespace vigil {
 
-/// Kind of a data message.
-enum class message_type { text, binary };
+namespace detail {
+struct session_access;
+}
 
 /// Why and how a connection ended, as `session::last_disconnect()` and the
 /// `on_disconnected` event report it.
@@ -205,6 +206,7 @@ public:
     struct impl;
 
 private:
+    friend struct detail::session_access;  // the server's hooks, in session.cpp
     void do_send(std::string data, message_type type,
                  boost::asio::any_completion_handler<void(error_code)> handler);
 

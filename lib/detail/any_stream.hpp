@@ -32,6 +32,15 @@ public:
             plain_.emplace(std::move(ex));
     }
 
+    /// Adopts an accepted socket (the server side); TLS over it when `ctx` is not null.
+    any_stream(tcp_socket sock, boost::asio::ssl::context* ctx)
+    {
+        if (ctx)
+            tls_.emplace(std::move(sock), *ctx);
+        else
+            plain_.emplace(std::move(sock));
+    }
+
     executor_type get_executor() noexcept { return socket().get_executor(); }
 
     tcp_socket& socket() noexcept { return tls_ ? tls_->next_layer() : *plain_; }

@@ -29,14 +29,43 @@ asio::awaitable<error_code> session::impl::reader()
             last_.close_reason.assign(why.reason.data(), why.reason.size());
             co_return make_close_error(last_.close_code);
         }
-        last_rx_ = last_data_ = clock_type::now();
-        if (events_.on_message) {
-            std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
-            notify(events_.on_message, data, ws_->got_text() ? message_type::text : message_type::binary);
-            if (handler_error_)
-                co_return error::handler_exception;
+        const auto now = clock_type::now();
+        last_rx_ = now;
+        const bool text = ws_->got_text();
+        const auto type = text ? message_type::text : message_type::binary;
+        std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
+        // Heartbeat messages prove the peer alive but are not data: they must not satisfy
+        // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
+        const bool heartbeat = heartbeat_ && text && heartbeat_consumed(data);
+        if (handler_error_)
+            co_return error::handler_exception;
+        if (!heartbeat)
+            last_data_ = now;
+        bool queued = false;
+        if (!heartbeat || cfg_.deliver_heartbeat_messages) {
+            if (inbox_mode_) {
+                inbox_.push_back(received{{}, std::string(data), type});
+                queued = true;
+            } else if (events_.on_message) {
+                notify(events_.on_message, data, type);
+                if (handler_error_)
+                    co_return error::handler_exception;
+            }
         }
         rx_.consume(n);
+        if (queued)
+            inbox_wake_.notify();
+        // The application is behind: stop reading until it catches up. TCP then pushes back
+        // on the peer, and the peer's silence meanwhile is ours, so the heartbeat does not
+        // judge it (see ticker and watchdog).
+        while (inbox_mode_ && inbox_.size() >= inbox_limit_) {
+            paused_ = true;
+            auto [wec] = co_await reader_resume_.async_wait(asio::as_tuple(asio::use_awaitable));
+            paused_ = false;
+            if (wec || detail::cancelled(co_await asio::this_coro::cancellation_state))
+                co_return asio::error::operation_aborted;
+            last_rx_ = clock_type::now();
+        }
     }
 }
 

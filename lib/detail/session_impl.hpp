@@ -6,9 +6,11 @@
 // (reader.hpp, ticker.hpp, watchdog.hpp, writer.hpp) share it without locks for that reason.
 
 #include "any_stream.hpp"
+#include "session_access.hpp"
 #include "wakeup.hpp"
 #include "with_deadline.hpp"
 
+#include <vigil/server.hpp>
 #include <vigil/session.hpp>
 #include <vigil/url.hpp>
 
@@ -28,6 +30,7 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 
 namespace vigil {
@@ -53,6 +56,16 @@ struct session::impl {
         bool is_close = false;
         websocket::close_reason close;
         handler_type handler;
+        /// A broadcast shares one copy of its bytes between every connection's queue.
+        std::shared_ptr<const std::string> shared = {};
+        /// Ours, not the application's (heartbeat pings and answers, broadcasts, the
+        /// slow-consumer close): no handler to complete.
+        bool internal = false;
+
+        asio::const_buffer bytes() const noexcept
+        {
+            return shared ? asio::buffer(*shared) : asio::buffer(data);
+        }
     };
 
     /// A DNS lookup in progress; see resolve_and_connect().
@@ -71,6 +84,17 @@ struct session::impl {
     asio::awaitable<error_code> run_op();
     asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);
     void enqueue(outgoing msg);
+    /// Queues a heartbeat message ahead of the application's (behind the one being written).
+    void enqueue_internal(std::string data);
+
+    // The server side (see detail/session_access.hpp and accept.ipp).
+    asio::awaitable<detail::accept_result> accept_op(asio::ip::tcp::socket sock, detail::accept_params params);
+    asio::awaitable<error_code> read_upgrade(detail::accept_params& params, detail::accept_result& result);
+    asio::awaitable<error_code> respond(unsigned status, std::string body, std::string retry_after);
+    asio::awaitable<error_code> tls_accept();
+    asio::awaitable<received> receive_op();
+    detail::accept_result accept_failed(detail::accept_result& result, error_code ec);
+    void start_connection();
     void cancel_now();
 
     // The arms of run(); each returns why it stopped and never throws.
@@ -92,11 +116,18 @@ struct session::impl {
     error_code fail_connect(error_code ec, std::string detail);
     error_code setup_tls_context(std::string& detail);
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
+    /// Offers an incoming text message to the application-level heartbeat; true when it was
+    /// a heartbeat message (consumed unless deliver_heartbeat_messages).
+    bool heartbeat_consumed(std::string_view data);
+    /// Draws how early the next ping may go (ping_jitter).
+    clock_type::duration draw_ping_early();
+    /// Ends the connection as a slow consumer (overflow_policy::disconnect).
+    void overflow();
     void set_deadline(clock_type::time_point when);
     /// Completes a send or close. `inline_ok` only for the writer's own completions, the hot
     /// path; initiating functions and teardown post.
     void complete(handler_type h, error_code ec, bool inline_ok = true);
-    void fail_queue(error_code ec);
+    void fail_queue(error_code ec, bool with_inflight = true);
     void wake_writer();
     void end_connection(error_code ec, std::string detail);
     void close_socket() noexcept;
@@ -132,6 +163,27 @@ struct session::impl {
     bool cancel_requested_ = false;
     std::exception_ptr handler_error_;
     std::optional<error_code> cause_;        // why run() ends: the first arm's result
+    std::optional<error_code> end_as_;       // reported instead (slow_consumer, server_shutdown)
+    std::string end_as_detail_;
+    std::string server_name_;                // server side: the Server header
+    bool overflowed_ = false;
+
+    // Application-level heartbeat: this connection's own copy of the policy.
+    std::optional<any_heartbeat> heartbeat_;
+    clock_type::duration ping_early_{};      // ping_jitter: this ping goes this much early
+    std::minstd_rand rng_;
+
+    // Server side: received messages wait in inbox_ for connection::receive(); when it is
+    // full the reader pauses (TCP pushes back on the client) and the heartbeat verdict is
+    // suspended, since the silence is ours, not the peer's.
+    bool inbox_mode_ = false;
+    std::size_t inbox_limit_ = 0;
+    std::deque<received> inbox_;
+    bool paused_ = false;
+    bool ended_ = false;                     // the connection is over; receive() says why
+    error_code ended_with_;
+    detail::wakeup<asio::any_io_executor> inbox_wake_;    // receive() waits here
+    detail::wakeup<asio::any_io_executor> reader_resume_; // a paused reader waits here
 
     // The watchdog sleeps on watchdog_timer_ until watchdog_at_; set_deadline() wakes it
     // early only when a new deadline is sooner, so steady traffic costs no timer churn.
@@ -141,6 +193,7 @@ struct session::impl {
     // The writer sleeps on writer_wake_ while the queue is empty.
     detail::wakeup<asio::any_io_executor> writer_wake_;
     std::deque<outgoing> queue_;
+    std::optional<outgoing> inflight_;           // the message being written
     std::optional<handler_type> close_handler_;  // close() in progress inside run()
 
     asio::steady_timer ticker_timer_;

@@ -22,6 +22,7 @@ asio::awaitable<error_code> session::impl::ticker()
         co_return ec ? ec : error_code(asio::error::operation_aborted);
     }
     auto next_fixed = clock_type::now() + interval;
+    ping_early_ = draw_ping_early();
     for (;;) {
         // Cancellation is delivered once, to whatever operation is pending at that moment. If
         // that operation still succeeded, the next one would never hear of it: look first.
@@ -29,10 +30,14 @@ asio::awaitable<error_code> session::impl::ticker()
             co_return asio::error::operation_aborted;
         // idle: ping once nothing has arrived for `interval` since the later of the last frame
         // and the last ping; fixed: ping on a steady schedule.
-        const auto due = cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed;
+        // ping_early_ (ping_jitter) spreads the pings of connections that started together.
+        const auto due =
+            (cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed) - ping_early_;
         auto now = clock_type::now();
-        if (due > now) {
-            ticker_timer_.expires_at(due);
+        // While the reader is paused (the application is behind) the peer cannot be heard,
+        // so a ping would prove nothing: look again one interval later.
+        if (due > now || paused_) {
+            ticker_timer_.expires_at(due > now ? due : now + interval);
             auto [ec] = co_await ticker_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
             if (ec)
                 co_return ec;
@@ -45,7 +50,18 @@ asio::awaitable<error_code> session::impl::ticker()
         ping_sent_ = now;
         ping_outstanding_ = true;
         set_deadline(now + clock_type::duration(cfg_.pong_timeout));
+        ping_early_ = draw_ping_early();
         notify(events_.on_ping);
+        if (heartbeat_) {
+            // A data message: it goes through the writer, which owns data frames.
+            try {
+                enqueue_internal(heartbeat_->make_ping());
+            } catch (...) {
+                record_handler_exception();
+                co_return error::handler_exception;
+            }
+            continue;
+        }
         auto [ec] = co_await ws_->async_ping(ping_payload_, asio::as_tuple(asio::use_awaitable));
         if (ec)
             co_return ec;

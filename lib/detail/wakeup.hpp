@@ -50,6 +50,10 @@ public:
     /// Resumes the waiter, if any, inline.
     void notify() { finish(error_code{}, true); }
 
+    /// Resumes the waiter, if any, through the executor: for teardown paths, where resuming
+    /// someone else's coroutine in the middle would re-enter it.
+    void notify_later() { finish(error_code{}, false); }
+
     bool waiting() const noexcept { return waiter_.has_value(); }
 
 private:

@@ -39,8 +39,9 @@ asio::awaitable<error_code> session::impl::watchdog()
             co_return error::handler_exception;
         const auto now = clock_type::now();
         detail::deadline_scan scan{now};
-        // Any frame after the ping proves the peer alive, not only the pong.
-        if (heartbeat && ping_sent_ > last_rx_ && scan.passed(ping_sent_ + cfg_.pong_timeout)) {
+        // Any frame after the ping proves the peer alive, not only the pong. A paused reader
+        // hears nothing, through no fault of the peer: no verdict then.
+        if (heartbeat && !paused_ && ping_sent_ > last_rx_ && scan.passed(ping_sent_ + cfg_.pong_timeout)) {
             last_.detail = "nothing received for " + std::to_string(cfg_.pong_timeout.count()) +
                            " ms after a ping (pong_timeout)";
             co_return error::pong_timeout;

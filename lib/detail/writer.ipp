@@ -24,35 +24,43 @@ asio::awaitable<error_code> session::impl::writer()
         }
         if (queue_.front().is_close) {
             auto reason = queue_.front().close;
-            close_handler_.emplace(std::move(queue_.front().handler));
+            if (!queue_.front().internal)
+                close_handler_.emplace(std::move(queue_.front().handler));
             queue_.pop_front();
             close_requested_ = true;
-            closing_ = true;
-            close_started_ = clock_type::now();
-            set_deadline(close_started_ + cfg_.close_timeout);
+            // A slow consumer's close was already timed from the overflow.
+            if (!closing_) {
+                closing_ = true;
+                close_started_ = clock_type::now();
+                set_deadline(close_started_ + cfg_.close_timeout);
+            }
             auto [ec] = co_await ws_->async_close(reason, asio::as_tuple(asio::use_awaitable));
             closing_ = false;
             // A clean close ends run() with success; run() completes close_handler_ with
             // whatever run() returns.
             co_return ec;
         }
-        auto& msg = queue_.front();
+        // Out of the queue while it is written: heartbeat messages may be inserted ahead of
+        // the queued ones meanwhile, which moves deque elements (and short strings' bytes).
+        inflight_.emplace(std::move(queue_.front()));
+        queue_.pop_front();
         writing_ = true;
         write_started_ = clock_type::now();
         if (cfg_.write_timeout.count() > 0)
             set_deadline(write_started_ + cfg_.write_timeout);
-        ws_->binary(msg.type == message_type::binary);
-        auto [ec, n] = co_await ws_->async_write(asio::buffer(msg.data), asio::as_tuple(asio::use_awaitable));
+        ws_->binary(inflight_->type == message_type::binary);
+        auto [ec, n] = co_await ws_->async_write(inflight_->bytes(), asio::as_tuple(asio::use_awaitable));
         writing_ = false;
         // Cut off because the session is ending for another reason (we were cancelled, or
-        // the first arm to finish closed the socket under us): leave the message queued,
+        // the first arm to finish closed the socket under us): leave the message in flight,
         // run() reports it with the reason the session ended.
         if (ec && (cause_ || detail::cancelled(co_await asio::this_coro::cancellation_state)))
             co_return ec;
-        // Pop before completing: the handler may run inline and send again.
-        handler_type done(std::move(queue_.front().handler));
-        queue_.pop_front();
-        complete(std::move(done), ec);
+        outgoing done(std::move(*inflight_));
+        inflight_.reset();
+        // The handler may run inline and send again: the message is out of the way.
+        if (!done.internal)
+            complete(std::move(done.handler), ec);
         if (ec)
             co_return ec;
     }

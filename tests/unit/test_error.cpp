@@ -70,6 +70,8 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::retries_exhausted, "retries_exhausted"},
         {error::message_expired, "message_expired"},
         {error::supervisor_stopped, "supervisor_stopped"},
+        {error::slow_consumer, "slow_consumer"},
+        {error::server_shutdown, "server_shutdown"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {

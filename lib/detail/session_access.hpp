@@ -1,0 +1,56 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// What the server needs from a session beyond its public API: adopting an accepted socket,
+// the receive queue, shared-buffer broadcasts and overriding the reported end. Implemented
+// in session.cpp, so that server.cpp never instantiates Beast's templates itself.
+
+#include <vigil/server.hpp>
+#include <vigil/session.hpp>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace vigil::detail {
+
+struct accept_params {
+    boost::asio::ssl::context* tls = nullptr;  // null: plain ws://
+    std::size_t max_request_header = 8192;
+    std::size_t receive_queue_limit = 256;
+    std::string server_name;
+    /// Answer the upgrade request with 503 and this Retry-After instead of accepting it.
+    bool refuse = false;
+    std::chrono::milliseconds retry_after{0};
+};
+
+struct accept_result {
+    error_code ec;        // empty: the connection is open
+    std::string detail;
+    std::string target;   // the request target
+};
+
+struct session_access {
+    /// Runs the server side of the handshake on `sock` (TLS within tls_handshake_timeout,
+    /// then the upgrade within handshake_timeout) and leaves the session open, ready for
+    /// run(). Bad requests are answered with an HTTP error before the socket is closed.
+    static boost::asio::awaitable<accept_result> accept(session& s, boost::asio::ip::tcp::socket sock,
+                                                        accept_params params);
+    static boost::asio::awaitable<received> receive(session& s);
+    /// Fire and forget: no completion, overflow handled by the session's policy.
+    static void send_shared(session& s, std::shared_ptr<const std::string> data, message_type type);
+    /// From now on the session's end is reported as `ec` (unless it ends with a failure
+    /// of its own first). Call on the session's strand.
+    static void end_as(session& s, error_code ec, std::string detail);
+};
+
+}  // namespace vigil::detail

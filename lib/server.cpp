@@ -1,0 +1,613 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The acceptor, the registry of connections and the lifecycle of each one. Every
+// connection is a vigil::session (see detail/session_access.hpp for the hooks), so the
+// server's heartbeat, deadlines and queues are the client's, tested once.
+
+#include <vigil/server.hpp>
+
+#include "detail/printable.hpp"
+#include "detail/serialized.hpp"
+#include "detail/session_access.hpp"
+#include "detail/wakeup.hpp"
+#include "detail/with_deadline.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace vigil {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::string with_context(std::string what, const error_code& ec)
+{
+    return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
+}
+
+std::string endpoint_string(const asio::ip::tcp::endpoint& ep)
+{
+    // Built by appending: g++ 12 misreads `"[" + std::string` as an overlapping copy
+    // (-Wrestrict).
+    const auto addr = ep.address();
+    std::string out;
+    if (addr.is_v6())
+        out.append(1, '[').append(addr.to_string()).append(1, ']');
+    else
+        out = addr.to_string();
+    out.append(1, ':').append(std::to_string(ep.port()));
+    return out;
+}
+
+template <class F, class... Args>
+void notify(const F& f, Args&&... args) noexcept
+{
+    if (!f)
+        return;
+    try {
+        f(std::forward<Args>(args)...);
+    } catch (...) {
+        // Documented: server event handlers must not throw; one that does is ignored rather
+        // than allowed to take a connection (or the accept loop) down with it.
+    }
+}
+
+// A refused client still gets its 503 politely, but a flood of them must not become a
+// second unbounded population of coroutines: beyond this many, the socket is just closed.
+constexpr std::size_t max_refusing = 64;
+
+}  // namespace
+
+session_config server_session_defaults()
+{
+    session_config cfg;
+    cfg.ping_jitter = 0.2;
+    cfg.send_queue_overflow = overflow_policy::disconnect;
+    return cfg;
+}
+
+error_code validate(const server_config& cfg, std::string* detail)
+{
+    std::string inner;
+    if (auto ec = validate(cfg.session, &inner)) {
+        if (detail)
+            *detail = "session." + inner;
+        return ec;
+    }
+    auto fail = [detail](std::string message) {
+        if (detail)
+            *detail = std::move(message);
+        return error_code(error::invalid_config);
+    };
+    error_code ec;
+    asio::ip::make_address(cfg.bind, ec);
+    if (ec)
+        return fail("bind (\"" + detail::printable(cfg.bind, 64, false) + "\") is not an IP address");
+    if (cfg.max_connections == 0)
+        return fail("max_connections (0) must be positive");
+    if (cfg.receive_queue_limit == 0)
+        return fail("receive_queue_limit (0) must be positive");
+    if (cfg.retry_after.count() < 0)
+        return fail("retry_after (" + std::to_string(cfg.retry_after.count()) + " ms) must not be negative");
+    if (cfg.max_request_header < 1024)
+        return fail("max_request_header (" + std::to_string(cfg.max_request_header) +
+                    ") must be at least 1024: browsers send upgrade requests of several hundred bytes");
+    if (cfg.server_name.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+        return fail("server_name contains CR, LF or NUL");
+    if (!cfg.tls.context && cfg.tls.cert_file.empty() != cfg.tls.key_file.empty())
+        return fail(cfg.tls.cert_file.empty() ? "tls.key_file is set without tls.cert_file"
+                                              : "tls.cert_file is set without tls.key_file");
+    return {};
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct connection::impl {
+    impl(asio::any_io_executor ex, session_config cfg, std::uint64_t id_)
+        : s(std::move(ex), std::move(cfg)), id(id_), ended(s.get_executor(), std::chrono::steady_clock::time_point::max())
+    {
+    }
+
+    session s;
+    std::uint64_t id;
+    std::string remote;
+    std::string target;
+    // The rest lives on the session's strand.
+    asio::steady_timer ended;  // cancelled when the connection is over: the handler's grace starts
+    bool is_over = false;
+    bool handler_failed = false;
+};
+
+connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
+connection::~connection() = default;
+
+std::uint64_t connection::id() const noexcept
+{
+    return impl_->id;
+}
+
+const std::string& connection::remote() const noexcept
+{
+    return impl_->remote;
+}
+
+const std::string& connection::target() const noexcept
+{
+    return impl_->target;
+}
+
+asio::any_io_executor connection::get_executor() const noexcept
+{
+    return impl_->s.get_executor();
+}
+
+asio::awaitable<received> connection::receive()
+{
+    co_return co_await detail::session_access::receive(impl_->s);
+}
+
+void connection::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
+{
+    impl_->s.async_send(std::move(data), type, std::move(handler));
+}
+
+asio::awaitable<error_code> connection::send(std::string data, message_type type)
+{
+    co_return co_await impl_->s.send(std::move(data), type);
+}
+
+asio::awaitable<error_code> connection::close(std::uint16_t code, std::string reason)
+{
+    co_return co_await impl_->s.close(code, std::move(reason));
+}
+
+void connection::cancel()
+{
+    impl_->s.cancel();
+}
+
+bool connection::is_open() const noexcept
+{
+    return impl_->s.is_open();
+}
+
+const disconnect_info& connection::last_disconnect() const noexcept
+{
+    return impl_->s.last_disconnect();
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct server::impl {
+    impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
+        : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)), handler_(std::move(handler)),
+          all_done_(strand_)
+    {
+    }
+
+    error_code listen(std::string* detail);
+    error_code load_tls(std::string* detail);
+    asio::awaitable<error_code> run_op();
+    void stop_now();
+    void connection_done(bool refused);
+
+    asio::awaitable<void> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
+    asio::awaitable<void> run_arm(connection_ptr c);
+    asio::awaitable<void> handler_arm(connection_ptr c);
+    asio::awaitable<void> handler_call(connection_ptr c);
+    asio::awaitable<void> handler_grace(connection_ptr c);
+    asio::awaitable<void> shutdown_one(connection_ptr c);
+
+    asio::any_io_executor ex_;      // each connection gets a strand of its own over this
+    asio::any_io_executor strand_;  // the accept loop and shutdown
+    server_config cfg_;
+    handler_type handler_;
+    server_events events_;
+    std::shared_ptr<asio::ssl::context> tls_;
+    std::optional<asio::ip::tcp::acceptor> acceptor_;
+    std::mutex listen_mu_;
+    std::atomic<std::uint16_t> port_{0};
+
+    // On strand_.
+    bool running_ = false;
+    std::size_t live_ = 0;      // connection coroutines alive, refusals included
+    std::size_t open_ = 0;      // of which counted against max_connections
+    std::size_t refusing_ = 0;  // of which answering 503
+    std::uint64_t next_id_ = 0;
+    detail::wakeup<asio::any_io_executor> all_done_;
+
+    // Shared with the connections' strands and with callers on any thread.
+    mutable std::mutex mu_;
+    bool stopping_ = false;
+    std::map<std::uint64_t, connection_ptr> conns_;
+    server_counters counters_;
+};
+
+error_code server::impl::load_tls(std::string* detail)
+{
+    if (cfg_.tls.context) {
+        tls_ = cfg_.tls.context;
+        return {};
+    }
+    if (cfg_.tls.cert_file.empty())
+        return {};
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+    auto fail = [detail](std::string message) {
+        if (detail)
+            *detail = std::move(message);
+        return error_code(error::invalid_config);
+    };
+    error_code ec;
+    ctx->use_certificate_chain_file(cfg_.tls.cert_file, ec);
+    if (ec)
+        return fail(with_context("tls.cert_file \"" + detail::printable(cfg_.tls.cert_file, 128, false) + "\"", ec));
+    ctx->use_private_key_file(cfg_.tls.key_file, asio::ssl::context::pem, ec);
+    if (ec)
+        return fail(with_context("tls.key_file \"" + detail::printable(cfg_.tls.key_file, 128, false) + "\"", ec));
+    if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+        return fail("tls.key_file \"" + detail::printable(cfg_.tls.key_file, 128, false) +
+                    "\" does not match the certificate in tls.cert_file");
+    tls_ = std::move(ctx);
+    return {};
+}
+
+error_code server::impl::listen(std::string* detail)
+{
+    std::lock_guard lock(listen_mu_);
+    if (acceptor_)
+        return {};
+    if (auto ec = validate(cfg_, detail))
+        return ec;
+    if (auto ec = load_tls(detail))
+        return ec;
+    error_code ec;
+    const auto addr = asio::ip::make_address(cfg_.bind, ec);
+    const asio::ip::tcp::endpoint ep(addr, cfg_.port);
+    asio::ip::tcp::acceptor acceptor(strand_);
+    auto fail = [&](const char* step) {
+        if (detail)
+            *detail = with_context(std::string(step) + " " + endpoint_string(ep), ec);
+        return ec;
+    };
+    if (acceptor.open(ep.protocol(), ec); ec)
+        return fail("opening a socket for");
+    // A restarted server must be able to bind while its old connections sit in TIME_WAIT.
+    acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (acceptor.bind(ep, ec); ec)
+        return fail("binding to");
+    if (acceptor.listen(asio::socket_base::max_listen_connections, ec); ec)
+        return fail("listening on");
+    port_ = acceptor.local_endpoint(ec).port();
+    acceptor_.emplace(std::move(acceptor));
+    return {};
+}
+
+asio::awaitable<error_code> server::impl::run_op()
+{
+    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
+                                                       detail::any_cancellation_as_terminal{});
+    co_await asio::this_coro::throw_if_cancelled(false);
+    if (running_)
+        co_return error::already_running;
+    if (auto ec = listen(nullptr))
+        co_return ec;
+    running_ = true;
+    error_code result;
+    asio::steady_timer pause_timer(strand_);
+    for (;;) {
+        {
+            std::lock_guard lock(mu_);
+            if (stopping_)
+                break;
+        }
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state)) {
+            result = asio::error::operation_aborted;
+            break;
+        }
+        auto c = std::make_shared<connection>(std::make_shared<connection::impl>(ex_, cfg_.session, next_id_ + 1));
+        asio::ip::tcp::socket sock(c->get_executor());
+        auto [ec] = co_await acceptor_->async_accept(sock, asio::as_tuple(asio::use_awaitable));
+        {
+            std::lock_guard lock(mu_);
+            if (stopping_)
+                break;
+        }
+        if (ec == asio::error::operation_aborted || detail::cancelled(co_await asio::this_coro::cancellation_state)) {
+            result = asio::error::operation_aborted;
+            break;
+        }
+        if (ec) {
+            // Out of file descriptors, most likely: retrying at once would spin. The
+            // clients wait in the listen backlog meanwhile.
+            notify(events_.on_accept_error, ec);
+            pause_timer.expires_after(std::chrono::milliseconds(100));
+            auto [pec] = co_await pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (pec && detail::cancelled(co_await asio::this_coro::cancellation_state)) {
+                result = asio::error::operation_aborted;
+                break;
+            }
+            continue;
+        }
+        ++next_id_;
+        {
+            error_code rec;
+            c->impl_->remote = endpoint_string(sock.remote_endpoint(rec));
+        }
+        const bool refuse = open_ >= cfg_.max_connections;
+        {
+            std::lock_guard lock(mu_);
+            ++counters_.accepted;
+            if (!refuse)
+                ++counters_.open;
+            else if (refusing_ >= max_refusing)
+                ++counters_.rejected;
+        }
+        if (refuse && refusing_ >= max_refusing) {
+            error_code ignored;
+            sock.close(ignored);
+            notify(events_.on_rejected, c->remote(), make_http_status_error(503),
+                   std::string("at max_connections and already answering 64 others: closed without an answer"));
+            continue;
+        }
+        ++live_;
+        ++(refuse ? refusing_ : open_);
+        auto ex = c->get_executor();
+        asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
+                       [this, refuse](std::exception_ptr) { connection_done(refuse); });
+    }
+    {
+        error_code ignored;
+        acceptor_->close(ignored);
+    }
+    if (result == asio::error::operation_aborted) {
+        // Cancelled: no time for goodbyes.
+        std::vector<connection_ptr> all;
+        {
+            std::lock_guard lock(mu_);
+            stopping_ = true;
+            for (auto& [id, c] : conns_)
+                all.push_back(c);
+        }
+        for (auto& c : all)
+            c->cancel();
+    }
+    while (live_ > 0) {
+        auto [ec] = co_await all_done_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec) {
+            // Cancelled while draining: stop waiting for goodbyes.
+            result = asio::error::operation_aborted;
+            std::lock_guard lock(mu_);
+            for (auto& [id, c] : conns_)
+                c->cancel();
+        }
+    }
+    running_ = false;
+    co_return result;
+}
+
+void server::impl::connection_done(bool refused)
+{
+    // From the connection's strand to ours: live_ and friends are the accept loop's.
+    asio::post(strand_, [this, refused] {
+        --live_;
+        --(refused ? refusing_ : open_);
+        if (live_ == 0)
+            all_done_.notify();
+    });
+}
+
+asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse)
+{
+    auto& ci = *c->impl_;
+    detail::accept_params params;
+    params.tls = tls_.get();
+    params.max_request_header = cfg_.max_request_header;
+    params.receive_queue_limit = cfg_.receive_queue_limit;
+    params.server_name = cfg_.server_name;
+    params.refuse = refuse;
+    params.retry_after = cfg_.retry_after;
+    auto accepted = co_await detail::session_access::accept(ci.s, std::move(sock), std::move(params));
+    if (accepted.ec) {
+        {
+            std::lock_guard lock(mu_);
+            ++counters_.rejected;
+            if (!refuse)
+                --counters_.open;
+        }
+        notify(events_.on_rejected, ci.remote, accepted.ec, accepted.detail);
+        co_return;
+    }
+    ci.target = std::move(accepted.target);
+    bool stopping = false;
+    {
+        std::lock_guard lock(mu_);
+        stopping = stopping_;
+        conns_.emplace(ci.id, c);
+        ++counters_.connected;
+    }
+    notify(events_.on_connected, *c);
+    // stop() took its snapshot of the connections before this one registered: close it here.
+    if (stopping)
+        asio::co_spawn(c->get_executor(), shutdown_one(c), asio::detached);
+
+    using namespace asio::experimental::awaitable_operators;
+    co_await (run_arm(c) && handler_arm(c));
+
+    {
+        std::lock_guard lock(mu_);
+        conns_.erase(ci.id);
+        --counters_.open;
+        ++counters_.disconnected;
+    }
+    notify(events_.on_disconnected, *c);
+}
+
+asio::awaitable<void> server::impl::run_arm(connection_ptr c)
+{
+    auto& ci = *c->impl_;
+    try {
+        co_await ci.s.run();
+    } catch (...) {
+        // Server sessions have no event handlers of the application's: nothing to rethrow.
+    }
+    ci.is_over = true;
+    ci.ended.cancel();
+}
+
+asio::awaitable<void> server::impl::handler_arm(connection_ptr c)
+{
+    using namespace asio::experimental::awaitable_operators;
+    auto& ci = *c->impl_;
+    co_await (handler_call(c) || handler_grace(c));
+    // The handler is done with the connection: close it (1011 if the handler failed).
+    if (ci.s.is_open())
+        co_await ci.s.close(ci.handler_failed ? 1011 : 1000, ci.handler_failed ? "internal error" : "");
+}
+
+asio::awaitable<void> server::impl::handler_call(connection_ptr c)
+{
+    if (!handler_) {
+        // No handler: a server that only keeps connections honest (and broadcasts).
+        for (;;) {
+            auto r = co_await c->receive();
+            if (r.ec)
+                co_return;
+        }
+    }
+    auto call = handler_(c);
+    bool failed = false;
+    try {
+        co_await std::move(call);
+    } catch (...) {
+        failed = true;
+    }
+    if (failed)
+        c->impl_->handler_failed = true;
+}
+
+asio::awaitable<void> server::impl::handler_grace(connection_ptr c)
+{
+    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
+                                                       detail::any_cancellation_as_terminal{});
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto& ci = *c->impl_;
+    if (!ci.is_over) {
+        co_await ci.ended.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return;  // the handler returned first
+    }
+    // The connection is over and receive() says so; a handler that still has not returned
+    // after close_timeout is cancelled, so that it cannot hold the server's shutdown.
+    asio::steady_timer grace(co_await asio::this_coro::executor, cfg_.session.close_timeout);
+    co_await grace.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+asio::awaitable<void> server::impl::shutdown_one(connection_ptr c)
+{
+    auto& s = c->impl_->s;
+    detail::session_access::end_as(s, error::server_shutdown, "the server is shutting down (close code 1001 sent)");
+    co_await detail::with_deadline(
+        [](session& s) -> asio::awaitable<error_code> { co_return co_await s.close(1001, "server shutting down"); }(s),
+        cfg_.session.close_timeout, error::close_timeout, [&s] { s.cancel(); });
+}
+
+void server::impl::stop_now()
+{
+    std::vector<connection_ptr> all;
+    {
+        std::lock_guard lock(mu_);
+        if (stopping_)
+            return;
+        stopping_ = true;
+        for (auto& [id, c] : conns_)
+            all.push_back(c);
+    }
+    if (acceptor_) {
+        error_code ignored;
+        acceptor_->cancel(ignored);
+    }
+    for (auto& c : all)
+        asio::co_spawn(c->get_executor(), shutdown_one(c), asio::detached);
+}
+
+// ---------------------------------------------------------------------------------------
+
+server::server(asio::any_io_executor ex, server_config cfg, handler_type handler)
+    : impl_(std::make_unique<impl>(std::move(ex), std::move(cfg), std::move(handler)))
+{
+}
+
+server::~server() = default;
+
+server_events& server::events() noexcept
+{
+    return impl_->events_;
+}
+
+error_code server::listen(std::string* detail)
+{
+    return impl_->listen(detail);
+}
+
+std::uint16_t server::port() const noexcept
+{
+    return impl_->port_.load();
+}
+
+asio::awaitable<error_code> server::run()
+{
+    co_return co_await asio::co_spawn(impl_->strand_, impl_->run_op(), asio::use_awaitable);
+}
+
+void server::stop()
+{
+    asio::dispatch(impl_->strand_, [p = impl_.get()] { p->stop_now(); });
+}
+
+std::size_t server::broadcast(std::string data, message_type type)
+{
+    auto shared = std::make_shared<const std::string>(std::move(data));
+    std::lock_guard lock(impl_->mu_);
+    for (auto& [id, c] : impl_->conns_)
+        detail::session_access::send_shared(c->impl_->s, shared, type);
+    return impl_->conns_.size();
+}
+
+std::vector<server::connection_ptr> server::connections() const
+{
+    std::vector<connection_ptr> all;
+    std::lock_guard lock(impl_->mu_);
+    all.reserve(impl_->conns_.size());
+    for (auto& [id, c] : impl_->conns_)
+        all.push_back(c);
+    return all;
+}
+
+server_counters server::counters() const
+{
+    std::lock_guard lock(impl_->mu_);
+    return impl_->counters_;
+}
+
+}  // namespace vigil
