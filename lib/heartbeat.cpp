@@ -64,8 +64,12 @@ bool message_match::matches(std::string_view data) const noexcept
         break;
     }
     // Every text message of a busy feed passes through here: only parse the ones that can
-    // match at all, and never let malformed input out as an exception.
-    if (data.size() < 2 || (prefilter_ && data.find(value_) == std::string_view::npos))
+    // match at all, and never let malformed input out as an exception. A message without
+    // escapes must hold the value verbatim; one with escapes ("p\u006fng") is parsed. NUL is
+    // never valid JSON, but the parser would stop at it and accept the prefix.
+    if (data.size() < 2 || data.find('\0') != std::string_view::npos)
+        return false;
+    if (prefilter_ && data.find(value_) == std::string_view::npos && data.find('\\') == std::string_view::npos)
         return false;
     try {
         auto doc = nlohmann::json::parse(data.begin(), data.end(), nullptr, false);

@@ -28,6 +28,8 @@
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -117,6 +119,21 @@ error_code validate(const server_config& cfg, std::string* detail)
     if (!cfg.tls.context && cfg.tls.cert_file.empty() != cfg.tls.key_file.empty())
         return fail(cfg.tls.cert_file.empty() ? "tls.key_file is set without tls.cert_file"
                                               : "tls.cert_file is set without tls.key_file");
+    if (!cfg.tls.context) {
+        // The contents are checked by listen(), which loads them; here only what can be
+        // said without OpenSSL.
+        for (auto [field, path] : {std::pair{"tls.cert_file", &cfg.tls.cert_file}, {"tls.key_file", &cfg.tls.key_file}}) {
+            if (path->empty())
+                continue;
+            std::error_code fs_ec;
+            if (!std::filesystem::is_regular_file(*path, fs_ec))
+                return fail(std::string(field) + " \"" + detail::printable(*path, 128, false) +
+                            "\" is not a regular file" + (fs_ec ? " (" + fs_ec.message() + ")" : std::string()));
+            if (!std::ifstream(*path, std::ios::binary))
+                return fail(std::string(field) + " \"" + detail::printable(*path, 128, false) +
+                            "\" cannot be opened for reading");
+        }
+    }
     return {};
 }
 
@@ -239,7 +256,8 @@ struct server::impl {
     // Shared with the connections' strands and with callers on any thread.
     mutable std::mutex mu_;
     bool stopping_ = false;
-    std::map<std::uint64_t, connection_ptr> conns_;
+    std::map<std::uint64_t, connection_ptr> conns_;     // upgraded
+    std::map<std::uint64_t, connection_ptr> pending_;   // still in their handshake
     server_counters counters_;
 };
 
@@ -372,6 +390,11 @@ asio::awaitable<error_code> server::impl::run_op()
         }
         ++live_;
         ++(refuse ? refusing_ : open_);
+        {
+            // Known from the start, so that a cancelled run() can abort handshakes too.
+            std::lock_guard lock(mu_);
+            pending_.emplace(next_id_, c);
+        }
         auto ex = c->get_executor();
         asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
                        [this, refuse](std::exception_ptr) { connection_done(refuse); });
@@ -388,6 +411,8 @@ asio::awaitable<error_code> server::impl::run_op()
             stopping_ = true;
             for (auto& [id, c] : conns_)
                 all.push_back(c);
+            for (auto& [id, c] : pending_)
+                all.push_back(c);
         }
         for (auto& c : all)
             c->cancel();
@@ -399,6 +424,8 @@ asio::awaitable<error_code> server::impl::run_op()
             result = asio::error::operation_aborted;
             std::lock_guard lock(mu_);
             for (auto& [id, c] : conns_)
+                c->cancel();
+            for (auto& [id, c] : pending_)
                 c->cancel();
         }
     }
@@ -431,6 +458,7 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
     if (accepted.ec) {
         {
             std::lock_guard lock(mu_);
+            pending_.erase(ci.id);
             ++counters_.rejected;
             if (!refuse)
                 --counters_.open;
@@ -443,6 +471,7 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
     {
         std::lock_guard lock(mu_);
         stopping = stopping_;
+        pending_.erase(ci.id);
         conns_.emplace(ci.id, c);
         ++counters_.connected;
     }

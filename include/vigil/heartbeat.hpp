@@ -116,8 +116,10 @@ static_assert(heartbeat_policy<message_heartbeat>);
 /// `session_config::heartbeat`. Copying it copies the policy.
 class any_heartbeat {
 public:
-    template <heartbeat_policy P>
-        requires(!std::same_as<std::remove_cvref_t<P>, any_heartbeat>)
+    // The self-exclusion comes first: clang 14 would otherwise recurse through
+    // std::optional<any_heartbeat>'s triviality checks while testing the concept.
+    template <class P>
+        requires(!std::same_as<std::remove_cvref_t<P>, any_heartbeat> && heartbeat_policy<P>)
     any_heartbeat(P policy) : impl_(std::make_unique<model<P>>(std::move(policy)))
     {
     }

@@ -56,15 +56,15 @@ asio::awaitable<error_code> session::impl::reader()
         if (queued)
             inbox_wake_.notify();
         // The application is behind: stop reading until it catches up. TCP then pushes back
-        // on the peer, and the peer's silence meanwhile is ours, so the heartbeat does not
-        // judge it (see ticker and watchdog).
+        // on the peer, and the peer's silence meanwhile is ours, so neither the heartbeat nor
+        // idle_timeout judges it (see ticker and watchdog); both start afresh on resume.
         while (inbox_mode_ && inbox_.size() >= inbox_limit_) {
             paused_ = true;
             auto [wec] = co_await reader_resume_.async_wait(asio::as_tuple(asio::use_awaitable));
             paused_ = false;
             if (wec || detail::cancelled(co_await asio::this_coro::cancellation_state))
                 co_return asio::error::operation_aborted;
-            last_rx_ = clock_type::now();
+            last_rx_ = last_data_ = clock_type::now();
         }
     }
 }

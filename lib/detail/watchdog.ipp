@@ -46,7 +46,7 @@ asio::awaitable<error_code> session::impl::watchdog()
                            " ms after a ping (pong_timeout)";
             co_return error::pong_timeout;
         }
-        if (cfg_.idle_timeout.count() > 0 && scan.passed(last_data_ + cfg_.idle_timeout)) {
+        if (cfg_.idle_timeout.count() > 0 && !paused_ && scan.passed(last_data_ + cfg_.idle_timeout)) {
             last_.detail = "no data message for " + std::to_string(cfg_.idle_timeout.count()) + " ms (idle_timeout)";
             co_return error::idle_timeout;
         }

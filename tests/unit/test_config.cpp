@@ -2,10 +2,13 @@
 // SPDX-License-Identifier: BSL-1.0
 
 #include <vigil/config.hpp>
+#include <vigil/server.hpp>
 
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -248,4 +251,225 @@ TEST_CASE("the first broken rule is reported")
     cfg.close_timeout = 0ms;
     cfg.send_queue_limit = 0;
     CHECK(detail_of(cfg).find("ping_interval") == 0);
+}
+
+TEST_CASE("ping_jitter must be in [0, 0.5]")
+{
+    struct bad {
+        const char* what;
+        double value;
+    };
+    const bad cases[] = {
+        {"NaN", std::numeric_limits<double>::quiet_NaN()},
+        {"negative", -0.1},
+        {"just above the range", 0.6},
+        {"one", 1.0},
+        {"infinity", std::numeric_limits<double>::infinity()},
+        {"negative infinity", -std::numeric_limits<double>::infinity()},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.what);
+        session_config cfg;
+        cfg.ping_jitter = c.value;
+        const auto detail = detail_of(cfg);
+        CHECK(detail.find("ping_jitter") == 0);
+        CHECK(detail.find("[0, 0.5]") != std::string::npos);
+    }
+    for (double ok : {0.0, 0.2, 0.5}) {
+        CAPTURE(ok);
+        session_config cfg;
+        cfg.ping_jitter = ok;
+        CHECK_FALSE(vigil::validate(cfg));
+    }
+    CHECK(session_config{}.ping_jitter == 0.0);
+}
+
+TEST_CASE("send_queue_overflow must be an overflow_policy")
+{
+    session_config cfg;
+    CHECK(cfg.send_queue_overflow == vigil::overflow_policy::reject);  // the client default
+    cfg.send_queue_overflow = static_cast<vigil::overflow_policy>(9);
+    CHECK(detail_of(cfg) == "send_queue_overflow (9) is not an overflow_policy");
+    cfg.send_queue_overflow = vigil::overflow_policy::disconnect;
+    CHECK_FALSE(vigil::validate(cfg));
+}
+
+TEST_CASE("an application-level heartbeat is a valid config")
+{
+    session_config cfg;
+    cfg.heartbeat = vigil::message_heartbeat::json();
+    cfg.deliver_heartbeat_messages = true;
+    CHECK_FALSE(vigil::validate(cfg));
+    // Its timers follow the same rules as protocol pings.
+    cfg.pong_timeout = cfg.ping_interval;
+    CHECK(detail_of(cfg).find("pong_timeout") == 0);
+}
+
+TEST_CASE("server_session_defaults: the client defaults, jittered, and slow consumers disconnected")
+{
+    const auto d = vigil::server_session_defaults();
+    CHECK(d.ping_jitter == doctest::Approx(0.2));
+    CHECK(d.send_queue_overflow == vigil::overflow_policy::disconnect);
+    const session_config client;
+    CHECK(d.ping_interval == client.ping_interval);
+    CHECK(d.pong_timeout == client.pong_timeout);
+    CHECK(d.close_timeout == client.close_timeout);
+    CHECK(d.handshake_timeout == client.handshake_timeout);
+    CHECK(d.write_timeout == client.write_timeout);
+    CHECK(d.send_queue_limit == client.send_queue_limit);
+    CHECK(d.max_message_size == client.max_message_size);
+    CHECK_FALSE(d.heartbeat.has_value());
+    CHECK_FALSE(vigil::validate(d));
+
+    const vigil::server_config s;
+    CHECK(s.session.ping_jitter == doctest::Approx(0.2));
+    CHECK(s.session.send_queue_overflow == vigil::overflow_policy::disconnect);
+    CHECK(s.bind == "127.0.0.1");
+    CHECK(s.port == 0);
+    CHECK(s.max_connections == 10000);
+    CHECK(s.retry_after == std::chrono::milliseconds(5000));
+    CHECK(s.receive_queue_limit == 256);
+    CHECK(s.max_request_header == 8192);
+    CHECK(s.server_name == "vigil");
+}
+
+namespace {
+
+std::string server_detail_of(const vigil::server_config& cfg)
+{
+    std::string detail;
+    const auto ec = vigil::validate(cfg, &detail);
+    CHECK(ec == vigil::error::invalid_config);
+    CHECK(ec == vigil::condition::permanent);
+    CHECK_FALSE(detail.empty());
+    // Without a detail pointer the verdict is the same.
+    CHECK(vigil::validate(cfg) == vigil::error::invalid_config);
+    return detail;
+}
+
+}  // namespace
+
+TEST_CASE("validate(server_config)")
+{
+    vigil::server_config cfg;
+    std::string untouched = "untouched";
+    CHECK_FALSE(vigil::validate(cfg, &untouched));
+    CHECK(untouched == "untouched");
+
+    SUBCASE("max_connections 0")
+    {
+        cfg.max_connections = 0;
+        CHECK(server_detail_of(cfg).find("max_connections") == 0);
+    }
+    SUBCASE("receive_queue_limit 0")
+    {
+        cfg.receive_queue_limit = 0;
+        CHECK(server_detail_of(cfg).find("receive_queue_limit") == 0);
+    }
+    SUBCASE("max_request_header 0")
+    {
+        cfg.max_request_header = 0;
+        CHECK(server_detail_of(cfg).find("max_request_header") == 0);
+    }
+    SUBCASE("negative retry_after")
+    {
+        cfg.retry_after = std::chrono::milliseconds(-1);
+        CHECK(server_detail_of(cfg).find("retry_after") == 0);
+    }
+    SUBCASE("server_name with a line break")
+    {
+        cfg.server_name = "vigil\r\nX-Evil: 1";
+        CHECK(server_detail_of(cfg).find("server_name") == 0);
+    }
+    SUBCASE("empty bind address")
+    {
+        cfg.bind = "";
+        CHECK(server_detail_of(cfg).find("bind") == 0);
+    }
+    SUBCASE("a bind address that is not an IP address")
+    {
+        cfg.bind = "not an address";
+        CHECK(server_detail_of(cfg).find("bind") == 0);
+    }
+    SUBCASE("an invalid session is reported with its field")
+    {
+        cfg.session.pong_timeout = cfg.session.ping_interval;
+        CHECK(server_detail_of(cfg).find("pong_timeout") != std::string::npos);
+    }
+    SUBCASE("a session ping_jitter out of range")
+    {
+        cfg.session.ping_jitter = 0.75;
+        CHECK(server_detail_of(cfg).find("ping_jitter") != std::string::npos);
+    }
+    SUBCASE("tls.cert_file without tls.key_file")
+    {
+        const temp_file cert("-----BEGIN CERTIFICATE-----\n");
+        cfg.tls.cert_file = cert.path();
+        CHECK(server_detail_of(cfg).find("tls.key_file") != std::string::npos);
+    }
+    SUBCASE("tls.key_file without tls.cert_file")
+    {
+        const temp_file key("-----BEGIN PRIVATE KEY-----\n");
+        cfg.tls.key_file = key.path();
+        CHECK(server_detail_of(cfg).find("tls.cert_file") != std::string::npos);
+    }
+    SUBCASE("a certificate file that does not exist")
+    {
+        const temp_file key("-----BEGIN PRIVATE KEY-----\n");
+        cfg.tls.cert_file = "/nonexistent/vigil/cert.pem";
+        cfg.tls.key_file = key.path();
+        const auto detail = server_detail_of(cfg);
+        CHECK(detail.find("tls.cert_file") != std::string::npos);
+        CHECK(detail.find("/nonexistent/vigil/cert.pem") != std::string::npos);
+    }
+    SUBCASE("a key file that does not exist")
+    {
+        const temp_file cert("-----BEGIN CERTIFICATE-----\n");
+        cfg.tls.cert_file = cert.path();
+        cfg.tls.key_file = "/nonexistent/vigil/key.pem";
+        const auto detail = server_detail_of(cfg);
+        CHECK(detail.find("tls.key_file") != std::string::npos);
+        CHECK(detail.find("/nonexistent/vigil/key.pem") != std::string::npos);
+    }
+    SUBCASE("a directory as certificate file")
+    {
+        const temp_file key("-----BEGIN PRIVATE KEY-----\n");
+        cfg.tls.cert_file = std::filesystem::temp_directory_path().string();
+        cfg.tls.key_file = key.path();
+        CHECK(server_detail_of(cfg).find("tls.cert_file") != std::string::npos);
+    }
+}
+
+TEST_CASE("validate(server_config) accepts the edges")
+{
+    vigil::server_config cfg;
+    SUBCASE("one connection, one queued message")
+    {
+        cfg.max_connections = 1;
+        cfg.receive_queue_limit = 1;
+    }
+    SUBCASE("retry_after 0")
+    {
+        cfg.retry_after = std::chrono::milliseconds(0);
+    }
+    SUBCASE("all interfaces, IPv4 and IPv6")
+    {
+        cfg.bind = "0.0.0.0";
+        CHECK_FALSE(vigil::validate(cfg));
+        cfg.bind = "::";
+    }
+    // Outlive the subcase: the checks after it validate the same config again.
+    const temp_file cert("-----BEGIN CERTIFICATE-----\n");
+    const temp_file key("-----BEGIN PRIVATE KEY-----\n");
+    SUBCASE("both TLS files present")
+    {
+        cfg.tls.cert_file = cert.path();
+        cfg.tls.key_file = key.path();
+        std::string detail;
+        CHECK_FALSE(vigil::validate(cfg, &detail));
+        CHECK(detail.empty());
+    }
+    std::string detail;
+    CHECK_FALSE(vigil::validate(cfg, &detail));
+    CHECK(detail.empty());
 }
