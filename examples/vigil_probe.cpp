@@ -5,6 +5,7 @@
 // reports everything it does as JSON lines on stdout, so that scripts and tests can watch a
 // connection live, die and come back.
 
+#include <vigil/heartbeat.hpp>
 #include <vigil/session.hpp>
 #include <vigil/supervisor.hpp>
 
@@ -71,6 +72,13 @@ constexpr std::string_view usage_text =
     "  --handshake-timeout S  bound on the WebSocket upgrade\n"
     "  --close-timeout S      bound on the close handshake\n"
     "  --ping-mode idle|fixed ping only when idle (default), or every interval\n"
+    "  --app-ping TEXT        application-level heartbeat: ping with the text message TEXT\n"
+    "                         instead of ping frames (needs --app-pong or --app-pong-field)\n"
+    "  --app-pong TEXT        the pong is exactly TEXT; the server's own TEXT pings (same\n"
+    "                         text as --app-ping) are answered with it\n"
+    "  --app-pong-field F=V   the pong is a JSON object whose field F (or JSON pointer, /a/b)\n"
+    "                         is V, e.g. type=pong; with --app-pong too, that text still\n"
+    "                         answers the server's pings\n"
     "  --ca FILE              trust this PEM CA for wss://\n"
     "  --insecure             no certificate verification (test servers only)\n"
     "  --send TEXT            send TEXT after every connect, e.g. a subscription (repeatable);\n"
@@ -98,6 +106,9 @@ struct usage_error {
 
 struct options {
     vigil::supervisor_config cfg;
+    std::optional<std::string> app_ping;
+    std::optional<std::string> app_pong;
+    std::optional<vigil::message_match> app_pong_field;
     std::optional<milliseconds> backoff_initial;
     std::optional<milliseconds> backoff_max;
     std::string url;
@@ -143,6 +154,42 @@ milliseconds positive(std::string_view flag, milliseconds d)
         throw usage_error{std::string(flag) + " must be positive"};
     }
     return d;
+}
+
+// --app-ping with --app-pong and/or --app-pong-field: the session pings with a text message
+// and recognises the pong by its exact text or by one JSON field.
+void set_app_heartbeat(options& opts)
+{
+    if (!opts.app_ping && !opts.app_pong && !opts.app_pong_field) {
+        return;
+    }
+    if (!opts.app_ping) {
+        throw usage_error{std::string(opts.app_pong ? "--app-pong" : "--app-pong-field") +
+                          " needs --app-ping"};
+    }
+    if (!opts.app_pong && !opts.app_pong_field) {
+        throw usage_error{"--app-ping needs --app-pong or --app-pong-field"};
+    }
+    if (opts.app_ping->empty()) {
+        throw usage_error{"--app-ping must not be empty"};
+    }
+    if (opts.app_pong && opts.app_pong->empty()) {
+        throw usage_error{"--app-pong must not be empty"};
+    }
+    if (opts.app_pong && *opts.app_pong == *opts.app_ping) {
+        throw usage_error{"--app-ping and --app-pong must differ"};
+    }
+    vigil::message_heartbeat hb;
+    if (opts.app_pong) {
+        // Also answers the server's pings when they are the same text as ours.
+        hb = vigil::message_heartbeat::text(*opts.app_ping, *opts.app_pong);
+    } else {
+        hb.ping = *opts.app_ping;
+    }
+    if (opts.app_pong_field) {
+        hb.pong = *opts.app_pong_field;
+    }
+    opts.cfg.session.heartbeat = std::move(hb);
 }
 
 options parse_args(int argc, char** argv)
@@ -209,6 +256,17 @@ options parse_args(int argc, char** argv)
                 throw usage_error{"--ping-mode: '" + std::string(mode) +
                                   "' is neither idle nor fixed"};
             }
+        } else if (flag == "--app-ping") {
+            opts.app_ping = std::string(value());
+        } else if (flag == "--app-pong") {
+            opts.app_pong = std::string(value());
+        } else if (flag == "--app-pong-field") {
+            auto spec = value();
+            opts.app_pong_field = vigil::message_match::parse_field_spec(spec);
+            if (!opts.app_pong_field) {
+                throw usage_error{"--app-pong-field: '" + std::string(spec) +
+                                  "' is not FIELD=VALUE"};
+            }
         } else if (flag == "--ca") {
             cfg.tls.ca_file = std::string(value());
         } else if (flag == "--insecure") {
@@ -240,6 +298,7 @@ options parse_args(int argc, char** argv)
     if (opts.help) {
         return opts;
     }
+    set_app_heartbeat(opts);
     if (opts.backoff_initial && opts.backoff_max && *opts.backoff_max < *opts.backoff_initial) {
         throw usage_error{"--backoff-max must not be below --backoff-initial"};
     }

@@ -1,0 +1,475 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+//
+// vigil-serve: a WebSocket server on the command line. It echoes (or broadcasts) what
+// clients send, keeps every connection honest with vigil's heartbeat and deadlines, and
+// reports each connection, message, eviction and refusal as JSON lines on stdout, so that
+// scripts and tests can watch clients live, die and get evicted.
+
+#include <vigil/server.hpp>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using json = nlohmann::ordered_json;
+using std::chrono::milliseconds;
+
+constexpr int exit_ok = 0;
+// The server could not start or ended for a reason other than a signal (port in use ...).
+constexpr int exit_failed = 1;
+// sysexits.h EX_USAGE: what scripts expect from a command given bad arguments.
+constexpr int exit_usage = 64;
+
+constexpr std::string_view usage_text =
+    "usage: vigil-serve [options]\n"
+    "\n"
+    "A WebSocket server that echoes or broadcasts what clients send, pings idle clients and\n"
+    "evicts the ones that stop answering. Prints one JSON object per line on stdout for each\n"
+    "event: listening (first, with the port), client_connected, message, client_disconnected,\n"
+    "rejected, accept_error, stopped.\n"
+    "\n"
+    "options (S = seconds, fractions allowed):\n"
+    "  --port P               port to listen on (default 0: the system picks one)\n"
+    "  --bind ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
+    "  --mode echo|broadcast  send each message back to its sender (default), or to everyone\n"
+    "  --ping-interval S      ping a client after S seconds without traffic (default 20;\n"
+    "                         0: no heartbeat)\n"
+    "  --pong-timeout S       evict a client S seconds after an unanswered ping (default 10)\n"
+    "  --idle-timeout S       evict a client that sends no data message for S seconds\n"
+    "                         (default 0: off)\n"
+    "  --handshake-timeout S  bound on a client's TLS handshake and upgrade request (default 10)\n"
+    "  --max-connections N    beyond N open connections, answer 503 (default 10000)\n"
+    "  --max-message BYTES    largest message accepted; a larger one closes with 1009\n"
+    "                         (default 16777216)\n"
+    "  --tls-cert FILE        serve wss:// with this PEM certificate chain (needs --tls-key)\n"
+    "  --tls-key FILE         the PEM private key of --tls-cert\n"
+    "  --app-ping TEXT        application-level heartbeat: ping clients with the text message\n"
+    "                         TEXT instead of ping frames, and answer their TEXT pings\n"
+    "  --app-pong TEXT        ... with TEXT as the pong (both flags or neither)\n"
+    "  --help                 show this text\n"
+    "\n"
+    "signals: SIGINT/SIGTERM close every connection with 1001 (going away), bounded by the\n"
+    "close timeout, print stopped and exit 0; a second one drops the connections at once.\n"
+    "\n"
+    "exit status: 0 after a signal; 1 when the server cannot listen (address in use ...);\n"
+    "64 for bad arguments.\n";
+
+struct usage_error {
+    std::string message;
+};
+
+enum class serve_mode { echo, broadcast };
+
+struct options {
+    vigil::server_config cfg;
+    serve_mode mode = serve_mode::echo;
+    std::optional<std::string> app_ping;
+    std::optional<std::string> app_pong;
+    bool help = false;
+};
+
+milliseconds parse_seconds(std::string_view flag, std::string_view text)
+{
+    double value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() ||
+        !std::isfinite(value)) {
+        throw usage_error{std::string(flag) + ": '" + std::string(text) +
+                          "' is not a number of seconds"};
+    }
+    if (value < 0) {
+        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is negative"};
+    }
+    // Past this the millisecond count would overflow; nobody means a billion seconds.
+    if (value > 1e9) {
+        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is too large"};
+    }
+    return milliseconds(std::llround(value * 1000.0));
+}
+
+std::size_t parse_count(std::string_view flag, std::string_view text)
+{
+    std::size_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+        throw usage_error{std::string(flag) + ": '" + std::string(text) +
+                          "' is not a whole number"};
+    }
+    return value;
+}
+
+std::size_t positive_count(std::string_view flag, std::string_view text)
+{
+    auto n = parse_count(flag, text);
+    if (n == 0) {
+        throw usage_error{std::string(flag) + " must be positive"};
+    }
+    return n;
+}
+
+milliseconds positive(std::string_view flag, milliseconds d)
+{
+    if (d.count() <= 0) {
+        throw usage_error{std::string(flag) + " must be positive"};
+    }
+    return d;
+}
+
+std::string seconds_text(milliseconds d)
+{
+    auto text = std::to_string(static_cast<double>(d.count()) / 1000.0);
+    text.erase(text.find_last_not_of('0') + 1);
+    if (text.back() == '.') {
+        text.pop_back();
+    }
+    return text + " s";
+}
+
+options parse_args(int argc, char** argv)
+{
+    options opts;
+    auto& session = opts.cfg.session;
+
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg.size() < 2 || arg.substr(0, 2) != "--") {
+            throw usage_error{"unexpected argument '" + std::string(arg) + "'"};
+        }
+
+        std::string_view flag = arg;
+        std::optional<std::string_view> inline_value;
+        if (auto eq = arg.find('='); eq != std::string_view::npos) {
+            flag = arg.substr(0, eq);
+            inline_value = arg.substr(eq + 1);
+        }
+        auto value = [&]() -> std::string_view {
+            if (inline_value) {
+                return *inline_value;
+            }
+            if (i + 1 >= argc) {
+                throw usage_error{std::string(flag) + " needs a value"};
+            }
+            return argv[++i];
+        };
+        auto no_value = [&] {
+            if (inline_value) {
+                throw usage_error{std::string(flag) + " takes no value"};
+            }
+        };
+
+        if (flag == "--port") {
+            auto text = value();
+            auto port = parse_count(flag, text);
+            if (port > 65535) {
+                throw usage_error{"--port: '" + std::string(text) + "' is not a port (0-65535)"};
+            }
+            opts.cfg.port = static_cast<std::uint16_t>(port);
+        } else if (flag == "--bind") {
+            opts.cfg.bind = std::string(value());
+            if (opts.cfg.bind.empty()) {
+                throw usage_error{"--bind needs an address"};
+            }
+        } else if (flag == "--mode") {
+            auto mode = value();
+            if (mode == "echo") {
+                opts.mode = serve_mode::echo;
+            } else if (mode == "broadcast") {
+                opts.mode = serve_mode::broadcast;
+            } else {
+                throw usage_error{"--mode: '" + std::string(mode) +
+                                  "' is neither echo nor broadcast"};
+            }
+        } else if (flag == "--ping-interval") {
+            session.ping_interval = parse_seconds(flag, value());
+        } else if (flag == "--pong-timeout") {
+            session.pong_timeout = positive(flag, parse_seconds(flag, value()));
+        } else if (flag == "--idle-timeout") {
+            session.idle_timeout = parse_seconds(flag, value());
+        } else if (flag == "--handshake-timeout") {
+            // One bound for the whole way from TCP accept to WebSocket: a client stuck in
+            // either step holds a connection slot just the same.
+            session.handshake_timeout = positive(flag, parse_seconds(flag, value()));
+            session.tls_handshake_timeout = session.handshake_timeout;
+        } else if (flag == "--max-connections") {
+            opts.cfg.max_connections = positive_count(flag, value());
+        } else if (flag == "--max-message") {
+            session.max_message_size = positive_count(flag, value());
+        } else if (flag == "--tls-cert") {
+            opts.cfg.tls.cert_file = std::string(value());
+        } else if (flag == "--tls-key") {
+            opts.cfg.tls.key_file = std::string(value());
+        } else if (flag == "--app-ping") {
+            opts.app_ping = std::string(value());
+        } else if (flag == "--app-pong") {
+            opts.app_pong = std::string(value());
+        } else if (flag == "--help") {
+            no_value();
+            opts.help = true;
+        } else {
+            throw usage_error{"unknown option '" + std::string(flag) + "'"};
+        }
+    }
+    if (opts.help) {
+        return opts;
+    }
+
+    // The library checks these too, but names its fields; a user typed flags.
+    if (session.ping_interval.count() > 0 && session.pong_timeout >= session.ping_interval) {
+        throw usage_error{"--pong-timeout (" + seconds_text(session.pong_timeout) +
+                          ") must be shorter than --ping-interval (" +
+                          seconds_text(session.ping_interval) + ")"};
+    }
+    if (session.ping_interval.count() > 0 && session.idle_timeout.count() > 0 &&
+        session.ping_interval >= session.idle_timeout) {
+        throw usage_error{"--ping-interval (" + seconds_text(session.ping_interval) +
+                          ") must be shorter than --idle-timeout (" +
+                          seconds_text(session.idle_timeout) + ")"};
+    }
+    if (opts.cfg.tls.cert_file.empty() != opts.cfg.tls.key_file.empty()) {
+        throw usage_error{opts.cfg.tls.cert_file.empty() ? "--tls-key needs --tls-cert"
+                                                         : "--tls-cert needs --tls-key"};
+    }
+    if (opts.app_ping.has_value() != opts.app_pong.has_value()) {
+        throw usage_error{opts.app_ping ? "--app-ping needs --app-pong" : "--app-pong needs --app-ping"};
+    }
+    if (opts.app_ping) {
+        if (opts.app_ping->empty() || opts.app_pong->empty()) {
+            throw usage_error{std::string(opts.app_ping->empty() ? "--app-ping" : "--app-pong") +
+                              " must not be empty"};
+        }
+        if (*opts.app_ping == *opts.app_pong) {
+            throw usage_error{"--app-ping and --app-pong must differ"};
+        }
+        // Pings clients with the text, recognises their answer, and answers theirs.
+        session.heartbeat = vigil::message_heartbeat::text(*opts.app_ping, *opts.app_pong);
+    }
+    return opts;
+}
+
+class serve {
+public:
+    serve(asio::io_context& ioc, options opts, std::chrono::steady_clock::time_point start)
+        : ioc_(ioc),
+          mode_(opts.mode),
+          start_(start),
+          server_(ioc.get_executor(), std::move(opts.cfg),
+                  [this](vigil::server::connection_ptr c) { return handle(std::move(c)); }),
+          signals_(ioc, SIGINT, SIGTERM)
+    {
+        auto& ev = server_.events();
+        ev.on_connected = [this](vigil::connection& c) {
+            emit({{"event", "client_connected"}, {"id", c.id()}, {"remote", c.remote()}});
+        };
+        ev.on_disconnected = [this](vigil::connection& c) {
+            const auto& info = c.last_disconnect();
+            json j = {{"event", "client_disconnected"},
+                      {"id", c.id()},
+                      {"reason", vigil::error_name(info.reason)},
+                      {"detail", info.detail},
+                      {"silent_ms", info.silent_for.count()}};
+            if (info.close_code != 0) {
+                j["close_code"] = info.close_code;
+            }
+            if (!info.close_reason.empty()) {
+                j["close_reason"] = info.close_reason;
+            }
+            emit(std::move(j));
+        };
+        ev.on_rejected = [this](const std::string& remote, const error_code& why,
+                                const std::string& detail) {
+            json j = {{"event", "rejected"},
+                      {"remote", remote},
+                      {"reason", vigil::error_name(why)},
+                      {"detail", detail}};
+            if (auto status = vigil::http_status_of(why)) {
+                j["status"] = status;
+            }
+            emit(std::move(j));
+        };
+        ev.on_accept_error = [this](const error_code& ec) {
+            emit({{"event", "accept_error"}, {"reason", vigil::error_name(ec)}});
+        };
+    }
+
+    // Binds the socket, so that the port is known before anything else is printed.
+    // Returns an exit status on failure.
+    std::optional<int> listen()
+    {
+        std::string detail;
+        if (auto ec = server_.listen(&detail)) {
+            std::cerr << "vigil-serve: " << (detail.empty() ? vigil::error_name(ec) : detail)
+                      << '\n';
+            // A certificate that cannot be loaded came from a flag; a busy port did not.
+            return ec == vigil::error::invalid_config ? exit_usage : exit_failed;
+        }
+        emit({{"event", "listening"}, {"port", server_.port()}});
+        return std::nullopt;
+    }
+
+    void start()
+    {
+        signals_.async_wait([this](error_code ec, int) {
+            if (ec) {
+                return;
+            }
+            server_.stop();
+            // A second signal means "now": connections are dropped without a close handshake.
+            signals_.async_wait([this](error_code ec2, int) {
+                if (!ec2) {
+                    forced_ = true;
+                    abort_.emit(asio::cancellation_type::terminal);
+                }
+            });
+        });
+        auto done = [this](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    std::cerr << "vigil-serve: " << ex.what() << '\n';
+                }
+                exit_code_ = exit_failed;
+                finish();
+            }
+        };
+        asio::co_spawn(ioc_, run(), asio::bind_cancellation_slot(abort_.slot(), std::move(done)));
+    }
+
+    int exit_code() const noexcept { return exit_code_; }
+
+private:
+    asio::awaitable<void> run()
+    {
+        auto ec = co_await server_.run();
+        // Empty after stop(); operation_aborted after a second signal.
+        if (ec && ec != asio::error::operation_aborted) {
+            std::cerr << "vigil-serve: " << vigil::error_name(ec) << '\n';
+            exit_code_ = exit_failed;
+        } else {
+            exit_code_ = exit_ok;
+        }
+        emit({{"event", "stopped"}});
+        finish();
+    }
+
+    // One coroutine per client, on the client's strand.
+    asio::awaitable<void> handle(vigil::server::connection_ptr conn)
+    {
+        for (;;) {
+            auto msg = co_await conn->receive();
+            if (msg.ec) {
+                // The connection ended; on_disconnected has reported why.
+                co_return;
+            }
+            emit({{"event", "message"}, {"id", conn->id()}, {"bytes", msg.data.size()}});
+            if (mode_ == serve_mode::echo) {
+                // Awaiting the write before the next receive lets a client that sends faster
+                // than it reads slow itself down, instead of growing our queue. A failed send
+                // needs no handling here: the end of the connection shows in receive().
+                co_await conn->send(std::move(msg.data), msg.type);
+            } else {
+                // Never waits: a client that cannot keep up is disconnected by its overflow
+                // policy rather than stalling everyone else.
+                server_.broadcast(std::move(msg.data), msg.type);
+            }
+        }
+    }
+
+    void emit(json j)
+    {
+        auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::steady_clock::now() - start_);
+        json line = {{"event", std::move(j["event"])},
+                     {"t", static_cast<double>(elapsed.count()) / 1e6}};
+        for (auto& [key, value] : j.items()) {
+            if (key != "event") {
+                line[key] = std::move(value);
+            }
+        }
+        // Details can quote what a client sent; one bad byte must never cost the line.
+        std::cout << line.dump(-1, ' ', false, json::error_handler_t::replace) << '\n'
+                  << std::flush;
+    }
+
+    // Nothing may keep the io_context alive once the server is done.
+    void finish()
+    {
+        if (forced_) {
+            // Asked to end at once: a close handshake still under way must not keep us.
+            ioc_.stop();
+        }
+        error_code ignored;
+        signals_.cancel(ignored);
+    }
+
+    asio::io_context& ioc_;
+    serve_mode mode_;
+    std::chrono::steady_clock::time_point start_;
+    vigil::server server_;
+    asio::signal_set signals_;
+    asio::cancellation_signal abort_;
+    int exit_code_ = exit_failed;
+    bool forced_ = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    auto start = std::chrono::steady_clock::now();
+    options opts;
+    try {
+        opts = parse_args(argc, argv);
+    } catch (const usage_error& e) {
+        std::cerr << "vigil-serve: " << e.message << "\n"
+                  << "usage: vigil-serve [options] (--help for the options)\n";
+        return exit_usage;
+    }
+    if (opts.help) {
+        std::cout << usage_text;
+        return exit_ok;
+    }
+    // Anything else the library rejects (it names its own fields).
+    std::string detail;
+    if (vigil::validate(opts.cfg, &detail)) {
+        std::cerr << "vigil-serve: invalid configuration: " << detail << "\n"
+                  << "usage: vigil-serve [options] (--help for the options)\n";
+        return exit_usage;
+    }
+
+    try {
+        asio::io_context ioc(1);
+        serve s(ioc, std::move(opts), start);
+        if (auto failed = s.listen()) {
+            return *failed;
+        }
+        s.start();
+        ioc.run();
+        return s.exit_code();
+    } catch (const std::exception& e) {
+        std::cerr << "vigil-serve: " << e.what() << '\n';
+        return exit_failed;
+    }
+}
