@@ -36,12 +36,13 @@ message_match message_match::json_field(std::string field, std::string value)
     }
     m.text_ = std::move(field);
     m.value_ = std::move(value);
-    // JSON may escape quotes, backslashes, control and non-ASCII characters (\u00e9), so
-    // only a value free of them is sure to appear verbatim in a matching message.
-    m.prefilter_ = true;
-    for (unsigned char c : m.value_)
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '/')
-            m.prefilter_ = false;
+    // A string member holds the value verbatim unless the message has escapes (matches()
+    // parses those). A number does not: 100.0 may be written 1e2. Only a value that cannot
+    // be a number is looked for verbatim.
+    m.prefilter_ = false;
+    for (char c : m.value_)
+        if (!((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.' || c == 'e' || c == 'E'))
+            m.prefilter_ = true;
     return m;
 }
 
@@ -98,7 +99,7 @@ std::string message_match::describe() const
     case kind::exact:
         return "exact \"" + detail::printable(text_, 64, false) + "\"";
     case kind::json_field:
-        return "json " + text_ + " == \"" + detail::printable(value_, 64, false) + "\"";
+        return "json " + detail::printable(text_, 64, false) + " == \"" + detail::printable(value_, 64, false) + "\"";
     }
     return {};
 }
@@ -109,8 +110,12 @@ message_heartbeat message_heartbeat::json(std::string field, std::string ping_va
     message_heartbeat hb;
     hb.ping = object(ping_value);
     hb.reply = object(pong_value);
-    hb.pong = message_match::json_field(field, std::move(pong_value));
-    hb.peer_ping = message_match::json_field(std::move(field), std::move(ping_value));
+    // The pings are {"<field>": ...} for any field, '/' included: match that member by name.
+    std::string pointer = "/";
+    for (char c : field)
+        pointer += c == '~' ? std::string("~0") : c == '/' ? std::string("~1") : std::string(1, c);
+    hb.pong = message_match::json_field(pointer, std::move(pong_value));
+    hb.peer_ping = message_match::json_field(std::move(pointer), std::move(ping_value));
     return hb;
 }
 

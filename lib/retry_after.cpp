@@ -33,6 +33,8 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view valu
         return std::nullopt;
     if (std::all_of(value.begin(), value.end(), [](unsigned char c) { return std::isdigit(c) != 0; })) {
         // delay-seconds; anything longer than a day is clamped before it can overflow.
+        while (value.size() > 1 && value.front() == '0')
+            value.remove_prefix(1);
         if (value.size() > 6)
             return longest;
         return std::min(longest, std::chrono::milliseconds(std::stoll(std::string(value)) * 1000));
@@ -47,6 +49,12 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view valu
         const std::time_t when = ::timegm(&tm);
         if (when == static_cast<std::time_t>(-1))
             return std::nullopt;
+        // system_clock counts nanoseconds and ends in 2262: compare in seconds first.
+        const std::time_t now_t = std::chrono::system_clock::to_time_t(now);
+        if (when < now_t)
+            return std::chrono::milliseconds(0);
+        if (when - now_t > 86400)
+            return longest;
         const auto at = std::chrono::system_clock::from_time_t(when);
         if (at <= now)
             return std::chrono::milliseconds(0);

@@ -79,6 +79,7 @@ void session::impl::start_connection()
     ended_with_ = {};
     inbox_.clear();
     inflight_.reset();
+    written_ = ping_covers_ = 0;
     heartbeat_ = cfg_.heartbeat;  // this connection's own copy: a stateful policy starts afresh
 }
 
@@ -509,11 +510,8 @@ bool session::impl::heartbeat_consumed(std::string_view data)
 {
     try {
         if (heartbeat_->is_pong(data)) {
-            if (ping_outstanding_) {
-                ping_outstanding_ = false;
-                notify(events_.on_pong,
-                       std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - ping_sent_));
-            }
+            if (ping_outstanding_)
+                pong_arrived(clock_type::now());
             return true;
         }
         if (auto reply = heartbeat_->answer(data)) {
@@ -612,9 +610,23 @@ void session::impl::on_control_frame(websocket::frame_type kind, beast::string_v
     const auto now = clock_type::now();
     last_rx_ = now;
     if (kind == websocket::frame_type::pong && ping_outstanding_ &&
-        payload == beast::string_view(ping_payload_.data(), ping_payload_.size())) {
-        ping_outstanding_ = false;
-        notify(events_.on_pong, std::chrono::duration_cast<std::chrono::microseconds>(now - ping_sent_));
+        payload == beast::string_view(ping_payload_.data(), ping_payload_.size()))
+        pong_arrived(now);
+}
+
+void session::impl::pong_arrived(clock_type::time_point now)
+{
+    ping_outstanding_ = false;
+    notify(events_.on_pong, std::chrono::duration_cast<std::chrono::microseconds>(now - ping_sent_));
+    if (on_confirmed_) {
+        try {
+            on_confirmed_(ping_covers_);
+        } catch (...) {
+            record_handler_exception();
+        }
+        // Messages written since that ping wait for the next one: ask for it now.
+        if (written_ > ping_covers_)
+            ticker_timer_.cancel();
     }
 }
 

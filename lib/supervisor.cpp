@@ -7,6 +7,7 @@
 #include <vigil/supervisor.hpp>
 
 #include "detail/serialized.hpp"
+#include "detail/session_access.hpp"
 #include "detail/with_deadline.hpp"
 
 #include <boost/asio/append.hpp>
@@ -48,6 +49,12 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
         return fail("message_ttl (" + ms(cfg.message_ttl) + ") must not be negative (0 means no limit)");
     if (cfg.outbox_limit == 0)
         return fail("outbox_limit must be positive");
+    if (cfg.delivery != delivery_guarantee::written && cfg.delivery != delivery_guarantee::confirmed &&
+        cfg.delivery != delivery_guarantee::resend_unconfirmed)
+        return fail("delivery (" + std::to_string(static_cast<int>(cfg.delivery)) + ") is not a delivery_guarantee");
+    if (cfg.delivery != delivery_guarantee::written && cfg.session.ping_interval.count() <= 0)
+        return fail("delivery confirmation needs the heartbeat (session.ping_interval > 0): its pongs are the "
+                    "confirmation");
     return validate(cfg.session, detail);
 }
 
@@ -82,6 +89,8 @@ struct supervisor::impl {
     void enqueue(pending msg);
     void expire_outbox();
     void fail_outbox(error_code ec);
+    void confirm_upto(std::uint64_t writes);
+    void settle_unconfirmed();
     void complete(handler_type h, error_code ec);
     void request_retry_now();
     void request_stop();
@@ -114,6 +123,9 @@ struct supervisor::impl {
     disconnect_info last_;
 
     std::deque<pending> outbox_;
+    // Written on the current connection, waiting for a pong to confirm them, with the
+    // session's write count after each (delivery_guarantee::confirmed and resend_unconfirmed).
+    std::deque<std::pair<std::uint64_t, pending>> unconfirmed_;
     asio::steady_timer outbox_wake_;
     bool pump_waiting_ = false;
 
@@ -169,6 +181,29 @@ void supervisor::impl::fail_outbox(error_code ec)
     outbox_.clear();
     for (auto& msg : pending_msgs)
         complete(std::move(msg.handler), ec);
+}
+
+void supervisor::impl::confirm_upto(std::uint64_t writes)
+{
+    while (!unconfirmed_.empty() && unconfirmed_.front().first <= writes) {
+        complete(std::move(unconfirmed_.front().second.handler), {});
+        unconfirmed_.pop_front();
+    }
+}
+
+void supervisor::impl::settle_unconfirmed()
+{
+    if (cfg_.delivery == delivery_guarantee::resend_unconfirmed) {
+        // Back to the head of the outbox, oldest first, ahead of what was never sent.
+        while (!unconfirmed_.empty()) {
+            outbox_.push_front(std::move(unconfirmed_.back().second));
+            unconfirmed_.pop_back();
+        }
+        return;
+    }
+    for (auto& [n, msg] : unconfirmed_)
+        complete(std::move(msg.handler), error::delivery_unconfirmed);
+    unconfirmed_.clear();
 }
 
 void supervisor::impl::request_retry_now()
@@ -269,7 +304,10 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
         outbox_.pop_front();
         const auto ec = co_await session_.send(msg.data, msg.type);
         if (!ec) {
-            complete(std::move(msg.handler), {});
+            if (cfg_.delivery == delivery_guarantee::written)
+                complete(std::move(msg.handler), {});
+            else
+                unconfirmed_.emplace_back(detail::session_access::writes(session_), std::move(msg));
             continue;
         }
         outbox_.push_front(std::move(msg));
@@ -306,6 +344,10 @@ asio::awaitable<error_code> supervisor::impl::run_op()
         notify(events_.on_gave_up, result, last_);
     } else {
         session_.set_config(cfg_.session);
+        if (cfg_.delivery != delivery_guarantee::written)
+            detail::session_access::track_writes(session_, [this](std::uint64_t n) { confirm_upto(n); });
+        else
+            detail::session_access::track_writes(session_, {});
         std::size_t streak = 0;
         for (;;) {
             if (stop_requested_)
@@ -324,6 +366,8 @@ asio::awaitable<error_code> supervisor::impl::run_op()
                 if (stop_requested_)  // stop() raced the handshake: close what we just opened
                     asio::co_spawn(strand_, session_.close(1000, "stopping"), asio::detached);
                 auto ended = co_await (session_.run() || attempt_body(&up_at));
+                // Whatever the dead connection did not confirm is reported (or queued again).
+                settle_unconfirmed();
                 const std::string hook_detail = last_.detail;
                 last_ = session_.last_disconnect();
                 if (ended.index() == 0) {

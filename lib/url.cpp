@@ -6,6 +6,7 @@
 #include "detail/printable.hpp"
 
 #include <boost/url/authority_view.hpp>
+#include <boost/url/ipv4_address.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
 
@@ -129,14 +130,30 @@ error_code parser::parse(endpoint& out)
                 + std::string(scheme) + "://host)");
     const auto after_slashes = rest.substr(2);
 
-    auto parsed = boost::urls::parse_uri(boost::urls::string_view(url_.data(), url_.size()));
-    if (!parsed)
-        return diagnose(after_slashes, parsed.error().message());
-    const boost::urls::url_view& u = *parsed;
     // RFC 3986 requires the path after an authority to be empty or start with '/'. Boost.URL
     // 1.81 accepts "ws://[::1]x/" and "ws://[::1]:80x" with a rootless path; the text after
     // the host or port is then garbage, not a path.
-    if (const auto path = u.encoded_path(); !path.empty() && path.front() != '/')
+    auto rootless = [](const boost::urls::url_view& v) {
+        const auto path = v.encoded_path();
+        return !path.empty() && path.front() != '/';
+    };
+    auto parsed = boost::urls::parse_uri(boost::urls::string_view(url_.data(), url_.size()));
+    // Boost.URL 1.81 also takes the dotted quad at the start of "127.0.0.1.nip.io" for the
+    // host and the rest for a path (fixed in 1.83). With its first digit percent-encoded the
+    // host is the same reg-name to RFC 3986, and parses as one.
+    std::string respelled;
+    if ((!parsed || rootless(*parsed)) && !after_slashes.empty() && is_digit(after_slashes.front())
+        && authority_of(after_slashes).find('@') == std::string_view::npos) {
+        respelled.append(url_.substr(0, url_.size() - after_slashes.size()));
+        respelled += "%3";
+        respelled.append(after_slashes);
+        if (auto again = boost::urls::parse_uri(respelled); again && !rootless(*again))
+            parsed = again;
+    }
+    if (!parsed)
+        return diagnose(after_slashes, parsed.error().message());
+    const boost::urls::url_view& u = *parsed;
+    if (rootless(u))
         return diagnose(after_slashes, "the path must start with '/'");
 
     if (u.has_userinfo())
@@ -170,6 +187,9 @@ error_code parser::parse(endpoint& out)
         // RFC 1035 limit; a longer name can only fail in the resolver, less clearly.
         if (ep.host.size() > 253)
             return fail(error::invalid_host, "host " + quote(ep.host) + " is longer than 253 characters");
+        // A percent-encoded address ("1.%32.3.4") is a name to Boost.URL but an address to
+        // the resolver and the certificate check.
+        ep.host_is_ip = static_cast<bool>(boost::urls::parse_ipv4_address(ep.host));
         ep.host_header = ep.host;
         break;
     }

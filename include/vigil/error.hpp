@@ -62,6 +62,9 @@ enum class error {
     /// The peer did not keep up: the send queue overflowed under `overflow_policy::disconnect`
     /// and the connection was ended (close code 1013 sent where possible).
     slow_consumer,
+    /// The message was written, but the connection died before a heartbeat pong proved the
+    /// peer had read it (`delivery_guarantee::confirmed`): it may or may not have arrived.
+    delivery_unconfirmed,
     /// The server is shutting down (`server::stop()`); the connection was closed with 1001.
     server_shutdown,
 };

@@ -21,6 +21,27 @@
 
 namespace vigil {
 
+/// What it means for a supervisor's `send()` to complete without error.
+enum class delivery_guarantee {
+    /// Written to the socket, handed to TCP. A connection that dies unnoticed (the very
+    /// fault vigil exists for) swallows what was written in the last `ping_interval +
+    /// pong_timeout` before the verdict, and those sends have already succeeded. The default:
+    /// no extra traffic, no extra latency.
+    written,
+    /// Read by the peer: the send completes once a heartbeat pong answers a ping written
+    /// after the message (TCP delivers in order, and a peer answers a ping only when it reads
+    /// it, so everything before it was read too). The heartbeat then also pings within a few
+    /// milliseconds of writes, one ping in flight at a time, so a confirmation costs about a
+    /// round trip. When the connection dies first, the send completes with
+    /// `error::delivery_unconfirmed`: at most once, and never silently lost. Needs the
+    /// heartbeat (`session.ping_interval > 0`).
+    confirmed,
+    /// As `confirmed`, but a message the dead connection left unconfirmed goes out again, first
+    /// thing on the next connection, in order: at least once (the peer may see it twice, so
+    /// make messages idempotent or carry an id). `message_ttl` still applies.
+    resend_unconfirmed,
+};
+
 /// How the supervisor retries. Durations are milliseconds; seconds convert implicitly.
 struct supervisor_config {
     /// The settings of every session the supervisor opens.
@@ -53,6 +74,9 @@ struct supervisor_config {
     /// `error::message_expired` instead of going out late (a stale order is worse than none).
     /// Default 0: no limit (the outbox bound still applies).
     std::chrono::milliseconds message_ttl{0};
+
+    /// What a successful send means; see `delivery_guarantee`. Default `written`.
+    delivery_guarantee delivery = delivery_guarantee::written;
 
     /// Overrides `is_permanent()` for deciding whether to stop: return true to give up on
     /// `ec`. Called on the supervisor's strand. Empty (default): `vigil::is_permanent`.
@@ -92,7 +116,7 @@ struct supervisor_counters {
     std::size_t retries = 0;       ///< waits between attempts
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
     std::chrono::milliseconds time_connected{0};     ///< time sessions were up (added as each ends)
-    std::size_t messages_sent = 0;    ///< sends completed as written
+    std::size_t messages_sent = 0;    ///< sends completed without error (written, or confirmed)
     std::size_t messages_failed = 0;  ///< sends completed with an error
 };
 

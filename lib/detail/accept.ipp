@@ -215,6 +215,16 @@ void detail::session_access::send_shared(session& s, std::shared_ptr<const std::
     });
 }
 
+void detail::session_access::track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed)
+{
+    s.impl_->on_confirmed_ = std::move(on_confirmed);
+}
+
+std::uint64_t detail::session_access::writes(const session& s) noexcept
+{
+    return s.impl_->written_;
+}
+
 void detail::session_access::end_as(session& s, error_code ec, std::string detail)
 {
     auto& p = *s.impl_;

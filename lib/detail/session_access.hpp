@@ -14,6 +14,8 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -48,6 +50,14 @@ struct session_access {
     static boost::asio::awaitable<received> receive(session& s);
     /// Fire and forget: no completion, overflow handled by the session's policy.
     static void send_shared(session& s, std::shared_ptr<const std::string> data, message_type type);
+    /// Confirmation of delivery: with a callback, the heartbeat pings soon after each write
+    /// (not only when idle) and `on_confirmed(n)` runs when a pong proves the peer has read
+    /// the first n application messages written on this connection. Empty: off. Call while
+    /// the session is idle.
+    static void track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed);
+    /// Application messages written so far on this connection (the count a send's
+    /// completion leaves behind, read on the session's strand).
+    static std::uint64_t writes(const session& s) noexcept;
     /// From now on the session's end is reported as `ec` (unless it ends with a failure
     /// of its own first). Call on the session's strand.
     static void end_as(session& s, error_code ec, std::string detail);

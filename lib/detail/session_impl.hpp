@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -123,6 +124,8 @@ struct session::impl {
     clock_type::duration draw_ping_early();
     /// Ends the connection as a slow consumer (overflow_policy::disconnect).
     void overflow();
+    /// The pong for our last ping arrived (protocol or application-level).
+    void pong_arrived(clock_type::time_point now);
     void set_deadline(clock_type::time_point when);
     /// Completes a send or close. `inline_ok` only for the writer's own completions, the hot
     /// path; initiating functions and teardown post.
@@ -164,6 +167,13 @@ struct session::impl {
     std::exception_ptr handler_error_;
     std::optional<error_code> cause_;        // why run() ends: the first arm's result
     std::optional<error_code> end_as_;       // reported instead (slow_consumer, server_shutdown)
+
+    // Delivery confirmation for the supervisor (see session_access::track_writes): a pong
+    // answers a ping written after every message counted in ping_covers_, and TCP delivers
+    // in order, so the peer has read all of them.
+    std::function<void(std::uint64_t)> on_confirmed_;
+    std::uint64_t written_ = 0;               // application messages written, this connection
+    std::uint64_t ping_covers_ = 0;           // written_ when the outstanding ping was sent
     std::string end_as_detail_;
     std::string server_name_;                // server side: the Server header
     bool overflowed_ = false;

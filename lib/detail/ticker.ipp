@@ -7,6 +7,12 @@
 
 namespace vigil {
 
+namespace detail {
+/// Shortest time between two pings sent to confirm writes: under a steady stream of sends,
+/// one ping confirms a batch rather than every message costing a ping.
+inline constexpr std::chrono::milliseconds confirm_gap{5};
+}  // namespace detail
+
 asio::awaitable<error_code> session::impl::ticker()
 {
     co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
@@ -31,21 +37,28 @@ asio::awaitable<error_code> session::impl::ticker()
         // idle: ping once nothing has arrived for `interval` since the later of the last frame
         // and the last ping; fixed: ping on a steady schedule.
         // ping_early_ (ping_jitter) spreads the pings of connections that started together.
-        const auto due =
-            (cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed) - ping_early_;
+        auto due = (cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : next_fixed) - ping_early_;
+        // Confirming delivery: a ping soon after writes (one in flight at a time, at most one
+        // per confirm_gap), whatever arrives meanwhile, since only its pong proves the peer
+        // read them.
+        if (on_confirmed_ && written_ > ping_covers_ && !ping_outstanding_)
+            due = std::min(due, ping_sent_ + detail::confirm_gap);
         auto now = clock_type::now();
         // While the reader is paused (the application is behind) the peer cannot be heard,
         // so a ping would prove nothing: look again one interval later.
         if (due > now || paused_) {
             ticker_timer_.expires_at(due > now ? due : now + interval);
             auto [ec] = co_await ticker_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-            if (ec)
+            // A write or a pong cancels the timer to make us look again (confirmation); only
+            // a cancelled coroutine ends the arm.
+            if (ec && detail::cancelled(co_await asio::this_coro::cancellation_state))
                 co_return ec;
             continue;  // frames may have arrived while we slept: decide again
         }
         if (cfg_.ping == ping_mode::fixed)
             next_fixed = (next_fixed + interval > now) ? next_fixed + interval : now + interval;
         ++ping_seq_;
+        ping_covers_ = written_;
         ping_payload_ = std::to_string(ping_seq_);
         ping_sent_ = now;
         ping_outstanding_ = true;

@@ -58,9 +58,16 @@ asio::awaitable<error_code> session::impl::writer()
             co_return ec;
         outgoing done(std::move(*inflight_));
         inflight_.reset();
-        // The handler may run inline and send again: the message is out of the way.
-        if (!done.internal)
+        // The handler may run inline and send again: the message is out of the way. The
+        // count moves first, so that a handler resumed inline reads its own message's number.
+        if (!done.internal) {
+            if (!ec) {
+                ++written_;
+                if (on_confirmed_ && !ping_outstanding_)
+                    ticker_timer_.cancel();  // a confirming ping is due
+            }
             complete(std::move(done.handler), ec);
+        }
         if (ec)
             co_return ec;
     }

@@ -72,6 +72,7 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::supervisor_stopped, "supervisor_stopped"},
         {error::slow_consumer, "slow_consumer"},
         {error::server_shutdown, "server_shutdown"},
+        {error::delivery_unconfirmed, "delivery_unconfirmed"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
