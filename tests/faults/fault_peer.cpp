@@ -13,7 +13,7 @@
 //
 //   vigil-fault-peer client --url URL [--ping-interval MS --pong-timeout MS
 //                    --connect-timeout MS --handshake-timeout MS --max-delay MS
-//                    --send-every MS --ttl MS]
+//                    --send-every MS --ttl MS --delivery written|confirmed]
 //     A vigil::supervisor that sends the numbers 1, 2, 3 ... as text messages, one every
 //     --send-every ms whether connected or not, and reports how each send completed. SIGUSR1
 //     stops the numbering; once every send has completed it prints "done". SIGTERM stops.
@@ -253,6 +253,12 @@ private:
         cfg.session.close_timeout = milliseconds(1000);
         cfg.min_delay = milliseconds(100);
         cfg.message_ttl = ms(flags, "ttl", 0);
+        if (auto it = flags.find("delivery"); it != flags.end()) {
+            if (it->second == "confirmed")
+                cfg.delivery = vigil::delivery_guarantee::confirmed;
+            else if (it->second != "written")
+                throw std::invalid_argument("--delivery: '" + it->second + "' is neither written nor confirmed");
+        }
         cfg.outbox_limit = 100000;
         return cfg;
     }
