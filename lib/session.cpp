@@ -334,13 +334,7 @@ asio::awaitable<error_code> session::impl::run_op()
     state_ = state::closing;
 
     if (end_as_)
-        ec = *end_as_;  // the slow consumer or the server's shutdown, however the close went
-    if (ec == error::idle_timeout && !cancel_requested_) {
-        // The peer still answers pings; it is the data that went stale. Say goodbye properly,
-        // within close_timeout, so that the server does not log an abnormal closure.
-        co_await detail::with_deadline(close_frame(websocket::close_reason(websocket::close_code::normal, "idle_timeout")),
-                                       cfg_.close_timeout, error::close_timeout, [this] { close_socket(); });
-    }
+        ec = *end_as_;  // idle_timeout, slow consumer, server shutdown: however the close went
 
     std::string why = end_as_ ? std::move(end_as_detail_) : std::move(last_.detail);
     if (why.empty()) {
@@ -372,8 +366,7 @@ asio::awaitable<error_code> session::impl::first_cause(asio::awaitable<error_cod
         // A failure means the transport is finished. Closing the socket now makes every
         // other pending operation fail at once, so `||` cannot be held up by one that
         // ignores cancellation in some state (Beast's close handshake, for one).
-        // idle_timeout is the exception: the peer is alive, and run() says goodbye politely.
-        if (ec && ec != error::idle_timeout)
+        if (ec)
             close_socket();
     }
     co_return ec;
@@ -482,23 +475,34 @@ void session::impl::overflow()
     if (overflowed_)
         return;
     overflowed_ = true;
-    end_as_ = error::slow_consumer;
-    end_as_detail_ = "send queue overflow: " + std::to_string(cfg_.send_queue_limit) +
-                     " messages waiting, the peer does not keep up (slow_consumer)";
     // What is still queued will never go out: say so now. The message being written (if
     // any) finishes or is cut off with the connection.
     fail_queue(error::slow_consumer, false);
+    // 1013, try again later: a transient condition for the peer's supervisor.
+    say_goodbye(error::slow_consumer,
+                "send queue overflow: " + std::to_string(cfg_.send_queue_limit) +
+                    " messages waiting, the peer does not keep up (slow_consumer)",
+                websocket::close_reason(websocket::close_code::try_again_later, "slow consumer"));
+}
+
+void session::impl::say_goodbye(error_code as, std::string detail, websocket::close_reason why)
+{
+    if (end_as_)
+        return;  // already ending for a reason of its own
+    end_as_ = as;
+    end_as_detail_ = std::move(detail);
     if (state_ != state::running) {
         close_socket();
         if (state_ == state::open)
-            end_connection(error::slow_consumer, std::move(end_as_detail_));
+            end_connection(as, end_as_detail_);
         return;
     }
-    // Tell the peer why (1013, try again later: a transient condition for its supervisor),
-    // bounded by close_timeout from now, including the write in progress.
-    queue_.push_back(outgoing{{}, message_type::text, true,
-                              websocket::close_reason(websocket::close_code::try_again_later, "slow consumer"),
-                              {}, nullptr, true});
+    if (close_requested_ || close_queued_)
+        return;  // a close handshake is on its way already; run() reports `as`
+    // Through the writer, behind what is queued, while the reader keeps reading: the peer's
+    // answer ends run() cleanly. Bounded by close_timeout from now, the write in progress
+    // included (the watchdog enforces it).
+    queue_.push_back(outgoing{{}, message_type::text, true, std::move(why), {}, nullptr, true});
     close_queued_ = true;
     closing_ = true;
     close_started_ = clock_type::now();

@@ -124,6 +124,9 @@ struct session::impl {
     clock_type::duration draw_ping_early();
     /// Ends the connection as a slow consumer (overflow_policy::disconnect).
     void overflow();
+    /// Ends a live connection with a close handshake through the writer (the reader goes on,
+    /// so the peer's answer is seen), reporting `as` however the handshake goes.
+    void say_goodbye(error_code as, std::string detail, websocket::close_reason why);
     /// The pong for our last ping arrived (protocol or application-level).
     void pong_arrived(clock_type::time_point now);
     void set_deadline(clock_type::time_point when);

@@ -46,9 +46,14 @@ asio::awaitable<error_code> session::impl::watchdog()
                            " ms after a ping (pong_timeout)";
             co_return error::pong_timeout;
         }
-        if (cfg_.idle_timeout.count() > 0 && !paused_ && scan.passed(last_data_ + cfg_.idle_timeout)) {
-            last_.detail = "no data message for " + std::to_string(cfg_.idle_timeout.count()) + " ms (idle_timeout)";
-            co_return error::idle_timeout;
+        if (cfg_.idle_timeout.count() > 0 && !paused_ && !end_as_ && scan.passed(last_data_ + cfg_.idle_timeout)) {
+            // The peer still answers pings; it is the data that went stale. Say goodbye
+            // properly (the close deadline below then bounds it), so that the server does
+            // not log an abnormal closure.
+            say_goodbye(error::idle_timeout,
+                        "no data message for " + std::to_string(cfg_.idle_timeout.count()) + " ms (idle_timeout)",
+                        websocket::close_reason(websocket::close_code::normal, "idle_timeout"));
+            continue;
         }
         if (writing_ && cfg_.write_timeout.count() > 0 && scan.passed(write_started_ + cfg_.write_timeout)) {
             last_.detail = "a message write made no progress for " + std::to_string(cfg_.write_timeout.count()) +

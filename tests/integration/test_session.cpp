@@ -401,6 +401,8 @@ TEST_CASE("idle_timeout fires on a peer that answers pings but sends no data")
     CHECK(c.messages.empty());
     CHECK(c.run_ended - connected_at >= cfg.idle_timeout - 20ms);
     CHECK(c.run_ended - connected_at <= cfg.idle_timeout + tolerance);
+    // The peer is alive: it got a proper goodbye, not a dropped connection.
+    CHECK(vt::wait_until([&] { return server.closes() == 1; }, 1s));
 }
 
 TEST_CASE("close_timeout: a close that is never answered does not hold the session")
