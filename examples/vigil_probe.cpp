@@ -23,6 +23,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -45,6 +47,7 @@
 
 namespace {
 
+using namespace vigil_cli;
 namespace asio = boost::asio;
 using boost::system::error_code;
 using json = nlohmann::ordered_json;
@@ -100,10 +103,6 @@ constexpr std::string_view usage_text =
     "rejected with 401/403/404..., untrusted certificate, close code 1003/1008) or when\n"
     "--max-attempts ran out; 64 for bad arguments.\n";
 
-struct usage_error {
-    std::string message;
-};
-
 struct options {
     vigil::supervisor_config cfg;
     std::optional<std::string> app_ping;
@@ -117,44 +116,6 @@ struct options {
     bool reconnect = true;
     bool help = false;
 };
-
-milliseconds parse_seconds(std::string_view flag, std::string_view text)
-{
-    double value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() ||
-        !std::isfinite(value)) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) +
-                          "' is not a number of seconds"};
-    }
-    if (value < 0) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is negative"};
-    }
-    // Past this the millisecond count would overflow; nobody means a billion seconds.
-    if (value > 1e9) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is too large"};
-    }
-    return milliseconds(std::llround(value * 1000.0));
-}
-
-std::size_t parse_count(std::string_view flag, std::string_view text)
-{
-    std::size_t value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) +
-                          "' is not a whole number"};
-    }
-    return value;
-}
-
-milliseconds positive(std::string_view flag, milliseconds d)
-{
-    if (d.count() <= 0) {
-        throw usage_error{std::string(flag) + " must be positive"};
-    }
-    return d;
-}
 
 // --app-ping with --app-pong and/or --app-pong-field: the session pings with a text message
 // and recognises the pong by its exact text or by one JSON field.

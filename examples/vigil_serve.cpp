@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli.hpp"
+
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -31,6 +33,7 @@
 
 namespace {
 
+using namespace vigil_cli;
 namespace asio = boost::asio;
 using boost::system::error_code;
 using json = nlohmann::ordered_json;
@@ -76,10 +79,6 @@ constexpr std::string_view usage_text =
     "exit status: 0 after a signal; 1 when the server cannot listen (address in use ...);\n"
     "64 for bad arguments.\n";
 
-struct usage_error {
-    std::string message;
-};
-
 enum class serve_mode { echo, broadcast };
 
 struct options {
@@ -90,36 +89,6 @@ struct options {
     bool help = false;
 };
 
-milliseconds parse_seconds(std::string_view flag, std::string_view text)
-{
-    double value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() ||
-        !std::isfinite(value)) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) +
-                          "' is not a number of seconds"};
-    }
-    if (value < 0) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is negative"};
-    }
-    // Past this the millisecond count would overflow; nobody means a billion seconds.
-    if (value > 1e9) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is too large"};
-    }
-    return milliseconds(std::llround(value * 1000.0));
-}
-
-std::size_t parse_count(std::string_view flag, std::string_view text)
-{
-    std::size_t value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
-        throw usage_error{std::string(flag) + ": '" + std::string(text) +
-                          "' is not a whole number"};
-    }
-    return value;
-}
-
 std::size_t positive_count(std::string_view flag, std::string_view text)
 {
     auto n = parse_count(flag, text);
@@ -127,14 +96,6 @@ std::size_t positive_count(std::string_view flag, std::string_view text)
         throw usage_error{std::string(flag) + " must be positive"};
     }
     return n;
-}
-
-milliseconds positive(std::string_view flag, milliseconds d)
-{
-    if (d.count() <= 0) {
-        throw usage_error{std::string(flag) + " must be positive"};
-    }
-    return d;
 }
 
 std::string seconds_text(milliseconds d)
