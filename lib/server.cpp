@@ -185,7 +185,12 @@ asio::awaitable<received> connection::receive()
 
 void connection::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
 {
-    impl_->s.async_send(std::move(data), type, std::move(handler));
+    // The session's own send steps onto its strand holding a plain pointer; a connection may
+    // be released by every holder before that step runs, so it keeps itself alive to the end.
+    asio::dispatch(impl_->s.get_executor(),
+                   [keep = impl_, data = std::move(data), type, h = std::move(handler)]() mutable {
+                       keep->s.async_send(std::move(data), type, std::move(h));
+                   });
 }
 
 asio::awaitable<error_code> connection::send(std::string data, message_type type)
@@ -200,7 +205,7 @@ asio::awaitable<error_code> connection::close(std::uint16_t code, std::string re
 
 void connection::cancel()
 {
-    impl_->s.cancel();
+    asio::dispatch(impl_->s.get_executor(), [keep = impl_] { keep->s.cancel(); });
 }
 
 bool connection::is_open() const noexcept
@@ -619,7 +624,7 @@ std::size_t server::broadcast(std::string data, message_type type)
     auto shared = std::make_shared<const std::string>(std::move(data));
     std::lock_guard lock(impl_->mu_);
     for (auto& [id, c] : impl_->conns_)
-        detail::session_access::send_shared(c->impl_->s, shared, type);
+        detail::session_access::send_shared(c->impl_->s, c->impl_, shared, type);
     return impl_->conns_.size();
 }
 

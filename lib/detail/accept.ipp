@@ -208,11 +208,14 @@ asio::awaitable<received> detail::session_access::receive(session& s)
     co_return co_await asio::co_spawn(s.impl_->strand_, s.impl_->receive_op(), asio::use_awaitable);
 }
 
-void detail::session_access::send_shared(session& s, std::shared_ptr<const std::string> data, message_type type)
+void detail::session_access::send_shared(session& s, std::shared_ptr<void> owner,
+                                         std::shared_ptr<const std::string> data, message_type type)
 {
-    asio::dispatch(s.impl_->strand_, [p = s.impl_.get(), data = std::move(data), type]() mutable {
-        p->enqueue(session::impl::outgoing{{}, type, false, {}, {}, std::move(data), true});
-    });
+    // A broadcast reaches connections that may end (and be freed) before this step runs.
+    asio::dispatch(s.impl_->strand_,
+                   [p = s.impl_.get(), owner = std::move(owner), data = std::move(data), type]() mutable {
+                       p->enqueue(session::impl::outgoing{{}, type, false, {}, {}, std::move(data), true});
+                   });
 }
 
 void detail::session_access::track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed)

@@ -48,8 +48,10 @@ struct session_access {
     static boost::asio::awaitable<accept_result> accept(session& s, boost::asio::ip::tcp::socket sock,
                                                         accept_params params);
     static boost::asio::awaitable<received> receive(session& s);
-    /// Fire and forget: no completion, overflow handled by the session's policy.
-    static void send_shared(session& s, std::shared_ptr<const std::string> data, message_type type);
+    /// Fire and forget: no completion, overflow handled by the session's policy. The step
+    /// runs later on the session's strand and holds `owner` (what keeps `s` alive) until then.
+    static void send_shared(session& s, std::shared_ptr<void> owner, std::shared_ptr<const std::string> data,
+                            message_type type);
     /// Confirmation of delivery: with a callback, the heartbeat pings soon after each write
     /// (not only when idle) and `on_confirmed(n)` runs when a pong proves the peer has read
     /// the first n application messages written on this connection. Empty: off. Call while
