@@ -168,9 +168,10 @@ private:
 };
 
 
-/// Observers of a server. Handlers run on the connection's strand (connection events) or the
-/// server's strand (`on_rejected`, `on_accept_error`), possibly on several threads at
-/// once when the io_context runs on several; they must be quick and must not throw
+/// Observers of a server. Handlers run on the connection's strand (connection events and most
+/// `on_rejected`) or the server's strand (`on_accept_error`, and `on_rejected` for a client
+/// closed unanswered beyond `max_connections`), possibly on several threads at once when the
+/// io_context runs on several; they must be quick and must not throw
 /// (exceptions are caught and ignored). Set them before `run()`.
 struct server_events {
     /// A client completed the upgrade; its handler starts right after.
