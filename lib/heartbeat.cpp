@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <stdexcept>
+
 namespace vigil {
 
 message_match message_match::exact(std::string text)
@@ -108,8 +110,13 @@ message_heartbeat message_heartbeat::json(std::string field, std::string ping_va
 {
     auto object = [&field](const std::string& value) { return nlohmann::json{{field, value}}.dump(); };
     message_heartbeat hb;
-    hb.ping = object(ping_value);
-    hb.reply = object(pong_value);
+    try {
+        hb.ping = object(ping_value);
+        hb.reply = object(pong_value);
+    } catch (const nlohmann::json::type_error&) {
+        // JSON text is UTF-8; say so in our own terms rather than let the parser's type out.
+        throw std::invalid_argument("message_heartbeat::json: the field or a value is not valid UTF-8");
+    }
     // The pings are {"<field>": ...} for any field, '/' included: match that member by name.
     std::string pointer = "/";
     for (char c : field)

@@ -92,7 +92,8 @@ struct message_heartbeat {
 
     /// `{"<field>":"<ping_value>"}` pings, pongs recognised by `field == pong_value`; the
     /// peer's pings of the same shape are answered with `{"<field>":"<pong_value>"}`.
-    /// Default: `{"type":"ping"}` / `{"type":"pong"}`. Values are JSON-escaped.
+    /// Default: `{"type":"ping"}` / `{"type":"pong"}`. Values are JSON-escaped. Throws
+    /// `std::invalid_argument` when the field or a value is not valid UTF-8.
     static message_heartbeat json(std::string field = "type", std::string ping_value = "ping",
                                   std::string pong_value = "pong");
 

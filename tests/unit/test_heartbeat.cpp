@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -359,6 +360,13 @@ TEST_CASE("session_config copies carry independent heartbeats")
     CHECK(one.heartbeat->make_ping() == "ping 2");
     CHECK_FALSE(vigil::validate(one));
     CHECK_FALSE(vigil::validate(two));
+}
+
+TEST_CASE("message_heartbeat::json refuses invalid UTF-8 with invalid_argument")
+{
+    CHECK_THROWS_AS(vigil::message_heartbeat::json("type", "p\xffng"), std::invalid_argument);
+    CHECK_THROWS_AS(vigil::message_heartbeat::json("\xc3"), std::invalid_argument);
+    CHECK_NOTHROW(vigil::message_heartbeat::json("type", "p\xc3\xa9ng"));
 }
 
 }  // TEST_SUITE
