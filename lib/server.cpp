@@ -455,7 +455,8 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
     detail::accept_params params;
     params.tls = tls_.get();
     params.max_request_header = cfg_.max_request_header;
-    params.receive_queue_limit = cfg_.receive_queue_limit;
+    // No handler, no one to receive: messages are dropped by the reader (no inbox).
+    params.receive_queue_limit = handler_ ? cfg_.receive_queue_limit : 0;
     params.server_name = cfg_.server_name;
     params.refuse = refuse;
     params.retry_after = cfg_.retry_after;
@@ -486,7 +487,10 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
         asio::co_spawn(c->get_executor(), shutdown_one(c), asio::detached);
 
     using namespace asio::experimental::awaitable_operators;
-    co_await (run_arm(c) && handler_arm(c));
+    if (handler_)
+        co_await (run_arm(c) && handler_arm(c));
+    else
+        co_await run_arm(c);  // every idle connection holds these frames: as few as may be
 
     {
         std::lock_guard lock(mu_);
@@ -521,14 +525,6 @@ asio::awaitable<void> server::impl::handler_arm(connection_ptr c)
 
 asio::awaitable<void> server::impl::handler_call(connection_ptr c)
 {
-    if (!handler_) {
-        // No handler: a server that only keeps connections honest (and broadcasts).
-        for (;;) {
-            auto r = co_await c->receive();
-            if (r.ec)
-                co_return;
-        }
-    }
     auto call = handler_(c);
     bool failed = false;
     try {

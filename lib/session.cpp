@@ -11,6 +11,7 @@
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -59,9 +60,8 @@ session::impl::impl(asio::any_io_executor ex, session_config cfg)
       cfg_(std::move(cfg)),
       inbox_wake_(strand_),
       reader_resume_(strand_),
-      watchdog_timer_(strand_),
-      writer_wake_(strand_),
-      ticker_timer_(strand_)
+      timer_(strand_),
+      tk_wake_(strand_)
 {
     // Seeds differ per session without a system call each: one random_device per thread.
     thread_local std::minstd_rand seeder(std::random_device{}());
@@ -71,7 +71,7 @@ session::impl::impl(asio::any_io_executor ex, session_config cfg)
 void session::impl::start_connection()
 {
     last_ = disconnect_info{};
-    cancel_requested_ = close_requested_ = close_queued_ = closing_ = writing_ = false;
+    cancel_requested_ = close_requested_ = close_queued_ = closing_ = writing_ = wr_busy_ = false;
     ping_outstanding_ = paused_ = ended_ = overflowed_ = false;
     handler_error_ = nullptr;
     end_as_.reset();
@@ -282,7 +282,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
 
     // From now on Beast's handshake timer is a backstop for the close handshake the peer
     // starts (Beast answers it inside our pending read, then waits for the TCP teardown).
-    // Our own close is timed by the watchdog; Beast's timer runs twice as long so that the
+    // Our own close is timed by the timekeeper; Beast's timer runs twice as long so that the
     // two never race and close_timeout is reported as itself. Keep-alive is ours alone.
     ws_->set_option(websocket::stream_base::timeout{2 * cfg_.close_timeout, websocket::stream_base::none(), false});
 
@@ -306,8 +306,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
 
 #include "detail/accept.ipp"
 #include "detail/reader.ipp"
-#include "detail/ticker.ipp"
-#include "detail/watchdog.ipp"
+#include "detail/timekeeper.ipp"
 #include "detail/writer.ipp"
 
 namespace vigil {
@@ -324,7 +323,7 @@ asio::awaitable<error_code> session::impl::run_op()
     state_ = state::running;
 
     cause_.reset();
-    co_await (first_cause(reader()) || first_cause(ticker()) || first_cause(watchdog()) || first_cause(writer()));
+    co_await (reader() || timekeeper());
     // Not the value of `||`: a chain of `||` nests (the left side is one arm of the next
     // `||`), so the arm that finished first in time is not always the one `||` reports.
     error_code ec = cause_.value_or(error_code(asio::error::operation_aborted));
@@ -354,11 +353,8 @@ asio::awaitable<error_code> session::impl::run_op()
     co_return ec;
 }
 
-asio::awaitable<error_code> session::impl::first_cause(asio::awaitable<error_code> arm)
+error_code session::impl::first(error_code ec)
 {
-    co_await enable_any_cancellation();
-    co_await asio::this_coro::throw_if_cancelled(false);
-    auto ec = co_await std::move(arm);
     // Arms that end after the first were cancelled, or failed because the first one tore
     // something down: only the first says why the session ended.
     if (!cause_) {
@@ -369,7 +365,7 @@ asio::awaitable<error_code> session::impl::first_cause(asio::awaitable<error_cod
         if (ec)
             close_socket();
     }
-    co_return ec;
+    return ec;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -384,7 +380,8 @@ asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::str
         auto token = asio::as_tuple(asio::use_awaitable);
         auto [ec] = co_await asio::async_initiate<decltype(token), void(error_code)>(
             [this, cr](auto handler) {
-                queue_.push_back(outgoing{{}, message_type::text, true, cr, handler_type(std::move(handler))});
+                queue_.push_back(outgoing{{}, message_type::text, true, std::make_unique<websocket::close_reason>(cr),
+                                          handler_type(std::move(handler))});
                 wake_writer();
             },
             token);
@@ -501,8 +498,9 @@ void session::impl::say_goodbye(error_code as, std::string detail, websocket::cl
         return;  // a close handshake is on its way already; run() reports `as`
     // Through the writer, behind what is queued, while the reader keeps reading: the peer's
     // answer ends run() cleanly. Bounded by close_timeout from now, the write in progress
-    // included (the watchdog enforces it).
-    queue_.push_back(outgoing{{}, message_type::text, true, std::move(why), {}, nullptr, true});
+    // included (the timekeeper enforces it).
+    queue_.push_back(
+        outgoing{{}, message_type::text, true, std::make_unique<websocket::close_reason>(std::move(why)), {}, nullptr, true});
     close_queued_ = true;
     closing_ = true;
     close_started_ = clock_type::now();
@@ -540,7 +538,7 @@ clock_type::duration session::impl::draw_ping_early()
 
 void session::impl::wake_writer()
 {
-    writer_wake_.notify();
+    write_next();
 }
 
 void session::impl::complete(handler_type h, error_code ec, bool inline_ok)
@@ -568,12 +566,6 @@ void session::impl::fail_queue(error_code ec, bool with_inflight)
     for (auto& msg : pending)
         if (!msg.internal)
             complete(std::move(msg.handler), ec, false);
-}
-
-void session::impl::set_deadline(clock_type::time_point when)
-{
-    if (when < watchdog_at_)
-        watchdog_timer_.cancel();
 }
 
 void session::impl::close_socket() noexcept
@@ -606,7 +598,7 @@ void session::impl::record_handler_exception()
 {
     if (!handler_error_)
         handler_error_ = std::current_exception();
-    set_deadline(clock_type::time_point::min());  // the watchdog ends the session
+    set_deadline(clock_type::time_point::min());  // the timekeeper ends the session
 }
 
 void session::impl::on_control_frame(websocket::frame_type kind, beast::string_view payload)
@@ -630,7 +622,7 @@ void session::impl::pong_arrived(clock_type::time_point now)
         }
         // Messages written since that ping wait for the next one: ask for it now.
         if (written_ > ping_covers_)
-            ticker_timer_.cancel();
+            tk_arm(clock_type::now());
     }
 }
 
@@ -672,7 +664,16 @@ asio::awaitable<error_code> session::connect(std::string url)
 
 asio::awaitable<error_code> session::run()
 {
-    co_return co_await asio::co_spawn(impl_->strand_, impl_->run_op(), asio::use_awaitable);
+    // Already on our strand (as advised): no hop, and no co_spawn frame that a long-lived
+    // connection would hold for its whole life.
+    const auto here = co_await asio::this_coro::executor;
+    error_code ec;
+    if (here == impl_->strand_) {
+        ec = co_await impl_->run_op();
+    } else {
+        ec = co_await asio::co_spawn(impl_->strand_, impl_->run_op(), asio::use_awaitable);
+    }
+    co_return ec;
 }
 
 asio::awaitable<error_code> session::close(std::uint16_t code, std::string reason)

@@ -72,7 +72,8 @@ struct session_config {
     /// with `error::pong_timeout`. Any frame counts, not just the pong. Default 10 s. Must be
     /// positive and shorter than `ping_interval`, so that one ping is judged before the next.
     /// A dead peer is therefore detected at most `ping_interval + pong_timeout` after the
-    /// last frame received.
+    /// last frame received (plus up to 10 ms: deadlines are rounded up to a 10 ms grid so
+    /// that the timers of many connections expire together).
     std::chrono::milliseconds pong_timeout = 10s;
 
     /// When pings are sent. Default `ping_mode::idle`.

@@ -93,8 +93,8 @@ struct received {
     message_type type = message_type::text;
 };
 
-/// One accepted client, run by the server as a vigil session (reader, heartbeat, deadline
-/// watchdog, writer) while the application's handler coroutine talks to it.
+/// One accepted client, run by the server as a vigil session (reader, timekeeper for the
+/// heartbeat and deadlines, writer) while the application's handler coroutine talks to it.
 ///
 /// **Thread safety:** `send`, `async_send`, `close` and `cancel` are safe from any thread;
 /// `receive` is for one coroutine at a time. `id`, `remote` and `target` never change.
@@ -206,9 +206,14 @@ struct server_counters {
 /// if it throws, the connection is closed with 1011. The connection ending (the client
 /// left, was evicted, or the server stops) shows in `conn->receive()`.
 ///
+/// An empty `handler` makes a server that only keeps its connections honest and broadcasts
+/// (a feed): received messages are dropped as they arrive, `receive()` reports only the
+/// end, and a connection costs no coroutine beyond its session's (see bench/scale).
+///
 /// **Thread safety:** `stop`, `broadcast`, `counters`, `connections` and `port` are safe
 /// from any thread; the io_context may run on several threads (each connection has its own
-/// strand).
+/// strand). On an io_context constructed with concurrency hint 1 (one thread runs it) no
+/// strands are made: everything runs on its executor, which is cheaper per completion.
 ///
 /// **Lifetime:** the server must outlive `run()`.
 class server {

@@ -78,22 +78,24 @@ struct session_events {
 /// called again (that is what a supervisor does).
 ///
 /// **Thread safety:** all I/O runs on one strand (the executor given to the constructor if it
-/// is a strand, else a strand made over it), so `connect`, `run`, `send`, `close` and
+/// is a strand, else a strand made over it; on an `io_context` constructed with concurrency
+/// hint 1, Asio's promise that one thread runs it, the context's executor itself, since a
+/// strand would only add a lock and a scheduler trip to every completion), so `connect`, `run`, `send`, `close` and
 /// `cancel` may be called from coroutines on any thread. Distinct sessions are independent.
 /// `events()` and `last_disconnect()` are not synchronised: touch them only while no
 /// operation runs, or from the handlers themselves.
 ///
 /// **Performance and cancellation:** await the session's operations from coroutines running
 /// on `get_executor()` where you can. Sends then complete without a trip through the
-/// scheduler, and cancelling an awaiting coroutine is delivered inline: Boost 1.81's
+/// scheduler, `run()` holds no extra coroutine for the connection's life, and cancelling an awaiting coroutine is delivered inline: Boost 1.81's
 /// `co_spawn` forwards a cancellation to another executor by posting, and that posted step
 /// can touch freed memory if the operation completes in between.
 ///
 /// **Object lifetimes:** the session must outlive every operation started on it.
 class session {
 public:
-    /// Creates an unconnected session whose I/O runs on `ex` if it is a strand, else on a
-    /// strand of `ex`. `cfg` is checked by `connect()`, not here, so that a bad config
+    /// Creates an unconnected session whose I/O runs on `ex` if it is a strand (or the
+    /// executor of an io_context with concurrency hint 1), else on a strand of `ex`. `cfg` is checked by `connect()`, not here, so that a bad config
     /// surfaces as an `error_code`.
     explicit session(boost::asio::any_io_executor ex, session_config cfg = {});
     ~session();
@@ -134,12 +136,15 @@ public:
     /// Runs the open connection until it ends, and returns why. Concurrently, on one strand:
     /// - the reader keeps one read pending at all times (Beast answers pings and reports
     ///   pongs only while reading) and hands data messages to `on_message`;
-    /// - the heartbeat sends a ping as `ping_mode` says and declares the connection dead
-    ///   when nothing arrives within `pong_timeout` of it;
-    /// - the watchdog enforces `idle_timeout` and `write_timeout`;
-    /// - the writer sends queued messages one at a time, in order.
+    /// - the timekeeper sends a ping as `ping_mode` says, declares the connection dead when
+    ///   nothing arrives within `pong_timeout` of it, and enforces `idle_timeout`,
+    ///   `write_timeout` and `close_timeout`, all on one timer (deadlines are rounded up to
+    ///   a 10 ms grid, so that many connections' timers expire in one event-loop turn);
+    /// - the writer (completion handlers, not a coroutine) sends queued messages one at a
+    ///   time, in order.
     ///
-    /// The first of these to finish cancels the others (`||` of awaitable operators), the
+    /// The first to finish ends the others (the reader and the timekeeper are the arms of
+    /// an `||` of awaitable operators; the writer's failures end the timekeeper), the
     /// transport is torn down (a close handshake bounded by `close_timeout` where the peer
     /// is still alive), messages still queued complete with the returned code, and
     /// `on_disconnected` runs.

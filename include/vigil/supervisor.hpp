@@ -142,7 +142,8 @@ struct supervisor_counters {
 ///
 /// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
 /// The supervisor and its session share one strand (the executor given to the constructor if
-/// it is a strand, else a strand made over it): the supervisor's events, the hook and the
+/// it is a strand, else a strand made over it; no strand on an io_context with concurrency
+/// hint 1, as for `session`): the supervisor's events, the hook and the
 /// sessions' events never run concurrently with each other. Await `run()` and `send()` from
 /// coroutines on that strand (`get_executor()`) where you can (see `session` on Boost 1.81's cross-executor
 /// cancellation).

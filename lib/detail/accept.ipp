@@ -161,7 +161,7 @@ asio::awaitable<detail::accept_result> session::impl::accept_op(asio::ip::tcp::s
     const auto now = clock_type::now();
     last_rx_ = last_data_ = ping_sent_ = now;
     rx_.clear();
-    inbox_mode_ = true;
+    inbox_mode_ = params.receive_queue_limit > 0;
     inbox_limit_ = params.receive_queue_limit;
     state_ = state::open;
     co_return result;

@@ -17,17 +17,17 @@ asio::awaitable<error_code> session::impl::reader()
         // Cancellation is delivered once, to whatever operation is pending at that moment. If
         // that operation still succeeded, the next one would never hear of it: look first.
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_return asio::error::operation_aborted;
+            co_return first(asio::error::operation_aborted);
         auto [ec, n] = co_await ws_->async_read(rx_, asio::as_tuple(asio::use_awaitable));
         if (ec) {
             if (ec != websocket::error::closed)
-                co_return ec;
+                co_return first(ec);
             if (close_requested_)
-                co_return error_code{};  // the answer to our own close(): a clean end
+                co_return first(error_code{});  // the answer to our own close(): a clean end
             const auto& why = ws_->reason();
             last_.close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
             last_.close_reason.assign(why.reason.data(), why.reason.size());
-            co_return make_close_error(last_.close_code);
+            co_return first(make_close_error(last_.close_code));
         }
         const auto now = clock_type::now();
         last_rx_ = now;
@@ -38,7 +38,7 @@ asio::awaitable<error_code> session::impl::reader()
         // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
         const bool heartbeat = heartbeat_ && text && heartbeat_consumed(data);
         if (handler_error_)
-            co_return error::handler_exception;
+            co_return first(error::handler_exception);
         if (!heartbeat)
             last_data_ = now;
         bool queued = false;
@@ -49,7 +49,7 @@ asio::awaitable<error_code> session::impl::reader()
             } else if (events_.on_message) {
                 notify(events_.on_message, data, type);
                 if (handler_error_)
-                    co_return error::handler_exception;
+                    co_return first(error::handler_exception);
             }
         }
         rx_.consume(n);
@@ -57,13 +57,13 @@ asio::awaitable<error_code> session::impl::reader()
             inbox_wake_.notify();
         // The application is behind: stop reading until it catches up. TCP then pushes back
         // on the peer, and the peer's silence meanwhile is ours, so neither the heartbeat nor
-        // idle_timeout judges it (see ticker and watchdog); both start afresh on resume.
+        // idle_timeout judges it (see the timekeeper); both start afresh on resume.
         while (inbox_mode_ && inbox_.size() >= inbox_limit_) {
             paused_ = true;
             auto [wec] = co_await reader_resume_.async_wait(asio::as_tuple(asio::use_awaitable));
             paused_ = false;
             if (wec || detail::cancelled(co_await asio::this_coro::cancellation_state))
-                co_return asio::error::operation_aborted;
+                co_return first(asio::error::operation_aborted);
             last_rx_ = last_data_ = clock_type::now();
         }
     }

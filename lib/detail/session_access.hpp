@@ -28,7 +28,7 @@ namespace vigil::detail {
 struct accept_params {
     boost::asio::ssl::context* tls = nullptr;  // null: plain ws://
     std::size_t max_request_header = 8192;
-    std::size_t receive_queue_limit = 256;
+    std::size_t receive_queue_limit = 256;  // 0: no receiver, messages are dropped
     std::string server_name;
     /// Answer the upgrade request with 503 and this Retry-After instead of accepting it.
     bool refuse = false;

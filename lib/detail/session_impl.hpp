@@ -3,7 +3,7 @@
 #pragma once
 
 // The state behind vigil::session. Everything here runs on `strand_`; the arms of run()
-// (reader.hpp, ticker.hpp, watchdog.hpp, writer.hpp) share it without locks for that reason.
+// (reader.ipp, timekeeper.ipp, writer.ipp) share it without locks for that reason.
 
 #include "any_stream.hpp"
 #include "session_access.hpp"
@@ -22,11 +22,11 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket/stream.hpp>
+#include <boost/container/deque.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -55,7 +55,8 @@ struct session::impl {
         std::string data;
         message_type type = message_type::text;
         bool is_close = false;
-        websocket::close_reason close;
+        /// Only for a close: a close_reason is 130 bytes that every queued message would carry.
+        std::unique_ptr<websocket::close_reason> close;
         handler_type handler;
         /// A broadcast shares one copy of its bytes between every connection's queue.
         std::shared_ptr<const std::string> shared = {};
@@ -100,12 +101,27 @@ struct session::impl {
 
     // The arms of run(); each returns why it stopped and never throws.
     asio::awaitable<error_code> reader();
-    asio::awaitable<error_code> ticker();
-    asio::awaitable<error_code> watchdog();
-    asio::awaitable<error_code> writer();
-    /// Runs an arm and records its result as the session's end cause if it is the first
-    /// arm to finish.
-    asio::awaitable<error_code> first_cause(asio::awaitable<error_code> arm);
+    asio::awaitable<error_code> timekeeper();
+    /// Every arm returns through this: the first result is why the session ended. (Not a
+    /// wrapping coroutine: a frame per arm is memory every idle connection holds.)
+    error_code first(error_code ec);
+
+    // The timekeeper's callback side (timekeeper.ipp).
+    struct tick_handler;
+    struct ping_handler;
+    void tk_check();
+    bool tk_ping(clock_type::time_point now);
+    void tk_arm(clock_type::time_point when);
+    void tk_timer_done(error_code ec);
+    void tk_ping_done(error_code ec);
+    void tk_conclude(error_code ec);
+
+    // The writer (writer.ipp): completion handlers, not an arm.
+    struct write_handler;
+    struct close_handler;
+    void write_next();
+    void wr_done(error_code ec);
+    void wr_close_done(error_code ec);
 
     // Single operations, shaped for with_deadline().
     asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
@@ -129,6 +145,7 @@ struct session::impl {
     void say_goodbye(error_code as, std::string detail, websocket::close_reason why);
     /// The pong for our last ping arrived (protocol or application-level).
     void pong_arrived(clock_type::time_point now);
+    /// A deadline moved sooner (a write, a close, a failure): the timekeeper looks again then.
     void set_deadline(clock_type::time_point when);
     /// Completes a send or close. `inline_ok` only for the writer's own completions, the hot
     /// path; initiating functions and teardown post.
@@ -191,25 +208,34 @@ struct session::impl {
     // suspended, since the silence is ours, not the peer's.
     bool inbox_mode_ = false;
     std::size_t inbox_limit_ = 0;
-    std::deque<received> inbox_;
+    // boost::container::deque allocates nothing until the first element: libstdc++'s
+    // std::deque allocates 576 bytes up front, which every idle connection would hold.
+    boost::container::deque<received> inbox_;
     bool paused_ = false;
     bool ended_ = false;                     // the connection is over; receive() says why
     error_code ended_with_;
     detail::wakeup<asio::any_io_executor> inbox_wake_;    // receive() waits here
     detail::wakeup<asio::any_io_executor> reader_resume_; // a paused reader waits here
 
-    // The watchdog sleeps on watchdog_timer_ until watchdog_at_; set_deadline() wakes it
-    // early only when a new deadline is sooner, so steady traffic costs no timer churn.
-    asio::steady_timer watchdog_timer_;
-    clock_type::time_point watchdog_at_ = clock_type::time_point::max();
+    // The timekeeper's one timer, pending until tk_at_ (tk_waits_ waits, of which all but
+    // the newest were cancelled by re-arming). tk_running_: the timekeeper and the writer
+    // are live (run() is running). tk_ops_ counts the pending operations whose handlers
+    // point into this object (timer waits, a protocol ping, a write or the close), which
+    // must all have run before run() returns.
+    asio::steady_timer timer_;
+    clock_type::time_point tk_at_ = clock_type::time_point::max();
+    unsigned tk_waits_ = 0;
+    unsigned tk_ops_ = 0;
+    bool tk_running_ = false;
+    bool ping_writing_ = false;               // a protocol ping is being written
+    std::optional<error_code> tk_verdict_;
+    clock_type::time_point tk_next_fixed_{};  // ping_mode::fixed: the next ping
+    detail::wakeup<asio::any_io_executor> tk_wake_;  // the arm waits here for a verdict
 
-    // The writer sleeps on writer_wake_ while the queue is empty.
-    detail::wakeup<asio::any_io_executor> writer_wake_;
-    std::deque<outgoing> queue_;
+    bool wr_busy_ = false;  // a write or the close is in progress
+    boost::container::deque<outgoing> queue_;
     std::optional<outgoing> inflight_;           // the message being written
     std::optional<handler_type> close_handler_;  // close() in progress inside run()
-
-    asio::steady_timer ticker_timer_;
 };
 
 template <class F, class... Args>

@@ -292,6 +292,133 @@ TEST_CASE("a client whose path went silent is evicted with pong_timeout within p
     CHECK(rig.srv.counters().disconnected == 1);
 }
 
+TEST_CASE("a server without a handler: messages are dropped without backpressure, broadcasts arrive, a silent client is evicted")
+{
+    auto cfg = vt::quick_server();
+    cfg.session.ping_interval = 200ms;
+    cfg.session.pong_timeout = 150ms;
+    // Were messages kept for a receive() that never comes, the reader would pause after two
+    // and the close handshake below could not complete.
+    cfg.receive_queue_limit = 2;
+    vt::server_rig rig(cfg, vigil::server::handler_type{});
+    REQUIRE(!rig.start());
+    vt::relay path(rig.srv.port());
+    vt::rig_client talker(rig.ioc, vt::quick_client());
+    vt::rig_client silent(rig.ioc, vt::quick_client());
+
+    bool both_up = false;
+    std::size_t broadcast_to = 0;
+    bool broadcast_arrived = false;
+    vigil::received end_seen{};
+    bool end_reported = false;
+    error_code close_ec = error::not_connected;
+    bool evicted = false;
+    steady::time_point frozen_at{};
+    talker.start(rig.url("ws", "127.0.0.1", "/talker"));
+    silent.start(path.url());
+    rig.spawn([&]() -> asio::awaitable<void> {
+        both_up = co_await eventually(
+            [&] { return talker.connect_done && silent.connect_done && rig.connected.size() == 2; }, 3s);
+        if (!both_up || talker.connect_ec || silent.connect_ec)
+            co_return;
+        for (int i = 0; i < 50; ++i)
+            talker.send("dropped " + std::to_string(i));
+        broadcast_to = rig.srv.broadcast("to all");
+        broadcast_arrived = co_await eventually(
+            [&] { return talker.messages.size() == 1 && silent.messages.size() == 1; }, 2s);
+        // receive() on such a connection reports only its end.
+        vigil::server::connection_ptr silent_conn;
+        for (auto& c : rig.srv.connections())
+            if (c->target() != "/talker")
+                silent_conn = c;
+        path.freeze();
+        frozen_at = steady::now();
+        if (silent_conn) {
+            end_seen = co_await silent_conn->receive();
+            end_reported = true;
+        }
+        evicted = co_await eventually([&] { return !rig.disconnected.empty(); }, 2s);
+        close_ec = co_await talker.s.close(1000, "bye");
+        silent.s.cancel();
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(8s);
+
+    REQUIRE(both_up);
+    CHECK(broadcast_to == 2);
+    CHECK(broadcast_arrived);
+    CHECK(talker.send_results.size() == 50);
+    CHECK(std::count(talker.send_results.begin(), talker.send_results.end(), error_code{}) == 50);
+    // All 50 were read (and dropped) before the close frame: the handshake completed.
+    CHECK_CODE(close_ec, error_code{});
+    REQUIRE(end_reported);
+    CHECK_CODE(end_seen.ec, error::pong_timeout);
+    CHECK(end_seen.data.empty());
+    REQUIRE(evicted);
+    REQUIRE(!rig.disconnected.empty());
+    const auto& e = rig.disconnected[0];
+    CHECK_CODE(e.info.reason, error::pong_timeout);
+    const auto latency = ms_between(frozen_at, e.at);
+    CAPTURE(latency.count());
+    CHECK(latency <= cfg.session.ping_interval + cfg.session.pong_timeout + tolerance);
+    REQUIRE(rig.run_done);
+}
+
+TEST_CASE("on an io_context that one thread runs (concurrency hint 1) there is no strand, and nothing else changes")
+{
+    auto cfg = vt::quick_server();
+    cfg.session.ping_interval = 200ms;
+    cfg.session.pong_timeout = 150ms;
+    vt::server_rig rig(cfg, 1);
+    REQUIRE(!rig.start());
+    vt::relay path(rig.srv.port());
+    auto ccfg = vt::quick_client();
+    ccfg.ping_interval = 200ms;
+    ccfg.pong_timeout = 150ms;
+    vt::rig_client direct(rig.ioc, ccfg);
+    vt::rig_client frozen(rig.ioc, ccfg);
+    // The executors are the io_context's own: no strand was made.
+    const asio::any_io_executor io = rig.ioc.get_executor();
+    CHECK(direct.s.get_executor() == io);
+
+    bool echoed = false;
+    bool both_ended = false;
+    steady::time_point frozen_at{};
+    direct.start(rig.url("ws", "127.0.0.1", "/direct"));
+    frozen.start(path.url());
+    rig.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return direct.connect_done && frozen.connect_done; }, 3s) ||
+            direct.connect_ec || frozen.connect_ec)
+            co_return;
+        direct.send("hello");
+        frozen.send("hello");
+        echoed = co_await eventually([&] { return direct.messages.size() == 1 && frozen.messages.size() == 1; }, 2s);
+        for (auto& c : rig.srv.connections())
+            CHECK(c->get_executor() == io);
+        path.freeze();
+        frozen_at = steady::now();
+        // Both ends of the frozen path find out: the server evicts, the client times out.
+        both_ended = co_await eventually([&] { return !rig.disconnected.empty() && frozen.run_done; }, 2s);
+        direct.s.cancel();
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(8s);
+
+    REQUIRE(direct.connect_done);
+    REQUIRE(!direct.connect_ec);
+    CHECK(echoed);
+    REQUIRE(both_ended);
+    CHECK_CODE(frozen.run_ec, error::pong_timeout);
+    const auto& e = rig.disconnected[0];
+    CHECK_CODE(e.info.reason, error::pong_timeout);
+    const auto latency = ms_between(frozen_at, e.at);
+    CAPTURE(latency.count());
+    CHECK(latency <= cfg.session.ping_interval + cfg.session.pong_timeout + tolerance);
+    CHECK(direct.run_done);
+    CHECK_CODE(direct.run_ec, asio::error::operation_aborted);
+    REQUIRE(rig.run_done);
+}
+
 TEST_CASE("the server answers a client's pings whatever its handler does")
 {
     // The handler holds off receive() until released; what it does then is echo.

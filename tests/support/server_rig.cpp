@@ -40,6 +40,13 @@ server_rig::server_rig(server_config cfg)
     watch();
 }
 
+server_rig::server_rig(server_config cfg, int concurrency_hint)
+    : rig_io(concurrency_hint), srv(ioc.get_executor(), std::move(cfg),
+                                    [this](server::connection_ptr c) -> asio::awaitable<void> { return echo(std::move(c)); })
+{
+    watch();
+}
+
 server_rig::server_rig(server_config cfg, handler_type handler)
     : rig_io(), srv(ioc.get_executor(), std::move(cfg), std::move(handler))
 {

@@ -27,6 +27,7 @@ namespace vigil::test {
 /// Holds the io_context in a base, so that it is built before the members that use it
 /// (clang 14's -Wuninitialized misjudges the same order among plain members).
 struct rig_io {
+    explicit rig_io(int concurrency_hint = BOOST_ASIO_CONCURRENCY_HINT_DEFAULT) : ioc(concurrency_hint) {}
     boost::asio::io_context ioc;
 };
 
@@ -76,6 +77,9 @@ public:
     explicit server_rig(server_config cfg);
     /// A server with the caller's handler.
     server_rig(server_config cfg, handler_type handler);
+    /// The echo server on an io_context constructed with `concurrency_hint` (1: one thread,
+    /// where vigil runs without strands).
+    server_rig(server_config cfg, int concurrency_hint);
     /// Stops a server still running and drains its io_context for a bounded time.
     ~server_rig();
     server_rig(const server_rig&) = delete;
