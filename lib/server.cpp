@@ -140,8 +140,8 @@ error_code validate(const server_config& cfg, std::string* detail)
 // ---------------------------------------------------------------------------------------
 
 struct connection::impl {
-    impl(asio::any_io_executor ex, session_config cfg, std::uint64_t id_)
-        : s(std::move(ex), std::move(cfg)), id(id_), ended(s.get_executor(), std::chrono::steady_clock::time_point::max())
+    impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg, std::uint64_t id_)
+        : s(std::move(ex), std::move(cfg)), id(id_), ended(detail::session_access::executor(s))
     {
     }
 
@@ -150,7 +150,8 @@ struct connection::impl {
     std::string remote;
     std::string target;
     // The rest lives on the session's strand.
-    asio::steady_timer ended;  // cancelled when the connection is over: the handler's grace starts
+    detail::wakeup<asio::any_io_executor> ended;  // the connection is over: the handler's grace starts
+    unsigned arms = 0;  // of run() and the handler arm, those still running
     bool is_over = false;
     bool handler_failed = false;
 };
@@ -222,7 +223,8 @@ const disconnect_info& connection::last_disconnect() const noexcept
 
 struct server::impl {
     impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
-        : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)), handler_(std::move(handler)),
+        : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)),
+          session_cfg_(std::make_shared<const session_config>(cfg_.session)), handler_(std::move(handler)),
           all_done_(strand_)
     {
     }
@@ -233,8 +235,9 @@ struct server::impl {
     void stop_now();
     void connection_done(bool refused);
 
-    asio::awaitable<void> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
-    asio::awaitable<void> run_arm(connection_ptr c);
+    asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
+    void start_arms(const connection_ptr& c);
+    void arm_done(const connection_ptr& c);
     asio::awaitable<void> handler_arm(connection_ptr c);
     asio::awaitable<void> handler_call(connection_ptr c);
     asio::awaitable<void> handler_grace(connection_ptr c);
@@ -243,6 +246,7 @@ struct server::impl {
     asio::any_io_executor ex_;      // each connection gets a strand of its own over this
     asio::any_io_executor strand_;  // the accept loop and shutdown
     server_config cfg_;
+    std::shared_ptr<const session_config> session_cfg_;  // one copy for every connection
     handler_type handler_;
     server_events events_;
     std::shared_ptr<asio::ssl::context> tls_;
@@ -348,7 +352,7 @@ asio::awaitable<error_code> server::impl::run_op()
             result = asio::error::operation_aborted;
             break;
         }
-        auto c = std::make_shared<connection>(std::make_shared<connection::impl>(ex_, cfg_.session, next_id_ + 1));
+        auto c = std::make_shared<connection>(std::make_shared<connection::impl>(ex_, session_cfg_, next_id_ + 1));
         asio::ip::tcp::socket sock(c->get_executor());
         auto [ec] = co_await acceptor_->async_accept(sock, asio::as_tuple(asio::use_awaitable));
         {
@@ -402,7 +406,11 @@ asio::awaitable<error_code> server::impl::run_op()
         }
         auto ex = c->get_executor();
         asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
-                       [this, refuse](std::exception_ptr) { connection_done(refuse); });
+                       [this, refuse](std::exception_ptr e, bool handed_over) {
+                           // An upgraded connection reports its own end, later (arm_done).
+                           if (e || !handed_over)
+                               connection_done(refuse);
+                       });
     }
     {
         error_code ignored;
@@ -449,7 +457,9 @@ void server::impl::connection_done(bool refused)
     });
 }
 
-asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse)
+// The upgrade, until the connection is registered; returns true once it is handed to its
+// arms (start_arms), false when the client was turned away.
+asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse)
 {
     auto& ci = *c->impl_;
     detail::accept_params params;
@@ -470,7 +480,7 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
                 --counters_.open;
         }
         notify(events_.on_rejected, ci.remote, accepted.ec, accepted.detail);
-        co_return;
+        co_return false;
     }
     ci.target = std::move(accepted.target);
     bool stopping = false;
@@ -486,12 +496,36 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
     if (stopping)
         asio::co_spawn(c->get_executor(), shutdown_one(c), asio::detached);
 
-    using namespace asio::experimental::awaitable_operators;
-    if (handler_)
-        co_await (run_arm(c) && handler_arm(c));
-    else
-        co_await run_arm(c);  // every idle connection holds these frames: as few as may be
+    start_arms(c);
+    co_return true;
+}
 
+// The connection's life after the upgrade: its session's run() and, with a handler, the
+// handler arm, each spawned on its own whose completion counts down `arms`. Not a coroutine
+// awaiting `run() && handler`: its frame and the `&&` machinery would be memory that every
+// connection holds for as long as it lives (bench/scale). Completions run on the
+// connection's strand (co_spawn's executor).
+void server::impl::start_arms(const connection_ptr& c)
+{
+    auto& ci = *c->impl_;
+    const auto ex = c->get_executor();
+    ci.arms = handler_ ? 2 : 1;
+    asio::co_spawn(ex, ci.s.run(), [this, c](std::exception_ptr, error_code) {
+        // An exception is a heartbeat policy's (server sessions have no event handlers of
+        // the application's): the session has ended, which is all there is to report.
+        c->impl_->is_over = true;
+        c->impl_->ended.notify_later();
+        arm_done(c);
+    });
+    if (handler_)
+        asio::co_spawn(ex, handler_arm(c), [this, c](std::exception_ptr) { arm_done(c); });
+}
+
+void server::impl::arm_done(const connection_ptr& c)
+{
+    auto& ci = *c->impl_;
+    if (--ci.arms > 0)
+        return;
     {
         std::lock_guard lock(mu_);
         conns_.erase(ci.id);
@@ -499,18 +533,7 @@ asio::awaitable<void> server::impl::connection_main(connection_ptr c, asio::ip::
         ++counters_.disconnected;
     }
     notify(events_.on_disconnected, *c);
-}
-
-asio::awaitable<void> server::impl::run_arm(connection_ptr c)
-{
-    auto& ci = *c->impl_;
-    try {
-        co_await ci.s.run();
-    } catch (...) {
-        // Server sessions have no event handlers of the application's: nothing to rethrow.
-    }
-    ci.is_over = true;
-    ci.ended.cancel();
+    connection_done(false);
 }
 
 asio::awaitable<void> server::impl::handler_arm(connection_ptr c)

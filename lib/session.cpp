@@ -13,6 +13,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -55,9 +56,9 @@ std::string with_context(std::string what, const error_code& ec)
 
 }  // namespace
 
-session::impl::impl(asio::any_io_executor ex, session_config cfg)
+session::impl::impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg)
     : strand_(detail::serialized(std::move(ex))),
-      cfg_(std::move(cfg)),
+      cfg_(cfg ? std::move(cfg) : std::make_shared<const session_config>()),
       inbox_wake_(strand_),
       reader_resume_(strand_),
       timer_(strand_),
@@ -80,7 +81,7 @@ void session::impl::start_connection()
     inbox_.clear();
     inflight_.reset();
     written_ = ping_covers_ = 0;
-    heartbeat_ = cfg_.heartbeat;  // this connection's own copy: a stateful policy starts afresh
+    heartbeat_ = cfg_->heartbeat;  // this connection's own copy: a stateful policy starts afresh
 }
 
 // ---------------------------------------------------------------------------------------
@@ -137,8 +138,8 @@ asio::awaitable<error_code> session::impl::close_frame(websocket::close_reason r
 
 error_code session::impl::setup_tls_context(std::string& detail)
 {
-    if (cfg_.tls.context) {
-        tls_ctx_ = cfg_.tls.context;
+    if (cfg_->tls.context) {
+        tls_ctx_ = cfg_->tls.context;
         return {};
     }
     if (tls_ctx_)
@@ -146,18 +147,18 @@ error_code session::impl::setup_tls_context(std::string& detail)
     auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
     SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
     error_code ec;
-    if (cfg_.tls.insecure_skip_verify) {
+    if (cfg_->tls.insecure_skip_verify) {
         ctx->set_verify_mode(asio::ssl::verify_none, ec);
     } else {
         ctx->set_verify_mode(asio::ssl::verify_peer, ec);
-        if (!ec && !cfg_.tls.ca_file.empty())
-            ctx->load_verify_file(cfg_.tls.ca_file, ec);
+        if (!ec && !cfg_->tls.ca_file.empty())
+            ctx->load_verify_file(cfg_->tls.ca_file, ec);
         else if (!ec)
             ctx->set_default_verify_paths(ec);
     }
     if (ec) {
-        detail = with_context(cfg_.tls.ca_file.empty() ? std::string("tls: loading the system CA store")
-                                                        : "tls.ca_file: cannot load \"" + cfg_.tls.ca_file + "\"",
+        detail = with_context(cfg_->tls.ca_file.empty() ? std::string("tls: loading the system CA store")
+                                                        : "tls.ca_file: cannot load \"" + cfg_->tls.ca_file + "\"",
                               ec);
         return error::invalid_config;
     }
@@ -186,7 +187,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     std::string detail;
     if (auto ec = parse_url(url, ep, &detail))
         co_return fail_connect(ec, std::move(detail));
-    if (auto ec = validate(cfg_, &detail))
+    if (auto ec = validate(*cfg_, &detail))
         co_return fail_connect(ec, std::move(detail));
     if (ep.tls) {
         if (auto ec = setup_tls_context(detail))
@@ -195,11 +196,12 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
 
     ws_.reset();
     ws_.emplace(strand_, ep.tls ? tls_ctx_.get() : nullptr);
-    resolver_.emplace(strand_);
+    if (!resolver_)
+        resolver_ = std::make_unique<asio::ip::tcp::resolver>(strand_);
     auto aborted = [this]() -> bool { return cancel_requested_; };
 
     // 1. DNS + TCP.
-    auto ec = co_await detail::with_deadline(resolve_and_connect(ep), cfg_.connect_timeout, error::connect_timeout,
+    auto ec = co_await detail::with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,
                                              [this] {
                                                  resolver_->cancel();
                                                  close_socket();
@@ -207,7 +209,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     if (ec) {
         if (ec == error::connect_timeout)
             last_.detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
-                           std::to_string(cfg_.connect_timeout.count()) + " ms (connect_timeout)";
+                           std::to_string(cfg_->connect_timeout.count()) + " ms (connect_timeout)";
         co_return fail_connect(aborted() ? error_code(asio::error::operation_aborted) : ec, last_.detail);
     }
     {
@@ -220,19 +222,19 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
         SSL* ssl = ws_->next_layer().tls()->native_handle();
         if (!ep.host_is_ip)
             SSL_set_tlsext_host_name(ssl, ep.host.c_str());  // no SNI for IP literals (RFC 6066)
-        if (!cfg_.tls.insecure_skip_verify) {
+        if (!cfg_->tls.insecure_skip_verify) {
             if (ep.host_is_ip)
                 X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ep.host.c_str());
             else
                 SSL_set1_host(ssl, ep.host.c_str());
         }
-        ec = co_await detail::with_deadline(tls_handshake(), cfg_.tls_handshake_timeout, error::tls_handshake_timeout,
+        ec = co_await detail::with_deadline(tls_handshake(), cfg_->tls_handshake_timeout, error::tls_handshake_timeout,
                                             [this] { close_socket(); });
         if (ec) {
             std::string why;
             if (ec == error::tls_handshake_timeout) {
                 why = "no TLS handshake with " + ep.host + " within " +
-                      std::to_string(cfg_.tls_handshake_timeout.count()) + " ms (tls_handshake_timeout)";
+                      std::to_string(cfg_->tls_handshake_timeout.count()) + " ms (tls_handshake_timeout)";
             } else {
                 why = with_context("TLS handshake with " + ep.host, ec);
                 const long verify = SSL_get_verify_result(ssl);
@@ -248,15 +250,15 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     ws_->set_option(websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(),
                                                     false});
     ws_->set_option(websocket::stream_base::decorator([this](websocket::request_type& req) {
-        req.set(beast::http::field::user_agent, cfg_.user_agent);
-        for (const auto& [name, value] : cfg_.headers)
+        req.set(beast::http::field::user_agent, cfg_->user_agent);
+        for (const auto& [name, value] : cfg_->headers)
             req.set(name, value);
     }));
-    ws_->read_message_max(cfg_.max_message_size);
+    ws_->read_message_max(cfg_->max_message_size);
     ws_->control_callback(
         [this](websocket::frame_type kind, beast::string_view payload) { on_control_frame(kind, payload); });
     websocket::response_type res;
-    ec = co_await detail::with_deadline(ws_handshake(res, ep), cfg_.handshake_timeout, error::handshake_timeout,
+    ec = co_await detail::with_deadline(ws_handshake(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
                                         [this] { close_socket(); });
     if (ec) {
         std::string why;
@@ -270,7 +272,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
             why = "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(last_.http_status) + " " +
                   std::string(res.reason());
         } else if (ec == error::handshake_timeout) {
-            why = "no answer to the upgrade request within " + std::to_string(cfg_.handshake_timeout.count()) +
+            why = "no answer to the upgrade request within " + std::to_string(cfg_->handshake_timeout.count()) +
                   " ms (handshake_timeout)";
         } else {
             why = with_context("WebSocket handshake with " + ep.host, ec);
@@ -284,7 +286,7 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
     // starts (Beast answers it inside our pending read, then waits for the TCP teardown).
     // Our own close is timed by the timekeeper; Beast's timer runs twice as long so that the
     // two never race and close_timeout is reported as itself. Keep-alive is ours alone.
-    ws_->set_option(websocket::stream_base::timeout{2 * cfg_.close_timeout, websocket::stream_base::none(), false});
+    ws_->set_option(websocket::stream_base::timeout{2 * cfg_->close_timeout, websocket::stream_base::none(), false});
 
     const auto now = clock_type::now();
     last_rx_ = last_data_ = ping_sent_ = now;
@@ -314,6 +316,11 @@ namespace vigil {
 asio::awaitable<error_code> session::impl::run_op()
 {
     using namespace asio::experimental::awaitable_operators;
+    // Awaited from our strand (as advised), run() costs no hop and no co_spawn frame that a
+    // long-lived connection would hold for its whole life; from elsewhere, hop.
+    if ((co_await asio::this_coro::executor) != strand_) {
+        co_return co_await run_from_elsewhere();
+    }
     co_await enable_any_cancellation();
     co_await asio::this_coro::throw_if_cancelled(false);
     if (state_ == state::running || state_ == state::closing)
@@ -324,10 +331,24 @@ asio::awaitable<error_code> session::impl::run_op()
 
     cause_.reset();
     co_await (reader() || timekeeper());
-    // Not the value of `||`: a chain of `||` nests (the left side is one arm of the next
-    // `||`), so the arm that finished first in time is not always the one `||` reports.
+    // The rest in a plain function: this frame lives as long as the connection, and holds
+    // whatever its body does.
+    co_return end_run(detail::cancelled(co_await asio::this_coro::cancellation_state));
+}
+
+// The hop in a coroutine of its own: its co_spawn state is no part of run_op()'s frame when
+// run() is awaited on the strand.
+asio::awaitable<error_code> session::impl::run_from_elsewhere()
+{
+    co_return co_await asio::co_spawn(strand_, run_op(), asio::use_awaitable);
+}
+
+error_code session::impl::end_run(bool cancelled)
+{
+    // Not the value of `||`: the arm that finished first says why (first()), and `||`
+    // reports only which arm it saw complete.
     error_code ec = cause_.value_or(error_code(asio::error::operation_aborted));
-    if (cancel_requested_ || detail::cancelled(co_await asio::this_coro::cancellation_state))
+    if (cancel_requested_ || cancelled)
         ec = asio::error::operation_aborted;
     last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
     state_ = state::closing;
@@ -350,7 +371,7 @@ asio::awaitable<error_code> session::impl::run_op()
     end_connection(ec, std::move(why));
     if (handler_error_)
         std::rethrow_exception(std::exchange(handler_error_, nullptr));
-    co_return ec;
+    return ec;
 }
 
 error_code session::impl::first(error_code ec)
@@ -395,7 +416,7 @@ asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::str
     // Open but nobody is running it: do the handshake here.
     state_ = state::closing;
     close_requested_ = true;
-    auto ec = co_await detail::with_deadline(close_frame(cr), cfg_.close_timeout, error::close_timeout,
+    auto ec = co_await detail::with_deadline(close_frame(cr), cfg_->close_timeout, error::close_timeout,
                                              [this] { close_socket(); });
     last_.silent_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - last_rx_);
     end_connection(ec, ec ? with_context("closing", ec) : std::string("closed by the application"));
@@ -442,8 +463,8 @@ void session::impl::enqueue(outgoing msg)
         refuse(error::not_connected);
         return;
     }
-    if (queue_.size() >= cfg_.send_queue_limit) {
-        if (cfg_.send_queue_overflow == overflow_policy::disconnect) {
+    if (queue_.size() >= cfg_->send_queue_limit) {
+        if (cfg_->send_queue_overflow == overflow_policy::disconnect) {
             refuse(error::slow_consumer);
             overflow();
         } else {
@@ -477,7 +498,7 @@ void session::impl::overflow()
     fail_queue(error::slow_consumer, false);
     // 1013, try again later: a transient condition for the peer's supervisor.
     say_goodbye(error::slow_consumer,
-                "send queue overflow: " + std::to_string(cfg_.send_queue_limit) +
+                "send queue overflow: " + std::to_string(cfg_->send_queue_limit) +
                     " messages waiting, the peer does not keep up (slow_consumer)",
                 websocket::close_reason(websocket::close_code::try_again_later, "slow consumer"));
 }
@@ -504,7 +525,7 @@ void session::impl::say_goodbye(error_code as, std::string detail, websocket::cl
     close_queued_ = true;
     closing_ = true;
     close_started_ = clock_type::now();
-    set_deadline(close_started_ + cfg_.close_timeout);
+    set_deadline(close_started_ + cfg_->close_timeout);
     wake_writer();
 }
 
@@ -529,9 +550,9 @@ bool session::impl::heartbeat_consumed(std::string_view data)
 
 clock_type::duration session::impl::draw_ping_early()
 {
-    if (cfg_.ping_jitter <= 0.0)
+    if (cfg_->ping_jitter <= 0.0)
         return {};
-    const auto span = std::chrono::duration<double, clock_type::period>(cfg_.ping_interval) * cfg_.ping_jitter;
+    const auto span = std::chrono::duration<double, clock_type::period>(cfg_->ping_interval) * cfg_->ping_jitter;
     std::uniform_real_distribution<double> u(0.0, 1.0);
     return std::chrono::duration_cast<clock_type::duration>(span * u(rng_));
 }
@@ -606,7 +627,7 @@ void session::impl::on_control_frame(websocket::frame_type kind, beast::string_v
     const auto now = clock_type::now();
     last_rx_ = now;
     if (kind == websocket::frame_type::pong && ping_outstanding_ &&
-        payload == beast::string_view(ping_payload_.data(), ping_payload_.size()))
+        std::string_view(payload.data(), payload.size()) == detail::ping_text(ping_seq_).view())
         pong_arrived(now);
 }
 
@@ -630,6 +651,11 @@ void session::impl::pong_arrived(clock_type::time_point now)
 // The public face: every operation hops onto the strand, so callers may be anywhere.
 
 session::session(asio::any_io_executor ex, session_config cfg)
+    : impl_(std::make_unique<impl>(std::move(ex), std::make_shared<const session_config>(std::move(cfg))))
+{
+}
+
+session::session(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg)
     : impl_(std::make_unique<impl>(std::move(ex), std::move(cfg)))
 {
 }
@@ -643,12 +669,12 @@ session::executor_type session::get_executor() const noexcept
 
 const session_config& session::config() const noexcept
 {
-    return impl_->cfg_;
+    return *impl_->cfg_;
 }
 
 void session::set_config(session_config cfg)
 {
-    impl_->cfg_ = std::move(cfg);
+    impl_->cfg_ = std::make_shared<const session_config>(std::move(cfg));
     impl_->tls_ctx_.reset();
 }
 
@@ -664,16 +690,7 @@ asio::awaitable<error_code> session::connect(std::string url)
 
 asio::awaitable<error_code> session::run()
 {
-    // Already on our strand (as advised): no hop, and no co_spawn frame that a long-lived
-    // connection would hold for its whole life.
-    const auto here = co_await asio::this_coro::executor;
-    error_code ec;
-    if (here == impl_->strand_) {
-        ec = co_await impl_->run_op();
-    } else {
-        ec = co_await asio::co_spawn(impl_->strand_, impl_->run_op(), asio::use_awaitable);
-    }
-    co_return ec;
+    return impl_->run_op();  // not a coroutine: a frame that would wait for the whole connection
 }
 
 asio::awaitable<error_code> session::close(std::uint16_t code, std::string reason)

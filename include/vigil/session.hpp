@@ -98,6 +98,11 @@ public:
     /// executor of an io_context with concurrency hint 1), else on a strand of `ex`. `cfg` is checked by `connect()`, not here, so that a bad config
     /// surfaces as an `error_code`.
     explicit session(boost::asio::any_io_executor ex, session_config cfg = {});
+    /// The same, with a config shared by many sessions (a fleet of clients, a server's
+    /// connections): each holds a pointer instead of its own copy. The config is never
+    /// changed through it; `set_config()` gives this session a copy of its own. Null: the
+    /// defaults.
+    session(boost::asio::any_io_executor ex, std::shared_ptr<const session_config> cfg);
     ~session();
     session(const session&) = delete;
     session& operator=(const session&) = delete;

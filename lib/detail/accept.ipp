@@ -126,11 +126,11 @@ asio::awaitable<detail::accept_result> session::impl::accept_op(asio::ip::tcp::s
     }
 
     if (params.tls) {
-        auto ec = co_await detail::with_deadline(tls_accept(), cfg_.tls_handshake_timeout, error::tls_handshake_timeout,
+        auto ec = co_await detail::with_deadline(tls_accept(), cfg_->tls_handshake_timeout, error::tls_handshake_timeout,
                                                  detail::socket_closer{this});
         if (ec) {
             result.detail = ec == error::tls_handshake_timeout
-                                ? "no TLS handshake within " + std::to_string(cfg_.tls_handshake_timeout.count()) +
+                                ? "no TLS handshake within " + std::to_string(cfg_->tls_handshake_timeout.count()) +
                                       " ms (tls_handshake_timeout)"
                                 : with_context("TLS handshake", ec);
             co_return accept_failed(result, ec);
@@ -142,13 +142,13 @@ asio::awaitable<detail::accept_result> session::impl::accept_op(asio::ip::tcp::s
     ws_->set_option(websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(),
                                                     false});
     ws_->set_option(websocket::stream_base::decorator(detail::server_header{server_name_}));
-    ws_->read_message_max(cfg_.max_message_size);
+    ws_->read_message_max(cfg_->max_message_size);
     ws_->control_callback(detail::control_frame_relay{this});
-    auto ec = co_await detail::with_deadline(read_upgrade(params, result), cfg_.handshake_timeout,
+    auto ec = co_await detail::with_deadline(read_upgrade(params, result), cfg_->handshake_timeout,
                                              error::handshake_timeout, detail::socket_closer{this});
     if (ec) {
         if (ec == error::handshake_timeout)
-            result.detail = "no complete upgrade request within " + std::to_string(cfg_.handshake_timeout.count()) +
+            result.detail = "no complete upgrade request within " + std::to_string(cfg_->handshake_timeout.count()) +
                             " ms (handshake_timeout)";
         co_return accept_failed(result, ec);
     }
@@ -157,7 +157,7 @@ asio::awaitable<detail::accept_result> session::impl::accept_op(asio::ip::tcp::s
         co_return accept_failed(result, asio::error::operation_aborted);
     }
     // As on the client: Beast's timer only backstops a close handshake the peer starts.
-    ws_->set_option(websocket::stream_base::timeout{2 * cfg_.close_timeout, websocket::stream_base::none(), false});
+    ws_->set_option(websocket::stream_base::timeout{2 * cfg_->close_timeout, websocket::stream_base::none(), false});
     const auto now = clock_type::now();
     last_rx_ = last_data_ = ping_sent_ = now;
     rx_.clear();
@@ -206,6 +206,11 @@ asio::awaitable<detail::accept_result> detail::session_access::accept(session& s
 asio::awaitable<received> detail::session_access::receive(session& s)
 {
     co_return co_await asio::co_spawn(s.impl_->strand_, s.impl_->receive_op(), asio::use_awaitable);
+}
+
+const asio::any_io_executor& detail::session_access::executor(const session& s) noexcept
+{
+    return s.impl_->strand_;
 }
 
 void detail::session_access::send_shared(session& s, std::shared_ptr<void> owner,

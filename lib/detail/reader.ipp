@@ -5,6 +5,10 @@
 // answers the peer's pings and reports pongs (through the control callback) only while a
 // read is pending, so a session that stopped reading would look dead to its peer and blind
 // to its own heartbeat.
+//
+// Its waits are awaited as deferred operations, not with use_awaitable: use_awaitable wraps
+// every operation in a coroutine frame of its own, which an idle connection would hold for
+// as long as the read is pending.
 
 namespace vigil {
 
@@ -18,55 +22,76 @@ asio::awaitable<error_code> session::impl::reader()
         // that operation still succeeded, the next one would never hear of it: look first.
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return first(asio::error::operation_aborted);
-        auto [ec, n] = co_await ws_->async_read(rx_, asio::as_tuple(asio::use_awaitable));
-        if (ec) {
-            if (ec != websocket::error::closed)
-                co_return first(ec);
-            if (close_requested_)
-                co_return first(error_code{});  // the answer to our own close(): a clean end
-            const auto& why = ws_->reason();
-            last_.close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
-            last_.close_reason.assign(why.reason.data(), why.reason.size());
-            co_return first(make_close_error(last_.close_code));
-        }
-        const auto now = clock_type::now();
-        last_rx_ = now;
-        const bool text = ws_->got_text();
-        const auto type = text ? message_type::text : message_type::binary;
-        std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
-        // Heartbeat messages prove the peer alive but are not data: they must not satisfy
-        // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
-        const bool heartbeat = heartbeat_ && text && heartbeat_consumed(data);
-        if (handler_error_)
-            co_return first(error::handler_exception);
-        if (!heartbeat)
-            last_data_ = now;
-        bool queued = false;
-        if (!heartbeat || cfg_.deliver_heartbeat_messages) {
-            if (inbox_mode_) {
-                inbox_.push_back(received{{}, std::string(data), type});
-                queued = true;
-            } else if (events_.on_message) {
-                notify(events_.on_message, data, type);
-                if (handler_error_)
-                    co_return first(error::handler_exception);
-            }
-        }
-        rx_.consume(n);
-        if (queued)
-            inbox_wake_.notify();
+        auto [ec, n] = co_await ws_->async_read(rx_, asio::as_tuple(asio::deferred));
+        // The work between reads is in plain functions: what a coroutine's body holds, its
+        // frame holds, for every connection, for as long as the read is pending.
+        if (ec)
+            co_return first(read_failed(ec));
+        if (auto end = delivered(n))
+            co_return first(*end);
         // The application is behind: stop reading until it catches up. TCP then pushes back
         // on the peer, and the peer's silence meanwhile is ours, so neither the heartbeat nor
         // idle_timeout judges it (see the timekeeper); both start afresh on resume.
-        while (inbox_mode_ && inbox_.size() >= inbox_limit_) {
-            paused_ = true;
-            auto [wec] = co_await reader_resume_.async_wait(asio::as_tuple(asio::use_awaitable));
-            paused_ = false;
-            if (wec || detail::cancelled(co_await asio::this_coro::cancellation_state))
-                co_return first(asio::error::operation_aborted);
-            last_rx_ = last_data_ = clock_type::now();
+        if (inbox_mode_ && inbox_.size() >= inbox_limit_ && !co_await paused())
+            co_return first(asio::error::operation_aborted);
+    }
+}
+
+// A coroutine of its own, so that the reader's frame does not carry this wait's state.
+asio::awaitable<bool> session::impl::paused()
+{
+    while (inbox_mode_ && inbox_.size() >= inbox_limit_) {
+        paused_ = true;
+        auto [ec] = co_await reader_resume_.async_wait(asio::as_tuple(asio::deferred));
+        paused_ = false;
+        if (ec || detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return false;
+        last_rx_ = last_data_ = clock_type::now();
+    }
+    co_return true;
+}
+
+error_code session::impl::read_failed(error_code ec)
+{
+    if (ec != websocket::error::closed)
+        return ec;
+    if (close_requested_)
+        return {};  // the answer to our own close(): a clean end
+    const auto& why = ws_->reason();
+    last_.close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
+    last_.close_reason.assign(why.reason.data(), why.reason.size());
+    return make_close_error(last_.close_code);
+}
+
+std::optional<error_code> session::impl::delivered(std::size_t n)
+{
+    const auto now = clock_type::now();
+    last_rx_ = now;
+    const bool text = ws_->got_text();
+    const auto type = text ? message_type::text : message_type::binary;
+    std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
+    // Heartbeat messages prove the peer alive but are not data: they must not satisfy
+    // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
+    const bool heartbeat = heartbeat_ && text && heartbeat_consumed(data);
+    if (handler_error_)
+        return error::handler_exception;
+    if (!heartbeat)
+        last_data_ = now;
+    bool queued = false;
+    if (!heartbeat || cfg_->deliver_heartbeat_messages) {
+        if (inbox_mode_) {
+            inbox_.push_back(received{{}, std::string(data), type});
+            queued = true;
+        } else if (events_.on_message) {
+            notify(events_.on_message, data, type);
+            if (handler_error_)
+                return error::handler_exception;
         }
     }
+    rx_.consume(n);
+    if (queued)
+        inbox_wake_.notify();
+    return std::nullopt;
 }
 
 }  // namespace vigil

@@ -48,6 +48,8 @@ struct session_access {
     static boost::asio::awaitable<accept_result> accept(session& s, boost::asio::ip::tcp::socket sock,
                                                         accept_params params);
     static boost::asio::awaitable<received> receive(session& s);
+    /// The session's strand itself, for what refers to it instead of holding a copy.
+    static const boost::asio::any_io_executor& executor(const session& s) noexcept;
     /// Fire and forget: no completion, overflow handled by the session's policy. The step
     /// runs later on the session's strand and holds `owner` (what keeps `s` alive) until then.
     static void send_shared(session& s, std::shared_ptr<void> owner, std::shared_ptr<const std::string> data,

@@ -25,6 +25,7 @@
 #include <boost/container/deque.hpp>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -33,6 +34,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 
 namespace vigil {
 
@@ -40,6 +42,23 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace websocket = boost::beast::websocket;
 using clock_type = std::chrono::steady_clock;
+
+namespace detail {
+
+/// The payload of protocol ping number `seq`, its decimal digits. A session keeps the
+/// number, not the text: a ping_data is 127 bytes that every connection would hold.
+struct ping_text {
+    explicit ping_text(std::uint64_t seq) noexcept
+        : len(static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, seq).ptr - buf))
+    {
+    }
+    std::string_view view() const noexcept { return {buf, len}; }
+
+    char buf[20];
+    std::size_t len;
+};
+
+}  // namespace detail
 
 struct session::impl {
     using handler_type = asio::any_completion_handler<void(error_code)>;
@@ -79,11 +98,14 @@ struct session::impl {
         bool finished = false;
     };
 
-    impl(asio::any_io_executor ex, session_config cfg);
+    impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg);
 
     // Operations behind the public functions; each runs on strand_.
     asio::awaitable<error_code> connect_op(std::string url);
     asio::awaitable<error_code> run_op();
+    asio::awaitable<error_code> run_from_elsewhere();
+    /// What run() does once its arms have ended: the result, the teardown, the events.
+    error_code end_run(bool cancelled);
     asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);
     void enqueue(outgoing msg);
     /// Queues a heartbeat message ahead of the application's (behind the one being written).
@@ -101,6 +123,12 @@ struct session::impl {
 
     // The arms of run(); each returns why it stopped and never throws.
     asio::awaitable<error_code> reader();
+    /// The reader's steps between reads: why a failed read ends the session, and what a
+    /// message that arrived does (an error when it ends the session).
+    error_code read_failed(error_code ec);
+    std::optional<error_code> delivered(std::size_t n);
+    /// Waits while the receive queue is full; false when cancelled.
+    asio::awaitable<bool> paused();
     asio::awaitable<error_code> timekeeper();
     /// Every arm returns through this: the first result is why the session ended. (Not a
     /// wrapping coroutine: a frame per arm is memory every idle connection holds.)
@@ -109,6 +137,8 @@ struct session::impl {
     // The timekeeper's callback side (timekeeper.ipp).
     struct tick_handler;
     struct ping_handler;
+    void tk_start();
+    void tk_stop();
     void tk_check();
     bool tk_ping(clock_type::time_point now);
     void tk_arm(clock_type::time_point when);
@@ -159,14 +189,14 @@ struct session::impl {
     void notify(const F& f, Args&&... args);
 
     asio::any_io_executor strand_;  // see detail::serialized()
-    session_config cfg_;
+    std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
     session_events events_;
     disconnect_info last_;
     std::atomic<state> state_{state::idle};  // atomic only so that is_open() may peek from any thread
 
-    std::shared_ptr<asio::ssl::context> tls_ctx_;  // the user's, or ours built from cfg_.tls
+    std::shared_ptr<asio::ssl::context> tls_ctx_;  // the user's, or ours built from cfg_->tls
     std::optional<ws_stream> ws_;
-    std::optional<asio::ip::tcp::resolver> resolver_;
+    std::unique_ptr<asio::ip::tcp::resolver> resolver_;  // a client's, from its first connect()
     std::shared_ptr<lookup> lookup_;
     beast::flat_buffer rx_;
 
@@ -174,8 +204,7 @@ struct session::impl {
     clock_type::time_point last_rx_{};       // any frame, control frames included
     clock_type::time_point last_data_{};     // data messages only (idle_timeout)
     clock_type::time_point ping_sent_{};     // last heartbeat ping
-    std::uint64_t ping_seq_ = 0;
-    websocket::ping_data ping_payload_;      // the last ping's payload, to match its pong
+    std::uint64_t ping_seq_ = 0;             // the last ping's number, its payload (ping_text)
     bool ping_outstanding_ = false;
     clock_type::time_point write_started_{}; // while writing_
     bool writing_ = false;

@@ -76,18 +76,38 @@ asio::awaitable<error_code> session::impl::timekeeper()
     co_await asio::this_coro::throw_if_cancelled(false);
     if (detail::cancelled(co_await asio::this_coro::cancellation_state))
         co_return first(asio::error::operation_aborted);
+    tk_start();
+    // One wait in the loop, for a verdict and then for our handlers to drain: every
+    // co_await is state in the frame that each running connection holds.
+    error_code result = asio::error::operation_aborted;
+    for (;;) {
+        if (tk_running_ && tk_verdict_) {
+            result = *tk_verdict_;
+            tk_stop();
+        }
+        if (!tk_running_ && tk_ops_ == 0)
+            break;
+        auto [ec] = co_await tk_wake_.async_wait(asio::as_tuple(asio::deferred));
+        // Cancelled: another arm finished first, or run() was. Delivered once; the waits
+        // that follow are for the drain.
+        if (ec && tk_running_)
+            tk_stop();
+    }
+    co_return first(result);
+}
+
+void session::impl::tk_start()
+{
     tk_verdict_.reset();
     tk_running_ = true;
-    tk_next_fixed_ = clock_type::now() + clock_type::duration(cfg_.ping_interval);
+    tk_next_fixed_ = clock_type::now() + clock_type::duration(cfg_->ping_interval);
     ping_early_ = draw_ping_early();
     tk_check();
     write_next();  // what was sent before run()
-    while (!tk_verdict_) {
-        auto [ec] = co_await tk_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (ec)
-            break;  // cancelled: another arm finished first, or run() was cancelled
-    }
-    const error_code result = tk_verdict_.value_or(asio::error::operation_aborted);
+}
+
+void session::impl::tk_stop()
+{
     // Our handlers point into this object: none may be left pending when run() returns. The
     // timer completes at once when cancelled; a ping, write or close still in progress
     // completes once the socket is closed, and the session is over whichever arm ended it.
@@ -95,14 +115,11 @@ asio::awaitable<error_code> session::impl::timekeeper()
     timer_.cancel();
     if (tk_ops_ > tk_waits_)
         close_socket();
-    while (tk_ops_ > 0)
-        co_await tk_wake_.async_wait(asio::as_tuple(asio::use_awaitable));  // cancellation was delivered already
-    co_return first(result);
 }
 
 void session::impl::tk_check()
 {
-    const auto interval = clock_type::duration(cfg_.ping_interval);
+    const auto interval = clock_type::duration(cfg_->ping_interval);
     const bool heartbeat = interval > clock_type::duration::zero();
     for (;;) {
         if (!tk_running_ || tk_verdict_)
@@ -113,35 +130,37 @@ void session::impl::tk_check()
         detail::deadline_scan scan{now};
         // Any frame after the ping proves the peer alive, not only the pong. A paused reader
         // hears nothing, through no fault of the peer: no verdict then.
-        if (heartbeat && !paused_ && ping_sent_ > last_rx_ && scan.passed(ping_sent_ + cfg_.pong_timeout)) {
-            last_.detail = "nothing received for " + std::to_string(cfg_.pong_timeout.count()) +
+        if (heartbeat && !paused_ && ping_sent_ > last_rx_ && scan.passed(ping_sent_ + cfg_->pong_timeout)) {
+            last_.detail = "nothing received for " + std::to_string(cfg_->pong_timeout.count()) +
                            " ms after a ping (pong_timeout)";
             return tk_conclude(error::pong_timeout);
         }
-        if (cfg_.idle_timeout.count() > 0 && !paused_ && !end_as_ && scan.passed(last_data_ + cfg_.idle_timeout)) {
+        if (cfg_->idle_timeout.count() > 0 && !paused_ && !end_as_ && scan.passed(last_data_ + cfg_->idle_timeout)) {
             // The peer still answers pings; it is the data that went stale. Say goodbye
             // properly (close_timeout then bounds it), so that the server does not log an
             // abnormal closure.
             say_goodbye(error::idle_timeout,
-                        "no data message for " + std::to_string(cfg_.idle_timeout.count()) + " ms (idle_timeout)",
+                        "no data message for " + std::to_string(cfg_->idle_timeout.count()) + " ms (idle_timeout)",
                         websocket::close_reason(websocket::close_code::normal, "idle_timeout"));
             continue;
         }
-        if (writing_ && cfg_.write_timeout.count() > 0 && scan.passed(write_started_ + cfg_.write_timeout)) {
-            last_.detail = "a message write made no progress for " + std::to_string(cfg_.write_timeout.count()) +
+        if (writing_ && cfg_->write_timeout.count() > 0 && scan.passed(write_started_ + cfg_->write_timeout)) {
+            last_.detail = "a message write made no progress for " + std::to_string(cfg_->write_timeout.count()) +
                            " ms: the peer stopped reading (write_timeout)";
             return tk_conclude(error::write_timeout);
         }
-        if (closing_ && scan.passed(close_started_ + cfg_.close_timeout)) {
-            last_.detail = "no answer to our close frame within " + std::to_string(cfg_.close_timeout.count()) +
+        if (closing_ && scan.passed(close_started_ + cfg_->close_timeout)) {
+            last_.detail = "no answer to our close frame within " + std::to_string(cfg_->close_timeout.count()) +
                            " ms (close_timeout)";
             return tk_conclude(error::close_timeout);
         }
         if (heartbeat && !close_requested_ && !closing_) {
             // idle: ping once nothing has arrived for `interval` since the later of the last
             // frame and the last ping; fixed: ping on a steady schedule. ping_early_
-            // (ping_jitter) spreads the pings of connections that started together.
-            auto due = (cfg_.ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : tk_next_fixed_) -
+            // (ping_jitter) spreads the pings of connections that started together, and
+            // drawn anew for every ping it keeps a lead on a peer pinging at the same
+            // interval, whose idle timer then never runs out (so only one side pings).
+            auto due = (cfg_->ping == ping_mode::idle ? std::max(last_rx_, ping_sent_) + interval : tk_next_fixed_) -
                        ping_early_;
             // Confirming delivery: a ping soon after writes (one in flight at a time, at most
             // one per confirm_gap), whatever arrives meanwhile, since only its pong proves the
@@ -167,13 +186,12 @@ void session::impl::tk_check()
 
 bool session::impl::tk_ping(clock_type::time_point now)
 {
-    if (cfg_.ping == ping_mode::fixed) {
-        const auto interval = clock_type::duration(cfg_.ping_interval);
+    if (cfg_->ping == ping_mode::fixed) {
+        const auto interval = clock_type::duration(cfg_->ping_interval);
         tk_next_fixed_ = (tk_next_fixed_ + interval > now) ? tk_next_fixed_ + interval : now + interval;
     }
     ++ping_seq_;
     ping_covers_ = written_;
-    ping_payload_ = std::to_string(ping_seq_);
     ping_sent_ = now;
     ping_outstanding_ = true;
     ping_early_ = draw_ping_early();
@@ -191,7 +209,9 @@ bool session::impl::tk_ping(clock_type::time_point now)
     }
     ping_writing_ = true;
     ++tk_ops_;
-    ws_->async_ping(ping_payload_, asio::bind_executor(strand_, ping_handler{this}));
+    // Beast copies the payload into the frame before this returns.
+    const detail::ping_text text(ping_seq_);
+    ws_->async_ping(websocket::ping_data(text.buf, text.len), asio::bind_executor(strand_, ping_handler{this}));
     return true;
 }
 

@@ -38,7 +38,7 @@ void session::impl::write_next()
         if (!closing_) {
             closing_ = true;
             close_started_ = clock_type::now();
-            set_deadline(close_started_ + cfg_.close_timeout);
+            set_deadline(close_started_ + cfg_->close_timeout);
         }
         wr_busy_ = true;
         ++tk_ops_;
@@ -51,8 +51,8 @@ void session::impl::write_next()
     queue_.pop_front();
     wr_busy_ = writing_ = true;
     write_started_ = clock_type::now();
-    if (cfg_.write_timeout.count() > 0)
-        set_deadline(write_started_ + cfg_.write_timeout);
+    if (cfg_->write_timeout.count() > 0)
+        set_deadline(write_started_ + cfg_->write_timeout);
     ws_->binary(inflight_->type == message_type::binary);
     ++tk_ops_;
     ws_->async_write(inflight_->bytes(), asio::bind_executor(strand_, write_handler{this}));
