@@ -11,7 +11,7 @@
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/connect.hpp>
@@ -61,9 +61,14 @@ session::impl::impl(asio::any_io_executor ex, std::shared_ptr<const session_conf
       cfg_(cfg ? std::move(cfg) : std::make_shared<const session_config>()),
       inbox_wake_(strand_),
       reader_resume_(strand_),
-      timer_(strand_),
       tk_wake_(strand_)
 {
+    if (const auto* io = strand_.target<asio::io_context::executor_type>())
+        wheel_ = &asio::use_service<detail::timer_wheel>(io->context());  // no strand: one thread
+    else
+        timer_ = std::make_unique<asio::steady_timer>(strand_);
+    tk_entry_.fire = &impl::tk_fired;
+    tk_entry_.arg = this;
     // Seeds differ per session without a system call each: one random_device per thread.
     thread_local std::minstd_rand seeder(std::random_device{}());
     rng_.seed(static_cast<std::minstd_rand::result_type>(seeder()));

@@ -12,6 +12,22 @@
 
 namespace vigil {
 
+namespace detail {
+
+// Starts the message read with a handler that has no cancellation slot (see reader()). A
+// named type, not a lambda: the reader's frame holds it (-Wsubobject-linkage).
+struct start_read {
+    session::impl* self;
+    template <class Handler>
+    void operator()(Handler&& handler) const
+    {
+        self->ws_->async_read(self->rx_, asio::bind_cancellation_slot(asio::cancellation_slot(),
+                                                                      std::forward<Handler>(handler)));
+    }
+};
+
+}  // namespace detail
+
 asio::awaitable<error_code> session::impl::reader()
 {
     co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
@@ -22,7 +38,13 @@ asio::awaitable<error_code> session::impl::reader()
         // that operation still succeeded, the next one would never hear of it: look first.
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return first(asio::error::operation_aborted);
-        auto [ec, n] = co_await ws_->async_read(rx_, asio::as_tuple(asio::deferred));
+        // No cancellation slot on the read: the socket closing ends it (first() closes it on
+        // a failure, the timekeeper when it ends for any reason, tk_stop()), and a read that
+        // listened for cancellation would install a handler in the slot every time Beast
+        // reads from the socket again, every pong, on every connection.
+        auto token = asio::as_tuple(asio::deferred);
+        auto [ec, n] = co_await asio::async_initiate<decltype(token), void(error_code, std::size_t)>(
+            detail::start_read{this}, token);
         // The work between reads is in plain functions: what a coroutine's body holds, its
         // frame holds, for every connection, for as long as the read is pending.
         if (ec)

@@ -7,6 +7,7 @@
 
 #include "any_stream.hpp"
 #include "session_access.hpp"
+#include "timer_wheel.hpp"
 #include "wakeup.hpp"
 #include "with_deadline.hpp"
 
@@ -99,6 +100,15 @@ struct session::impl {
     };
 
     impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg);
+    ~impl() { cancel_wheel(); }
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    /// Unlinks the timekeeper from the wheel (run() always has by the time it returns).
+    void cancel_wheel() noexcept
+    {
+        if (wheel_)
+            wheel_->cancel(tk_entry_);
+    }
 
     // Operations behind the public functions; each runs on strand_.
     asio::awaitable<error_code> connect_op(std::string url);
@@ -143,6 +153,7 @@ struct session::impl {
     bool tk_ping(clock_type::time_point now);
     void tk_arm(clock_type::time_point when);
     void tk_timer_done(error_code ec);
+    static void tk_fired(void* self);  // the wheel's callback
     void tk_ping_done(error_code ec);
     void tk_conclude(error_code ec);
 
@@ -251,7 +262,12 @@ struct session::impl {
     // are live (run() is running). tk_ops_ counts the pending operations whose handlers
     // point into this object (timer waits, a protocol ping, a write or the close), which
     // must all have run before run() returns.
-    asio::steady_timer timer_;
+    // On an io_context without strands the timekeeper uses the context's timer_wheel
+    // (wheel_, tk_entry_) and has no steady_timer: a scheduled entry is no pending
+    // operation (tk_ops_ does not count it) and tk_stop() unlinks it at once.
+    detail::timer_wheel* wheel_ = nullptr;
+    detail::wheel_entry tk_entry_;
+    std::unique_ptr<asio::steady_timer> timer_;
     clock_type::time_point tk_at_ = clock_type::time_point::max();
     unsigned tk_waits_ = 0;
     unsigned tk_ops_ = 0;

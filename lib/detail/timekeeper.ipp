@@ -63,7 +63,8 @@ struct session::impl::tick_handler {
     void operator()(error_code ec) const { self->tk_timer_done(ec); }
 };
 
-/// A protocol ping's completion handler.
+/// A protocol ping's completion handler; like the writer's, it runs on the stream's
+/// executor, the strand.
 struct session::impl::ping_handler {
     impl* self;
     void operator()(error_code ec) const { self->tk_ping_done(ec); }
@@ -111,10 +112,15 @@ void session::impl::tk_stop()
     // Our handlers point into this object: none may be left pending when run() returns. The
     // timer completes at once when cancelled; a ping, write or close still in progress
     // completes once the socket is closed, and the session is over whichever arm ended it.
+    // The reader's read does not listen for cancellation (reader.ipp): closing the socket
+    // is what ends it, however this arm ended (a verdict, or cancelled by `||` or by the
+    // caller).
     tk_running_ = false;
-    timer_.cancel();
-    if (tk_ops_ > tk_waits_)
-        close_socket();
+    if (wheel_)
+        cancel_wheel();  // at once: nothing of ours stays in the wheel
+    else
+        timer_->cancel();
+    close_socket();
 }
 
 void session::impl::tk_check()
@@ -211,7 +217,7 @@ bool session::impl::tk_ping(clock_type::time_point now)
     ++tk_ops_;
     // Beast copies the payload into the frame before this returns.
     const detail::ping_text text(ping_seq_);
-    ws_->async_ping(websocket::ping_data(text.buf, text.len), asio::bind_executor(strand_, ping_handler{this}));
+    ws_->async_ping(websocket::ping_data(text.buf, text.len), ping_handler{this});
     return true;
 }
 
@@ -220,15 +226,30 @@ void session::impl::tk_arm(clock_type::time_point when)
     if (!tk_running_ || tk_verdict_ || when == clock_type::time_point::max())
         return;
     when = detail::on_grid(when);
+    if (wheel_) {
+        // The io_context's shared timer (timer_wheel.hpp): a list operation, no wait.
+        if (tk_entry_.linked && tk_entry_.when <= when)
+            return;
+        wheel_->cancel(tk_entry_);
+        wheel_->schedule(tk_entry_, when);
+        return;
+    }
     // A wait that ends no later already brings us back in time to look again.
     if (tk_waits_ > 0 && tk_at_ <= when)
         return;
     // expires_at() cancels the pending wait, if any: its handler sees operation_aborted.
-    timer_.expires_at(when);
+    timer_->expires_at(when);
     tk_at_ = when;
     ++tk_waits_;
     ++tk_ops_;
-    timer_.async_wait(tick_handler{this});
+    timer_->async_wait(tick_handler{this});
+}
+
+void session::impl::tk_fired(void* self)
+{
+    auto& s = *static_cast<impl*>(self);
+    if (s.tk_running_)
+        s.tk_check();
 }
 
 void session::impl::tk_timer_done(error_code ec)

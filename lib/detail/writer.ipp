@@ -14,6 +14,9 @@
 
 namespace vigil {
 
+// The handlers name no executor of their own: Beast then completes them on the stream's,
+// which is the strand (the socket was made on it), without copying a type-erased executor
+// into every operation.
 struct session::impl::write_handler {
     impl* self;
     void operator()(error_code ec, std::size_t) const { self->wr_done(ec); }
@@ -42,7 +45,7 @@ void session::impl::write_next()
         }
         wr_busy_ = true;
         ++tk_ops_;
-        ws_->async_close(reason, asio::bind_executor(strand_, close_handler{this}));
+        ws_->async_close(reason, close_handler{this});
         return;
     }
     // Out of the queue while it is written: heartbeat messages may be inserted ahead of the
@@ -55,7 +58,7 @@ void session::impl::write_next()
         set_deadline(write_started_ + cfg_->write_timeout);
     ws_->binary(inflight_->type == message_type::binary);
     ++tk_ops_;
-    ws_->async_write(inflight_->bytes(), asio::bind_executor(strand_, write_handler{this}));
+    ws_->async_write(inflight_->bytes(), write_handler{this});
 }
 
 void session::impl::wr_done(error_code ec)
