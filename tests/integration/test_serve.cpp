@@ -10,6 +10,7 @@
 #include <vigil/heartbeat.hpp>
 #include <vigil/session.hpp>
 
+#include <support/one_thread.hpp>
 #include <support/pki.hpp>
 #include <support/relay.hpp>
 #include <support/testing.hpp>
@@ -446,7 +447,7 @@ struct client {
 
 // The io_context of a case, kept busy by a work guard so that drive() can wait on it.
 struct io_fixture {
-    asio::io_context ioc;
+    asio::io_context ioc{vt::concurrency_hint()};
     asio::executor_work_guard<asio::io_context::executor_type> guard = asio::make_work_guard(ioc);
 };
 

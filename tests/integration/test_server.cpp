@@ -1077,7 +1077,7 @@ TEST_CASE("a server on four threads: every client echoed, a broadcast and stop()
     for (int i = 0; i < 4; ++i)
         threads.emplace_back([&] { server_ioc.run(); });
 
-    asio::io_context ioc;
+    asio::io_context ioc{vt::concurrency_hint()};
     constexpr std::size_t n = 20;
     constexpr std::size_t per_client = 50;
     std::vector<std::unique_ptr<vt::rig_client>> clients;

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: BSL-1.0
 #include <vigil/session.hpp>
 
+#include <support/one_thread.hpp>
 #include <support/peer.hpp>
 #include <support/pki.hpp>
 #include <support/relay.hpp>
@@ -105,7 +106,7 @@ struct client {
         });
     }
 
-    asio::io_context ioc;
+    asio::io_context ioc{vt::concurrency_hint()};
     vigil::session s;
 
     int connected = 0;
@@ -175,6 +176,18 @@ void check_echo(client& c, const std::string& url)
 
 TEST_SUITE("session")
 {
+
+TEST_CASE("the suite runs its sessions the way VIGIL_TEST_ONE_THREAD says")
+{
+    // Twice in the README's test command: once on strands, once on a single-threaded
+    // io_context's own executor (and its timer wheel). This says which run this is.
+    asio::io_context ioc{vt::concurrency_hint()};
+    vigil::session s(ioc.get_executor());
+    const asio::any_io_executor io = ioc.get_executor();
+    const bool one_thread = vt::concurrency_hint() == 1;
+    MESSAGE("sessions on ", one_thread ? "the io_context's executor (concurrency hint 1)" : "strands");
+    CHECK((s.get_executor() == io) == one_thread);
+}
 
 TEST_CASE("echo: text and binary round trip over ws://")
 {

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: BSL-1.0
 #include <vigil/supervisor.hpp>
 
+#include <support/one_thread.hpp>
 #include <support/peer.hpp>
 #include <support/pki.hpp>
 #include <support/relay.hpp>
@@ -108,7 +109,7 @@ struct refused_port {
 // built before the supervisor that uses it. (clang 14's -Wuninitialized flags the same order
 // among plain members, wrongly.)
 struct io_base {
-    asio::io_context ioc;
+    asio::io_context ioc{vt::concurrency_hint()};
 };
 
 // A supervisor on the test thread's io_context, and what its events said.

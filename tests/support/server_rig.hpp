@@ -9,6 +9,8 @@
 #include <vigil/server.hpp>
 #include <vigil/session.hpp>
 
+#include "one_thread.hpp"
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -27,7 +29,7 @@ namespace vigil::test {
 /// Holds the io_context in a base, so that it is built before the members that use it
 /// (clang 14's -Wuninitialized misjudges the same order among plain members).
 struct rig_io {
-    explicit rig_io(int concurrency_hint = BOOST_ASIO_CONCURRENCY_HINT_DEFAULT) : ioc(concurrency_hint) {}
+    explicit rig_io(int hint = concurrency_hint()) : ioc(hint) {}
     boost::asio::io_context ioc;
 };
 
