@@ -485,6 +485,8 @@ TEST_SUITE("serve")
         CHECK(c.messages[1] == std::string("\x01\x02\x03", 3));
         CHECK(c.types[1] == message_type::binary);
 
+        // The echoes can arrive before the server's lines about them have been read.
+        REQUIRE(drive(io.ioc, [&] { return server.proc.events_named("message").size() >= 2; }, 3s));
         auto messages = server.proc.events_named("message");
         REQUIRE(messages.size() == 2);
         CHECK(messages[0]["id"] == 1);
@@ -520,6 +522,7 @@ TEST_SUITE("serve")
         REQUIRE(drive(io.ioc, [&] { return a.messages.size() == 1 && b.messages.size() == 1; }, 3s));
         CHECK(a.messages[0] == "to everyone");
         CHECK(b.messages[0] == "to everyone");
+        REQUIRE(drive(io.ioc, [&] { return !server.proc.events_named("message").empty(); }, 3s));
         auto messages = server.proc.events_named("message");
         REQUIRE(messages.size() == 1);
         CHECK(messages[0]["id"] == 1);

@@ -185,7 +185,7 @@ TEST_CASE("the suite runs its sessions the way VIGIL_TEST_ONE_THREAD says")
     vigil::session s(ioc.get_executor());
     const asio::any_io_executor io = ioc.get_executor();
     const bool one_thread = vt::concurrency_hint() == 1;
-    MESSAGE("sessions on ", one_thread ? "the io_context's executor (concurrency hint 1)" : "strands");
+    MESSAGE(std::string(one_thread ? "sessions on the io_context's executor (concurrency hint 1)" : "sessions on strands"));
     CHECK((s.get_executor() == io) == one_thread);
 }
 
