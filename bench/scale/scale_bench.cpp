@@ -545,12 +545,14 @@ struct vigil_clients {
     asio::awaitable<void> connect(std::size_t n)
     {
         const auto t0 = steady::now();
-        vigil::session_config cfg;
-        cfg.ping_interval = opt.ping;
-        cfg.pong_timeout = opt.pong;
+        // One config for the whole fleet, as a server's connections share theirs.
+        auto cfg = std::make_shared<vigil::session_config>();
+        cfg->ping_interval = opt.ping;
+        cfg->pong_timeout = opt.pong;
+        const std::shared_ptr<const vigil::session_config> shared = std::move(cfg);
         const std::size_t begin = sessions.size();
         for (std::size_t i = 0; i < n; ++i) {
-            auto s = std::make_unique<vigil::session>(ioc.get_executor(), cfg);
+            auto s = std::make_unique<vigil::session>(ioc.get_executor(), shared);
             s->events().on_message = [this](std::string_view data, vigil::message_type) {
                 if (long k = broadcast_number(data); k >= 0)
                     bt.arrived(k);

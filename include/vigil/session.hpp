@@ -144,7 +144,9 @@ public:
     /// - the timekeeper sends a ping as `ping_mode` says, declares the connection dead when
     ///   nothing arrives within `pong_timeout` of it, and enforces `idle_timeout`,
     ///   `write_timeout` and `close_timeout`, all on one timer (deadlines are rounded up to
-    ///   a 10 ms grid, so that many connections' timers expire in one event-loop turn);
+    ///   a 10 ms grid, so that many connections' timers expire in one event-loop turn; on an
+    ///   io_context with concurrency hint 1 the sessions due in the same 10 ms share one
+    ///   expiry of a timer the context holds for all of them);
     /// - the writer (completion handlers, not a coroutine) sends queued messages one at a
     ///   time, in order.
     ///

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <memory>
 #include <string>
 
 namespace {
@@ -106,5 +107,33 @@ TEST_SUITE("session")
         CHECK(disconnects == 2);
         CHECK_FALSE(s.is_open());
         CHECK(ioc.stopped());  // nothing left pending
+    }
+
+    TEST_CASE("sessions sharing one config read it through the pointer; set_config() gives one its own")
+    {
+        boost::asio::io_context ioc;
+        auto cfg = std::make_shared<vigil::session_config>();
+        cfg->ping_interval = 3s;
+        cfg->pong_timeout = 1s;
+        cfg->user_agent = "fleet";
+        const std::shared_ptr<const vigil::session_config> shared = cfg;
+        vigil::session a(ioc.get_executor(), shared);
+        vigil::session b(ioc.get_executor(), shared);
+        CHECK(&a.config() == shared.get());  // no copy of its own
+        CHECK(&b.config() == shared.get());
+        CHECK(a.config().user_agent == "fleet");
+
+        vigil::session_config own = *shared;
+        own.ping_interval = 5s;
+        a.set_config(own);
+        CHECK(a.config().ping_interval == 5s);
+        CHECK(&a.config() != shared.get());
+        CHECK(b.config().ping_interval == 3s);  // the others keep the shared one
+        CHECK(shared->ping_interval == 3s);
+
+        // Null means the defaults.
+        vigil::session c(ioc.get_executor(), std::shared_ptr<const vigil::session_config>{});
+        CHECK(c.config().ping_interval == vigil::session_config{}.ping_interval);
+        CHECK(c.config().user_agent == "vigil");
     }
 }
