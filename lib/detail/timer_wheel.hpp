@@ -89,8 +89,10 @@ public:
         }
         e.prev = e.next = nullptr;
         e.linked = false;
-        if (slots_.empty() && waits_ > 0)
+        if (slots_.empty() && waits_ > 0) {
             timer_.cancel();
+            armed_ = time_point::max();  // the wait pending is dead: the next schedule() arms anew
+        }
     }
 
 private:
@@ -124,8 +126,13 @@ private:
         --waits_;
         if (waits_ == 0)
             armed_ = time_point::max();
-        if (ec)
-            return;  // re-armed sooner (a newer wait is pending), or shutting down
+        if (ec) {
+            // Cancelled: re-armed sooner (a newer wait is pending), or emptied. Entries
+            // linked since must not be left without a wait.
+            if (waits_ == 0)
+                arm();
+            return;
+        }
         const auto now = std::chrono::steady_clock::now();
         // One entry at a time, unlinked before its handler runs: a handler may schedule or
         // cancel any entry, its own included, and the map stays consistent throughout.

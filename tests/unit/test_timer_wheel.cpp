@@ -161,3 +161,28 @@ TEST_CASE("timer_wheel: cancelling the only entry drops the pending wait at once
     CHECK(steady::now() - t0 < 1s);
     CHECK(ioc.stopped());
 }
+
+TEST_CASE("timer_wheel: an entry scheduled after the last one was cancelled still fires")
+{
+    // The cancel drops the wait; its cancelled completion is still queued when the next
+    // entry arrives, which must get a wait of its own (a server's connections come and go
+    // like this, and an entry left without one never fires: its session hangs).
+    boost::asio::io_context ioc(1);
+    auto& wheel = boost::asio::use_service<timer_wheel>(ioc);
+    probe first(1), second(2), third(3);
+    const auto t0 = grid(steady::now() + 20ms);
+    wheel.schedule(first.e, t0);
+    wheel.cancel(first.e);
+    wheel.schedule(second.e, t0 + 30ms);  // later than the dead wait's deadline
+    second.then = [&] {
+        wheel.schedule(third.e, grid(steady::now() + 40ms));
+        wheel.cancel(third.e);
+        wheel.schedule(third.e, grid(steady::now() + 60ms));
+    };
+    ioc.run_for(3s);
+    CHECK(first.fired.empty());
+    REQUIRE(second.fired.size() == 1);
+    CHECK(second.fired[0] >= t0 + 30ms);
+    CHECK(third.fired.size() == 1);
+    CHECK(ioc.stopped());
+}
