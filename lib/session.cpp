@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <exception>
 #include <random>
 #include <variant>
 
@@ -318,34 +319,54 @@ asio::awaitable<error_code> session::impl::connect_op(std::string url)
 
 namespace vigil {
 
-asio::awaitable<error_code> session::impl::run_op()
+asio::awaitable<error_code> session::impl::run_op(bool own_coroutine)
 {
     using namespace asio::experimental::awaitable_operators;
     // Awaited from our strand (as advised), run() costs no hop and no co_spawn frame that a
     // long-lived connection would hold for its whole life; from elsewhere, hop.
-    if ((co_await asio::this_coro::executor) != strand_) {
+    if (!own_coroutine && (co_await asio::this_coro::executor) != strand_) {
         co_return co_await run_from_elsewhere();
     }
-    co_await enable_any_cancellation();
+    // Awaited directly, this body runs in the caller's coroutine, whose cancellation state
+    // is the caller's: its filter stays as it is, and its throw-if-cancelled setting is put
+    // back before returning (a caller's loop must still throw at its next wait once
+    // cancelled). Only a coroutine of our own lets every kind of cancellation in.
+    if (own_coroutine)
+        co_await enable_any_cancellation();
+    const bool caller_throws = co_await asio::this_coro::throw_if_cancelled();
     co_await asio::this_coro::throw_if_cancelled(false);
-    if (state_ == state::running || state_ == state::closing)
-        co_return error::already_running;
-    if (state_ != state::open)
-        co_return error::not_connected;
-    state_ = state::running;
-
-    cause_.reset();
-    co_await (reader() || timekeeper());
-    // The rest in a plain function: this frame lives as long as the connection, and holds
-    // whatever its body does.
-    co_return end_run(detail::cancelled(co_await asio::this_coro::cancellation_state));
+    error_code ec;
+    if (state_ == state::running || state_ == state::closing) {
+        ec = error::already_running;
+    } else if (state_ != state::open) {
+        ec = error::not_connected;
+    } else {
+        state_ = state::running;
+        cause_.reset();
+        co_await (reader() || timekeeper());
+        // The rest in a plain function: this frame lives as long as the connection, and holds
+        // whatever its body does.
+        // end_run() rethrows what a handler threw; the caller's setting goes back first.
+        std::exception_ptr failure;
+        try {
+            ec = end_run(detail::cancelled(co_await asio::this_coro::cancellation_state));
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        if (failure) {
+            co_await asio::this_coro::throw_if_cancelled(caller_throws);
+            std::rethrow_exception(failure);
+        }
+    }
+    co_await asio::this_coro::throw_if_cancelled(caller_throws);
+    co_return ec;
 }
 
 // The hop in a coroutine of its own: its co_spawn state is no part of run_op()'s frame when
 // run() is awaited on the strand.
 asio::awaitable<error_code> session::impl::run_from_elsewhere()
 {
-    co_return co_await asio::co_spawn(strand_, run_op(), asio::use_awaitable);
+    co_return co_await asio::co_spawn(strand_, run_op(true), asio::use_awaitable);
 }
 
 error_code session::impl::end_run(bool cancelled)
@@ -399,6 +420,7 @@ error_code session::impl::first(error_code ec)
 
 asio::awaitable<error_code> session::impl::close_op(std::uint16_t code, std::string reason)
 {
+    co_await enable_any_cancellation();
     co_await asio::this_coro::throw_if_cancelled(false);
     websocket::close_reason cr(static_cast<websocket::close_code>(code), reason);
     if (state_ == state::running && !close_queued_) {

@@ -87,9 +87,10 @@ struct session_events {
 ///
 /// **Performance and cancellation:** await the session's operations from coroutines running
 /// on `get_executor()` where you can. Sends then complete without a trip through the
-/// scheduler, `run()` holds no extra coroutine for the connection's life, and cancelling an awaiting coroutine is delivered inline: Boost 1.81's
-/// `co_spawn` forwards a cancellation to another executor by posting, and that posted step
-/// can touch freed memory if the operation completes in between.
+/// scheduler, `run()` holds no extra coroutine for the connection's life, and cancelling an
+/// awaiting coroutine is delivered inline: Boost 1.81's `co_spawn` forwards a cancellation
+/// to another executor by posting, and that posted step can touch freed memory if the
+/// operation completes in between.
 ///
 /// **Object lifetimes:** the session must outlive every operation started on it.
 class session {
@@ -165,7 +166,11 @@ public:
     ///
     /// **Per-operation cancellation:** terminal, partial and total. Cancelling the awaiting
     /// coroutine (or calling `cancel()`) ends `run()` promptly with `operation_aborted`; no
-    /// timer or operation of the session is left pending afterwards.
+    /// timer or operation of the session is left pending afterwards. Awaited on the session's
+    /// executor, `run()` runs inside the awaiting coroutine and leaves its cancellation state
+    /// as it was (its filter decides which cancellation types reach `run()`; the default
+    /// filter of `co_spawn` lets terminal in); from another executor it hops to the session's
+    /// in a coroutine of its own, which lets all three in.
     boost::asio::awaitable<error_code> run();
 
     /// Queues a message and completes when it has been written to the socket, or with the

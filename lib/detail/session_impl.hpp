@@ -112,7 +112,7 @@ struct session::impl {
 
     // Operations behind the public functions; each runs on strand_.
     asio::awaitable<error_code> connect_op(std::string url);
-    asio::awaitable<error_code> run_op();
+    asio::awaitable<error_code> run_op(bool own_coroutine = false);
     asio::awaitable<error_code> run_from_elsewhere();
     /// What run() does once its arms have ended: the result, the teardown, the events.
     error_code end_run(bool cancelled);

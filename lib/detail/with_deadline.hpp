@@ -67,16 +67,21 @@ inline boost::asio::awaitable<error_code> deadline_timer_arm(std::chrono::steady
 }
 
 /// Runs `op` with a time limit. Returns op's result, `timeout_code` if `limit` passed first,
-/// or `operation_aborted` if the awaiting coroutine was cancelled. In the last two cases
-/// `abort` has been called and `op` has finished.
+/// or `operation_aborted` if the awaiting coroutine was cancelled, also before this was
+/// called (then `op` never starts). In the last two cases `abort` has been called and `op`
+/// has finished. Awaited, it runs in the caller's coroutine and keeps the caller's
+/// cancellation state: resetting it here would forget a cancellation that came while the
+/// caller was between two operations (connect_op between its stages), and the next stage
+/// would then run to its own deadline. The caller must have turned throw-if-cancelled off.
 inline boost::asio::awaitable<error_code> with_deadline(boost::asio::awaitable<error_code> op,
                                                         std::chrono::steady_clock::duration limit,
                                                         error_code timeout_code, std::function<void()> abort)
 {
     using namespace boost::asio::experimental::awaitable_operators;
-    co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::enable_total_cancellation(),
-                                                              any_cancellation_as_terminal{});
-    co_await boost::asio::this_coro::throw_if_cancelled(false);
+    if (cancelled(co_await boost::asio::this_coro::cancellation_state)) {
+        abort();
+        co_return boost::asio::error::operation_aborted;
+    }
     bool done = false;
     auto result = co_await (deadline_op_arm(std::move(op), &done) ||
                             deadline_timer_arm(limit, timeout_code, &done, &abort));

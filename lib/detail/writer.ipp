@@ -65,9 +65,12 @@ void session::impl::wr_done(error_code ec)
 {
     --tk_ops_;
     wr_busy_ = writing_ = false;
-    // Cut off because the session is ending for another reason: leave the message in
-    // flight, run() reports it with the reason the session ended.
-    if (!tk_running_ || tk_verdict_ || cause_) {
+    const bool ending = !tk_running_ || tk_verdict_ || cause_;
+    // A failed write cut off because the session is ending for another reason: leave the
+    // message in flight, run() reports it with the reason the session ended. A write that
+    // succeeded is reported written even then: the peer may have it, and telling the app it
+    // was not delivered would invite a duplicate.
+    if (ec && ending) {
         if (!tk_running_ && tk_ops_ == 0)
             tk_wake_.notify_later();
         return;
@@ -79,10 +82,16 @@ void session::impl::wr_done(error_code ec)
     if (!done.internal) {
         if (!ec) {
             ++written_;
-            if (on_confirmed_ && !ping_outstanding_)
+            if (!ending && on_confirmed_ && !ping_outstanding_)
                 tk_arm(clock_type::now());  // a confirming ping is due
         }
-        complete(std::move(done.handler), ec);
+        // While ending, posted: an inline handler must not send into a session being torn down.
+        complete(std::move(done.handler), ec, !ending);
+    }
+    if (ending) {
+        if (!tk_running_ && tk_ops_ == 0)
+            tk_wake_.notify_later();
+        return;
     }
     if (ec) {
         tk_conclude(ec);  // the transport failed: the session is over

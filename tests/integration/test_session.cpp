@@ -24,6 +24,7 @@
 #include <chrono>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -848,6 +849,8 @@ TEST_CASE("cancelling run() ends it promptly and leaves nothing pending")
     client c;
     error_code connect_ec = error::not_connected;
     steady::time_point cancelled_at{};
+    std::optional<bool> caller_throws;
+    std::optional<bool> next_wait_threw;
 
     auto connect_then = [&](std::function<void()> start) {
         c.spawn([&, start]() -> asio::awaitable<void> {
@@ -874,6 +877,16 @@ TEST_CASE("cancelling run() ends it promptly and leaves nothing pending")
             c.run_ec = co_await c.s.run();
             c.run_ended = steady::now();
             c.run_done = true;
+            // The awaiting coroutine's own settings survive run() (which, on the session's
+            // executor, runs inside it): cancelled, its next wait throws.
+            caller_throws = co_await asio::this_coro::throw_if_cancelled();
+            asio::steady_timer later(co_await asio::this_coro::executor, 10s);
+            try {
+                co_await later.async_wait(asio::use_awaitable);
+                next_wait_threw = false;
+            } catch (const boost::system::system_error& e) {
+                next_wait_threw = e.code() == asio::error::operation_aborted;
+            }
         };
         connect_then([&, run_it] {
             asio::co_spawn(c.ioc, run_it,
@@ -923,6 +936,11 @@ TEST_CASE("cancelling run() ends it promptly and leaves nothing pending")
     CHECK(took < 3s);
     CHECK_FALSE(c.s.is_open());
     CHECK(c.disconnects == 1);
+    if (caller_throws) {
+        CHECK(*caller_throws);
+        REQUIRE(next_wait_threw.has_value());
+        CHECK(*next_wait_threw);
+    }
 }
 
 TEST_CASE("cancelling connect() ends it promptly")
