@@ -336,6 +336,7 @@ asio::awaitable<error_code> session::impl::run_op(bool own_coroutine)
     const bool caller_throws = co_await asio::this_coro::throw_if_cancelled();
     co_await asio::this_coro::throw_if_cancelled(false);
     error_code ec;
+    std::exception_ptr failure;  // end_run() rethrows what a handler threw
     if (state_ == state::running || state_ == state::closing) {
         ec = error::already_running;
     } else if (state_ != state::open) {
@@ -346,19 +347,15 @@ asio::awaitable<error_code> session::impl::run_op(bool own_coroutine)
         co_await (reader() || timekeeper());
         // The rest in a plain function: this frame lives as long as the connection, and holds
         // whatever its body does.
-        // end_run() rethrows what a handler threw; the caller's setting goes back first.
-        std::exception_ptr failure;
         try {
             ec = end_run(detail::cancelled(co_await asio::this_coro::cancellation_state));
         } catch (...) {
             failure = std::current_exception();
         }
-        if (failure) {
-            co_await asio::this_coro::throw_if_cancelled(caller_throws);
-            std::rethrow_exception(failure);
-        }
     }
     co_await asio::this_coro::throw_if_cancelled(caller_throws);
+    if (failure)
+        std::rethrow_exception(failure);
     co_return ec;
 }
 

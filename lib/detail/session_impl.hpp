@@ -156,6 +156,13 @@ struct session::impl {
     static void tk_fired(void* self);  // the wheel's callback
     void tk_ping_done(error_code ec);
     void tk_conclude(error_code ec);
+    /// After a handler's operation ended: once stopped and the last one is in, the
+    /// timekeeper's coroutine may finish (it waits for the drain).
+    void tk_drain_check()
+    {
+        if (!tk_running_ && tk_ops_ == 0)
+            tk_wake_.notify_later();
+    }
 
     // The writer (writer.ipp): completion handlers, not an arm.
     struct write_handler;

@@ -259,8 +259,7 @@ void session::impl::tk_timer_done(error_code ec)
     if (tk_waits_ == 0)
         tk_at_ = clock_type::time_point::max();
     if (!tk_running_) {
-        if (tk_ops_ == 0)
-            tk_wake_.notify_later();
+        tk_drain_check();
         return;
     }
     if (!ec)
@@ -272,8 +271,7 @@ void session::impl::tk_ping_done(error_code ec)
     ping_writing_ = false;
     --tk_ops_;
     if (!tk_running_) {
-        if (tk_ops_ == 0)
-            tk_wake_.notify_later();
+        tk_drain_check();
         return;
     }
     if (ec)

@@ -66,31 +66,27 @@ void session::impl::wr_done(error_code ec)
     --tk_ops_;
     wr_busy_ = writing_ = false;
     const bool ending = !tk_running_ || tk_verdict_ || cause_;
-    // A failed write cut off because the session is ending for another reason: leave the
-    // message in flight, run() reports it with the reason the session ended. A write that
-    // succeeded is reported written even then: the peer may have it, and telling the app it
-    // was not delivered would invite a duplicate.
-    if (ec && ending) {
-        if (!tk_running_ && tk_ops_ == 0)
-            tk_wake_.notify_later();
-        return;
-    }
-    outgoing done(std::move(*inflight_));
-    inflight_.reset();
-    // The handler may run inline and send again: the message is out of the way. The count
-    // moves first, so that a handler resumed inline reads its own message's number.
-    if (!done.internal) {
-        if (!ec) {
-            ++written_;
-            if (!ending && on_confirmed_ && !ping_outstanding_)
-                tk_arm(clock_type::now());  // a confirming ping is due
+    // A failed write cut off because the session is ending for another reason stays in
+    // flight: run() reports it with the reason the session ended. A write that succeeded is
+    // reported written even then: the peer may have it, and telling the app it was not
+    // delivered would invite a duplicate.
+    if (!ec || !ending) {
+        outgoing done(std::move(*inflight_));
+        inflight_.reset();
+        // The handler may run inline and send again: the message is out of the way. The
+        // count moves first, so that a handler resumed inline reads its own message's number.
+        if (!done.internal) {
+            if (!ec) {
+                ++written_;
+                if (!ending && on_confirmed_ && !ping_outstanding_)
+                    tk_arm(clock_type::now());  // a confirming ping is due
+            }
+            // While ending, posted: an inline handler must not send into a session being torn down.
+            complete(std::move(done.handler), ec, !ending);
         }
-        // While ending, posted: an inline handler must not send into a session being torn down.
-        complete(std::move(done.handler), ec, !ending);
     }
     if (ending) {
-        if (!tk_running_ && tk_ops_ == 0)
-            tk_wake_.notify_later();
+        tk_drain_check();
         return;
     }
     if (ec) {
@@ -105,8 +101,7 @@ void session::impl::wr_close_done(error_code ec)
     --tk_ops_;
     wr_busy_ = closing_ = false;
     if (!tk_running_) {
-        if (tk_ops_ == 0)
-            tk_wake_.notify_later();
+        tk_drain_check();
         return;
     }
     // A clean close ends run() with success; run() completes close_handler_ with whatever
