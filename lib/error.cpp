@@ -8,11 +8,13 @@
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/websocket/error.hpp>
+#include <boost/beast/zlib/error.hpp>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <cstring>
+#include <span>
 #include <string>
 
 namespace vigil {
@@ -22,6 +24,7 @@ namespace {
 namespace asio_error = boost::asio::error;
 namespace beast_ws = boost::beast::websocket;
 namespace beast_http = boost::beast::http;
+namespace beast_zlib = boost::beast::zlib;
 
 // Fixed identifiers make the categories compare equal even if this library is loaded twice
 // (a static and a shared copy in one process), where addresses would differ.
@@ -181,10 +184,199 @@ bool close_code_is_permanent(int code) noexcept
     }
 }
 
+// One table per category, each listing every value of its enum. Each is a function-local
+// static so that error_name works when called from another file's static initialisation.
 struct named_code {
     error_code code;
     const char* name;
 };
+
+using name_table = std::span<const named_code>;
+
+// Asio's basic_errors (system category). On POSIX try_again and would_block are both EAGAIN;
+// the first entry names it, the second is for platforms where they differ.
+name_table asio_system_names()
+{
+    static const named_code table[] = {
+        {asio_error::access_denied, "access_denied"},
+        {asio_error::address_family_not_supported, "address_family_not_supported"},
+        {asio_error::address_in_use, "address_in_use"},
+        {asio_error::already_connected, "already_connected"},
+        {asio_error::already_started, "already_started"},
+        {asio_error::broken_pipe, "broken_pipe"},
+        {asio_error::connection_aborted, "connection_aborted"},
+        {asio_error::connection_refused, "connection_refused"},
+        {asio_error::connection_reset, "connection_reset"},
+        {asio_error::bad_descriptor, "bad_descriptor"},
+        {asio_error::fault, "fault"},
+        {asio_error::host_unreachable, "host_unreachable"},
+        {asio_error::in_progress, "in_progress"},
+        {asio_error::interrupted, "interrupted"},
+        {asio_error::invalid_argument, "invalid_argument"},
+        {asio_error::message_size, "message_size"},
+        {asio_error::name_too_long, "name_too_long"},
+        {asio_error::network_down, "network_down"},
+        {asio_error::network_reset, "network_reset"},
+        {asio_error::network_unreachable, "network_unreachable"},
+        {asio_error::no_descriptors, "no_descriptors"},
+        {asio_error::no_buffer_space, "no_buffer_space"},
+        {asio_error::no_memory, "no_memory"},
+        {asio_error::no_permission, "no_permission"},
+        {asio_error::no_protocol_option, "no_protocol_option"},
+        {asio_error::no_such_device, "no_such_device"},
+        {asio_error::not_connected, "not_connected"},
+        {asio_error::not_socket, "not_socket"},
+        {asio_error::operation_aborted, "operation_aborted"},
+        {asio_error::operation_not_supported, "operation_not_supported"},
+        {asio_error::shut_down, "shut_down"},
+        {asio_error::timed_out, "timed_out"},
+        {asio_error::try_again, "try_again"},
+        {asio_error::would_block, "would_block"},
+    };
+    return table;
+}
+
+name_table asio_netdb_names()
+{
+    static const named_code table[] = {
+        {asio_error::host_not_found, "host_not_found"},
+        {asio_error::host_not_found_try_again, "host_not_found_try_again"},
+        {asio_error::no_data, "no_data"},
+        {asio_error::no_recovery, "no_recovery"},
+    };
+    return table;
+}
+
+name_table asio_addrinfo_names()
+{
+    static const named_code table[] = {
+        {asio_error::service_not_found, "service_not_found"},
+        {asio_error::socket_type_not_supported, "socket_type_not_supported"},
+    };
+    return table;
+}
+
+name_table asio_misc_names()
+{
+    static const named_code table[] = {
+        {asio_error::already_open, "already_open"},
+        {asio_error::eof, "eof"},
+        {asio_error::not_found, "not_found"},
+        {asio_error::fd_set_failure, "fd_set_failure"},
+    };
+    return table;
+}
+
+name_table beast_core_names()
+{
+    static const named_code table[] = {
+        {boost::beast::error::timeout, "timeout"},
+    };
+    return table;
+}
+
+// The names carry http_ so that a script can pick out the HTTP layer's failures by one prefix,
+// and so that none reads like a WebSocket or deflate code (bad_method, bad_version,
+// need_buffer ...). The first four predate that rule and keep their bare names.
+name_table beast_http_names()
+{
+    static const named_code table[] = {
+        {beast_http::error::end_of_stream, "end_of_stream"},
+        {beast_http::error::partial_message, "partial_message"},
+        {beast_http::error::header_limit, "header_limit"},
+        {beast_http::error::body_limit, "body_limit"},
+        {beast_http::error::need_more, "http_need_more"},
+        {beast_http::error::unexpected_body, "http_unexpected_body"},
+        {beast_http::error::need_buffer, "http_need_buffer"},
+        {beast_http::error::end_of_chunk, "http_end_of_chunk"},
+        {beast_http::error::buffer_overflow, "http_buffer_overflow"},
+        {beast_http::error::bad_alloc, "http_bad_alloc"},
+        {beast_http::error::bad_line_ending, "http_bad_line_ending"},
+        {beast_http::error::bad_method, "http_bad_method"},
+        {beast_http::error::bad_target, "http_bad_target"},
+        {beast_http::error::bad_version, "http_bad_version"},
+        {beast_http::error::bad_status, "http_bad_status"},
+        {beast_http::error::bad_reason, "http_bad_reason"},
+        {beast_http::error::bad_field, "http_bad_field"},
+        {beast_http::error::bad_value, "http_bad_value"},
+        {beast_http::error::bad_content_length, "http_bad_content_length"},
+        {beast_http::error::bad_transfer_encoding, "http_bad_transfer_encoding"},
+        {beast_http::error::bad_chunk, "http_bad_chunk"},
+        {beast_http::error::bad_chunk_extension, "http_bad_chunk_extension"},
+        {beast_http::error::bad_obs_fold, "http_bad_obs_fold"},
+        {beast_http::error::multiple_content_length, "http_multiple_content_length"},
+        {beast_http::error::stale_parser, "http_stale_parser"},
+        {beast_http::error::short_read, "http_short_read"},
+    };
+    return table;
+}
+
+// unused1 and unused2 are values Beast retired and never returns; they are named only so that
+// no value of the enum falls back.
+name_table beast_websocket_names()
+{
+    static const named_code table[] = {
+        {beast_ws::error::closed, "closed"},
+        {beast_ws::error::unused1, "websocket_unused1"},
+        {beast_ws::error::unused2, "websocket_unused2"},
+        {beast_ws::error::buffer_overflow, "buffer_overflow"},
+        {beast_ws::error::partial_deflate_block, "partial_deflate_block"},
+        {beast_ws::error::message_too_big, "message_too_big"},
+        {beast_ws::error::bad_http_version, "bad_http_version"},
+        {beast_ws::error::bad_method, "bad_method"},
+        {beast_ws::error::no_host, "no_host"},
+        {beast_ws::error::no_connection, "no_connection"},
+        {beast_ws::error::no_connection_upgrade, "no_connection_upgrade"},
+        {beast_ws::error::no_upgrade, "no_upgrade"},
+        {beast_ws::error::no_upgrade_websocket, "no_upgrade_websocket"},
+        {beast_ws::error::no_sec_key, "no_sec_key"},
+        {beast_ws::error::bad_sec_key, "bad_sec_key"},
+        {beast_ws::error::no_sec_version, "no_sec_version"},
+        {beast_ws::error::bad_sec_version, "bad_sec_version"},
+        {beast_ws::error::no_sec_accept, "no_sec_accept"},
+        {beast_ws::error::bad_sec_accept, "bad_sec_accept"},
+        {beast_ws::error::upgrade_declined, "upgrade_declined"},
+        {beast_ws::error::bad_opcode, "bad_opcode"},
+        {beast_ws::error::bad_data_frame, "bad_data_frame"},
+        {beast_ws::error::bad_continuation, "bad_continuation"},
+        {beast_ws::error::bad_reserved_bits, "bad_reserved_bits"},
+        {beast_ws::error::bad_control_fragment, "bad_control_fragment"},
+        {beast_ws::error::bad_control_size, "bad_control_size"},
+        {beast_ws::error::bad_unmasked_frame, "bad_unmasked_frame"},
+        {beast_ws::error::bad_masked_frame, "bad_masked_frame"},
+        {beast_ws::error::bad_size, "bad_size"},
+        {beast_ws::error::bad_frame_payload, "bad_frame_payload"},
+        {beast_ws::error::bad_close_code, "bad_close_code"},
+        {beast_ws::error::bad_close_size, "bad_close_size"},
+        {beast_ws::error::bad_close_payload, "bad_close_payload"},
+    };
+    return table;
+}
+
+// permessage-deflate's codec; the names carry deflate_ because several (end_of_stream,
+// stream_error, general) would mean something else bare.
+name_table beast_zlib_names()
+{
+    static const named_code table[] = {
+        {beast_zlib::error::need_buffers, "deflate_need_buffers"},
+        {beast_zlib::error::end_of_stream, "deflate_end_of_stream"},
+        {beast_zlib::error::need_dict, "deflate_need_dict"},
+        {beast_zlib::error::stream_error, "deflate_stream_error"},
+        {beast_zlib::error::invalid_block_type, "deflate_invalid_block_type"},
+        {beast_zlib::error::invalid_stored_length, "deflate_invalid_stored_length"},
+        {beast_zlib::error::too_many_symbols, "deflate_too_many_symbols"},
+        {beast_zlib::error::invalid_code_lengths, "deflate_invalid_code_lengths"},
+        {beast_zlib::error::invalid_bit_length_repeat, "deflate_invalid_bit_length_repeat"},
+        {beast_zlib::error::missing_eob, "deflate_missing_eob"},
+        {beast_zlib::error::invalid_literal_length, "deflate_invalid_literal_length"},
+        {beast_zlib::error::invalid_distance_code, "deflate_invalid_distance_code"},
+        {beast_zlib::error::invalid_distance, "deflate_invalid_distance"},
+        {beast_zlib::error::over_subscribed_length, "deflate_over_subscribed_length"},
+        {beast_zlib::error::incomplete_length_set, "deflate_incomplete_length_set"},
+        {beast_zlib::error::general, "deflate_general"},
+    };
+    return table;
+}
 
 // A generic-category errno (from std or hand-made codes) matches its system-category twin.
 // Other categories' conditions are too coarse to name a code by (Beast maps dozens of codes
@@ -200,68 +392,16 @@ bool matches(const error_code& ec, const error_code& known) noexcept
 
 const char* mapped_name(const error_code& ec)
 {
-    static const named_code table[] = {
-        {asio_error::connection_refused, "connection_refused"},
-        {asio_error::connection_reset, "connection_reset"},
-        {asio_error::connection_aborted, "connection_aborted"},
-        {asio_error::eof, "eof"},
-        {asio_error::host_not_found, "host_not_found"},
-        {asio_error::host_not_found_try_again, "host_not_found_try_again"},
-        {asio_error::no_data, "no_data"},
-        {asio_error::no_recovery, "no_recovery"},
-        {asio_error::service_not_found, "service_not_found"},
-        {asio_error::network_unreachable, "network_unreachable"},
-        {asio_error::network_down, "network_down"},
-        {asio_error::network_reset, "network_reset"},
-        {asio_error::host_unreachable, "host_unreachable"},
-        {asio_error::timed_out, "timed_out"},
-        {asio_error::operation_aborted, "operation_aborted"},
-        {asio_error::broken_pipe, "broken_pipe"},
-        {asio_error::not_connected, "not_connected"},
-        {asio_error::address_in_use, "address_in_use"},
-        {asio_error::address_family_not_supported, "address_family_not_supported"},
-        {asio_error::access_denied, "access_denied"},
-        {asio_error::shut_down, "shut_down"},
-        {asio_error::no_buffer_space, "no_buffer_space"},
-        {asio_error::no_memory, "no_memory"},
-        {asio_error::no_descriptors, "no_descriptors"},
-        {asio_error::bad_descriptor, "bad_descriptor"},
-        {asio_error::already_open, "already_open"},
-        {asio_error::not_found, "not_found"},
-        {beast_ws::error::closed, "closed"},
-        {beast_ws::error::buffer_overflow, "buffer_overflow"},
-        {beast_ws::error::message_too_big, "message_too_big"},
-        {beast_ws::error::upgrade_declined, "upgrade_declined"},
-        {beast_ws::error::bad_http_version, "bad_http_version"},
-        {beast_ws::error::no_connection, "no_connection"},
-        {beast_ws::error::no_connection_upgrade, "no_connection_upgrade"},
-        {beast_ws::error::no_upgrade, "no_upgrade"},
-        {beast_ws::error::no_upgrade_websocket, "no_upgrade_websocket"},
-        {beast_ws::error::no_sec_accept, "no_sec_accept"},
-        {beast_ws::error::bad_sec_accept, "bad_sec_accept"},
-        {beast_ws::error::bad_opcode, "bad_opcode"},
-        {beast_ws::error::bad_data_frame, "bad_data_frame"},
-        {beast_ws::error::bad_continuation, "bad_continuation"},
-        {beast_ws::error::bad_reserved_bits, "bad_reserved_bits"},
-        {beast_ws::error::bad_control_fragment, "bad_control_fragment"},
-        {beast_ws::error::bad_control_size, "bad_control_size"},
-        {beast_ws::error::bad_unmasked_frame, "bad_unmasked_frame"},
-        {beast_ws::error::bad_masked_frame, "bad_masked_frame"},
-        {beast_ws::error::bad_size, "bad_size"},
-        {beast_ws::error::bad_frame_payload, "bad_frame_payload"},
-        {beast_ws::error::bad_close_code, "bad_close_code"},
-        {beast_ws::error::bad_close_size, "bad_close_size"},
-        {beast_ws::error::bad_close_payload, "bad_close_payload"},
-        {beast_http::error::end_of_stream, "end_of_stream"},
-        {beast_http::error::partial_message, "partial_message"},
-        {beast_http::error::header_limit, "header_limit"},
-        {beast_http::error::body_limit, "body_limit"},
-        {beast_http::error::buffer_overflow, "http_buffer_overflow"},
-        {boost::beast::error::timeout, "timeout"},
+    using table_fn = name_table (*)();
+    static constexpr table_fn tables[] = {
+        asio_system_names, asio_netdb_names, asio_addrinfo_names, asio_misc_names,
+        beast_core_names, beast_http_names, beast_websocket_names, beast_zlib_names,
     };
-    for (const auto& entry : table) {
-        if (matches(ec, entry.code))
-            return entry.name;
+    for (const auto table : tables) {
+        for (const auto& entry : table()) {
+            if (matches(ec, entry.code))
+                return entry.name;
+        }
     }
     return nullptr;
 }

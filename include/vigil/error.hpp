@@ -116,10 +116,34 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 /// retrying. `ec == condition::transient` / `condition::permanent` compare the same way.
 bool is_permanent(const error_code& ec) noexcept;
 
-/// A stable snake_case name for any error code, for logs and JSON output: vigil codes give
-/// their own name; common Asio, Beast and SSL codes are mapped (`connection_refused`,
-/// `connection_reset`, `eof`, `host_not_found`, `tls_certificate_verify_failed` ...); others
-/// give `<category>_<value>`. An empty code gives `"ok"`.
+/// A stable name for any error code, for logs and JSON output. An empty code gives `"ok"`.
+///
+/// Every value of these enums has a snake_case name (`[a-z0-9_]`) of its own within its
+/// category:
+/// - vigil's `error`: the enumerator (`pong_timeout`);
+/// - Asio's `basic_errors`, system category: the enumerator (`connection_refused`; on POSIX
+///   `try_again` and `would_block` are one value, named `try_again`). A generic-category
+///   errno (from std or hand-made codes) is named like its system twin;
+/// - Asio's `netdb_errors`, `addrinfo_errors`, `misc_errors`: the enumerator
+///   (`host_not_found`, `service_not_found`, `eof`);
+/// - `boost::beast::error`: `timeout`;
+/// - `boost::beast::http::error`: `end_of_stream`, `partial_message`, `header_limit`,
+///   `body_limit`, and every other value `http_` + enumerator (`http_bad_version`,
+///   `http_buffer_overflow`);
+/// - `boost::beast::websocket::error`: the enumerator (`closed`, `bad_reserved_bits`);
+///   the retired `unused1` and `unused2` give `websocket_unused1` and `websocket_unused2`;
+/// - `boost::beast::zlib::error`: `deflate_` + enumerator (`deflate_invalid_distance`).
+///
+/// These categories are mapped in full too, to fewer names: `http_status_category` gives
+/// `handshake_rejected` (the status is in `http_status_of`), `close_code_category` gives
+/// `closed_by_peer`, and Asio's two SSL categories give `tls_certificate_verify_failed`,
+/// `tls_stream_truncated`, or `tls_error` for every other code.
+///
+/// Anything else (an errno that is not one of `basic_errors`, a vigil value outside the
+/// enum, another library's category) gives `<category>_<value>`: the category's name with
+/// each character other than an ASCII letter or digit replaced by `_`, then `_` and the
+/// value in decimal (`system_2`, `vigil_999`, `acme_io_stack_-3`). That fallback keeps the
+/// category name's case and a negative value's `-`.
 std::string error_name(const error_code& ec);
 
 }  // namespace vigil
