@@ -1,7 +1,7 @@
 // vigil: WebSocket connections that always find out they are dead.
 // SPDX-License-Identifier: BSL-1.0
 
-#include <vigil/session.hpp>
+#include <vigil/retry_after.hpp>
 
 #include <algorithm>
 #include <cctype>

@@ -7,6 +7,7 @@
 
 #include <vigil/server.hpp>
 
+#include "detail/common.hpp"
 #include "detail/printable.hpp"
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
@@ -39,13 +40,9 @@
 namespace vigil {
 
 namespace asio = boost::asio;
+using detail::with_context;
 
 namespace {
-
-std::string with_context(std::string what, const error_code& ec)
-{
-    return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
-}
 
 std::string endpoint_string(const asio::ip::tcp::endpoint& ep)
 {
@@ -59,19 +56,6 @@ std::string endpoint_string(const asio::ip::tcp::endpoint& ep)
         out = addr.to_string();
     out.append(1, ':').append(std::to_string(ep.port()));
     return out;
-}
-
-template <class F, class... Args>
-void notify(const F& f, Args&&... args) noexcept
-{
-    if (!f)
-        return;
-    try {
-        f(std::forward<Args>(args)...);
-    } catch (...) {
-        // Documented: server event handlers must not throw; one that does is ignored rather
-        // than allowed to take a connection (or the accept loop) down with it.
-    }
 }
 
 // A refused client still gets its 503 politely, but a flood of them must not become a
@@ -138,8 +122,14 @@ error_code validate(const server_config& cfg, std::string* detail)
 }
 
 // ---------------------------------------------------------------------------------------
+// connection
 
 struct connection::impl {
+    /// Whether the connection's session has ended (its handler then has close_timeout left).
+    enum class stage { live, over };
+    /// How the application's handler ended.
+    enum class outcome { running, returned, threw };
+
     impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg, std::uint64_t id_)
         : s(std::move(ex), std::move(cfg)), id(id_), ended(detail::session_access::executor(s))
     {
@@ -149,11 +139,11 @@ struct connection::impl {
     std::uint64_t id;
     std::string remote;
     std::string target;
-    // The rest lives on the session's strand.
-    detail::wakeup<asio::any_io_executor> ended;  // the connection is over: the handler's grace starts
+    // The rest lives on the session's executor.
+    detail::wakeup<asio::any_io_executor> ended;  // the session is over: the handler's grace starts
     unsigned arms = 0;  // of run() and the handler arm, those still running
-    bool is_over = false;
-    bool handler_failed = false;
+    stage now = stage::live;
+    outcome handler = outcome::running;
 };
 
 connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
@@ -184,10 +174,10 @@ asio::awaitable<received> connection::receive()
     co_return co_await detail::session_access::receive(impl_->s);
 }
 
-void connection::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
+void connection::start_send(std::string data, message_type type, detail::send_handler handler)
 {
-    // The session's own send steps onto its strand holding a plain pointer; a connection may
-    // be released by every holder before that step runs, so it keeps itself alive to the end.
+    // The session's own send steps onto its executor holding a plain pointer; a connection
+    // may be released by every holder before that step runs, so it keeps itself alive.
     asio::dispatch(impl_->s.get_executor(),
                    [keep = impl_, data = std::move(data), type, h = std::move(handler)]() mutable {
                        keep->s.async_send(std::move(data), type, std::move(h));
@@ -220,6 +210,7 @@ const disconnect_info& connection::last_disconnect() const noexcept
 }
 
 // ---------------------------------------------------------------------------------------
+// server
 
 struct server::impl {
     impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
@@ -231,10 +222,17 @@ struct server::impl {
 
     error_code listen(std::string* detail);
     error_code load_tls(std::string* detail);
-    asio::awaitable<error_code> run_op();
-    void stop_now();
-    void connection_done(bool refused);
 
+    // The accept loop and the end of run(), on strand_.
+    asio::awaitable<error_code> run_op();
+    asio::awaitable<error_code> accept_loop();
+    void admit(connection_ptr c, asio::ip::tcp::socket sock);
+    asio::awaitable<void> drain(error_code& result);
+    void cancel_all();
+    void connection_done(bool refused);
+    void stop_now();
+
+    // Each connection's life, on its own executor.
     asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
     void start_arms(const connection_ptr& c);
     void arm_done(const connection_ptr& c);
@@ -242,6 +240,26 @@ struct server::impl {
     asio::awaitable<void> handler_call(connection_ptr c);
     asio::awaitable<void> handler_grace(connection_ptr c);
     asio::awaitable<void> shutdown_one(connection_ptr c);
+
+    // The exception policy of every vigil event (session_events): a handler that throws
+    // stops the server, and run() rethrows it. From any executor.
+    template <class Handler, class... Args>
+    void emit(const Handler& h, Args&&... args)
+    {
+        if (auto e = detail::notify(h, std::forward<Args>(args)...))
+            handler_threw(std::move(e));
+    }
+    void handler_threw(std::exception_ptr e)
+    {
+        {
+            std::lock_guard lock(mu_);
+            if (!handler_exception_)
+                handler_exception_ = std::move(e);
+        }
+        asio::dispatch(strand_, [this] { stop_now(); });
+    }
+
+    enum class activity { idle, running };
 
     asio::any_io_executor ex_;      // each connection gets a strand of its own over this
     asio::any_io_executor strand_;  // the accept loop and shutdown
@@ -255,19 +273,20 @@ struct server::impl {
     std::atomic<std::uint16_t> port_{0};
 
     // On strand_.
-    bool running_ = false;
+    activity activity_ = activity::idle;
     std::size_t live_ = 0;      // connection coroutines alive, refusals included
     std::size_t open_ = 0;      // of which counted against max_connections
     std::size_t refusing_ = 0;  // of which answering 503
     std::uint64_t next_id_ = 0;
     detail::wakeup<asio::any_io_executor> all_done_;
 
-    // Shared with the connections' strands and with callers on any thread.
+    // Shared with the connections' executors and with callers on any thread.
     mutable std::mutex mu_;
-    bool stopping_ = false;
-    std::map<std::uint64_t, connection_ptr> conns_;     // upgraded
-    std::map<std::uint64_t, connection_ptr> pending_;   // still in their handshake
+    enum class accepting { yes, stopping } state_ = accepting::yes;
+    std::map<std::uint64_t, connection_ptr> conns_;    // upgraded
+    std::map<std::uint64_t, connection_ptr> pending_;  // still in their handshake
     server_counters counters_;
+    std::exception_ptr handler_exception_;
 };
 
 error_code server::impl::load_tls(std::string* detail)
@@ -332,123 +351,134 @@ error_code server::impl::listen(std::string* detail)
 
 asio::awaitable<error_code> server::impl::run_op()
 {
-    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
-                                                       detail::any_cancellation_as_terminal{});
-    co_await asio::this_coro::throw_if_cancelled(false);
-    if (running_)
+    co_await detail::enter_operation();
+    if (activity_ == activity::running)
         co_return error::already_running;
     if (auto ec = listen(nullptr))
         co_return ec;
-    running_ = true;
-    error_code result;
-    asio::steady_timer pause_timer(strand_);
-    for (;;) {
-        {
-            std::lock_guard lock(mu_);
-            if (stopping_)
-                break;
-        }
-        if (detail::cancelled(co_await asio::this_coro::cancellation_state)) {
-            result = asio::error::operation_aborted;
-            break;
-        }
-        auto c = std::make_shared<connection>(std::make_shared<connection::impl>(ex_, session_cfg_, next_id_ + 1));
-        asio::ip::tcp::socket sock(c->get_executor());
-        auto [ec] = co_await acceptor_->async_accept(sock, asio::as_tuple(asio::use_awaitable));
-        {
-            std::lock_guard lock(mu_);
-            if (stopping_)
-                break;
-        }
-        if (ec == asio::error::operation_aborted || detail::cancelled(co_await asio::this_coro::cancellation_state)) {
-            result = asio::error::operation_aborted;
-            break;
-        }
-        if (ec) {
-            // Out of file descriptors, most likely: retrying at once would spin. The
-            // clients wait in the listen backlog meanwhile.
-            notify(events_.on_accept_error, ec);
-            pause_timer.expires_after(std::chrono::milliseconds(100));
-            auto [pec] = co_await pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-            if (pec && detail::cancelled(co_await asio::this_coro::cancellation_state)) {
-                result = asio::error::operation_aborted;
-                break;
-            }
-            continue;
-        }
-        ++next_id_;
-        {
-            error_code rec;
-            c->impl_->remote = endpoint_string(sock.remote_endpoint(rec));
-        }
-        const bool refuse = open_ >= cfg_.max_connections;
-        {
-            std::lock_guard lock(mu_);
-            ++counters_.accepted;
-            if (!refuse)
-                ++counters_.open;
-            else if (refusing_ >= max_refusing)
-                ++counters_.rejected;
-        }
-        if (refuse && refusing_ >= max_refusing) {
-            error_code ignored;
-            sock.close(ignored);
-            notify(events_.on_rejected, c->remote(), make_http_status_error(503),
-                   std::string("at max_connections and already answering 64 others: closed without an answer"));
-            continue;
-        }
-        ++live_;
-        ++(refuse ? refusing_ : open_);
-        {
-            // Known from the start, so that a cancelled run() can abort handshakes too.
-            std::lock_guard lock(mu_);
-            pending_.emplace(next_id_, c);
-        }
-        auto ex = c->get_executor();
-        asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
-                       [this, refuse](std::exception_ptr e, bool handed_over) {
-                           // An upgraded connection reports its own end, later (arm_done).
-                           if (e || !handed_over)
-                               connection_done(refuse);
-                       });
-    }
+    activity_ = activity::running;
+    error_code result = co_await accept_loop();
     {
         error_code ignored;
         acceptor_->close(ignored);
     }
-    if (result == asio::error::operation_aborted) {
-        // Cancelled: no time for goodbyes.
-        std::vector<connection_ptr> all;
-        {
-            std::lock_guard lock(mu_);
-            stopping_ = true;
-            for (auto& [id, c] : conns_)
-                all.push_back(c);
-            for (auto& [id, c] : pending_)
-                all.push_back(c);
-        }
-        for (auto& c : all)
-            c->cancel();
+    if (result == asio::error::operation_aborted)
+        cancel_all();  // cancelled: no time for goodbyes
+    co_await drain(result);
+    activity_ = activity::idle;
+    std::exception_ptr e;
+    {
+        std::lock_guard lock(mu_);
+        e = std::exchange(handler_exception_, nullptr);
     }
+    if (e)
+        std::rethrow_exception(e);
+    co_return result;
+}
+
+asio::awaitable<error_code> server::impl::accept_loop()
+{
+    asio::steady_timer pause_timer(strand_);
+    for (;;) {
+        auto stopping = [this] {
+            std::lock_guard lock(mu_);
+            return state_ == accepting::stopping;
+        };
+        if (stopping())
+            co_return error_code{};
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
+        auto c = connection_ptr(new connection(std::make_shared<connection::impl>(ex_, session_cfg_, next_id_ + 1)));
+        asio::ip::tcp::socket sock(c->get_executor());
+        auto [ec] = co_await acceptor_->async_accept(sock, asio::as_tuple(asio::use_awaitable));
+        if (stopping())
+            co_return error_code{};
+        if (ec == asio::error::operation_aborted || detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
+        if (!ec) {
+            admit(std::move(c), std::move(sock));
+            continue;
+        }
+        // Out of file descriptors, most likely: retrying at once would spin. The clients
+        // wait in the listen backlog meanwhile.
+        emit(events_.on_accept_error, ec);
+        pause_timer.expires_after(std::chrono::milliseconds(100));
+        auto [pec] = co_await pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (pec && detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
+    }
+}
+
+void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
+{
+    ++next_id_;
+    {
+        error_code rec;
+        c->impl_->remote = endpoint_string(sock.remote_endpoint(rec));
+    }
+    const bool refuse = open_ >= cfg_.max_connections;
+    const bool unanswered = refuse && refusing_ >= max_refusing;
+    {
+        std::lock_guard lock(mu_);
+        ++counters_.accepted;
+        if (!refuse)
+            ++counters_.open;
+        if (unanswered)
+            ++counters_.rejected;
+    }
+    if (unanswered) {
+        error_code ignored;
+        sock.close(ignored);
+        emit(events_.on_rejected, c->remote(), make_http_status_error(503),
+             std::string("at max_connections and already answering 64 others: closed without an answer"));
+        return;
+    }
+    ++live_;
+    ++(refuse ? refusing_ : open_);
+    {
+        // Known from the start, so that a cancelled run() can abort handshakes too.
+        std::lock_guard lock(mu_);
+        pending_.emplace(next_id_, c);
+    }
+    auto ex = c->get_executor();
+    asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
+                   [this, refuse](std::exception_ptr e, bool handed_over) {
+                       // An upgraded connection reports its own end, later (arm_done).
+                       if (e || !handed_over)
+                           connection_done(refuse);
+                   });
+}
+
+void server::impl::cancel_all()
+{
+    std::vector<connection_ptr> all;
+    {
+        std::lock_guard lock(mu_);
+        state_ = accepting::stopping;
+        for (auto& [id, c] : conns_)
+            all.push_back(c);
+        for (auto& [id, c] : pending_)
+            all.push_back(c);
+    }
+    for (auto& c : all)
+        c->cancel();
+}
+
+asio::awaitable<void> server::impl::drain(error_code& result)
+{
     while (live_ > 0) {
         auto [ec] = co_await all_done_.async_wait(asio::as_tuple(asio::use_awaitable));
         if (ec) {
             // Cancelled while draining: stop waiting for goodbyes.
             result = asio::error::operation_aborted;
-            std::lock_guard lock(mu_);
-            for (auto& [id, c] : conns_)
-                c->cancel();
-            for (auto& [id, c] : pending_)
-                c->cancel();
+            cancel_all();
         }
     }
-    running_ = false;
-    co_return result;
 }
 
 void server::impl::connection_done(bool refused)
 {
-    // From the connection's strand to ours: live_ and friends are the accept loop's.
+    // From the connection's executor to ours: live_ and friends are the accept loop's.
     asio::post(strand_, [this, refused] {
         --live_;
         --(refused ? refusing_ : open_);
@@ -468,7 +498,7 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
     // No handler, no one to receive: messages are dropped by the reader (no inbox).
     params.receive_queue_limit = handler_ ? cfg_.receive_queue_limit : 0;
     params.server_name = cfg_.server_name;
-    params.refuse = refuse;
+    params.verdict = refuse ? detail::accept_params::answer::refuse : detail::accept_params::answer::accept;
     params.retry_after = cfg_.retry_after;
     auto accepted = co_await detail::session_access::accept(ci.s, std::move(sock), std::move(params));
     if (accepted.ec) {
@@ -479,41 +509,40 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
             if (!refuse)
                 --counters_.open;
         }
-        notify(events_.on_rejected, ci.remote, accepted.ec, accepted.detail);
+        emit(events_.on_rejected, ci.remote, accepted.ec, accepted.detail);
         co_return false;
     }
     ci.target = std::move(accepted.target);
     bool stopping = false;
     {
         std::lock_guard lock(mu_);
-        stopping = stopping_;
+        stopping = state_ == accepting::stopping;
         pending_.erase(ci.id);
         conns_.emplace(ci.id, c);
         ++counters_.connected;
     }
-    notify(events_.on_connected, *c);
+    emit(events_.on_connected, *c);
     // stop() took its snapshot of the connections before this one registered: close it here.
     if (stopping)
         asio::co_spawn(c->get_executor(), shutdown_one(c), asio::detached);
-
     start_arms(c);
     co_return true;
 }
 
 // The connection's life after the upgrade: its session's run() and, with a handler, the
-// handler arm, each spawned on its own whose completion counts down `arms`. Not a coroutine
-// awaiting `run() && handler`: its frame and the `&&` machinery would be memory that every
-// connection holds for as long as it lives (bench/scale). Completions run on the
-// connection's strand (co_spawn's executor).
+// handler arm, each spawned on its own, whose completion counts down `arms`. Not a
+// coroutine awaiting `run() && handler`: its frame and the `&&` machinery would be memory
+// that every connection holds for as long as it lives.
 void server::impl::start_arms(const connection_ptr& c)
 {
     auto& ci = *c->impl_;
     const auto ex = c->get_executor();
     ci.arms = handler_ ? 2 : 1;
     asio::co_spawn(ex, ci.s.run(), [this, c](std::exception_ptr, error_code) {
-        // An exception is a heartbeat policy's (server sessions have no event handlers of
-        // the application's): the session has ended, which is all there is to report.
-        c->impl_->is_over = true;
+        // An exception here is an application-level heartbeat policy's (a server's sessions
+        // have no event handlers): as heartbeat.hpp says, it ended this connection with
+        // handler_exception, which on_disconnected reports; the server goes on.
+        c->impl_->now = connection::impl::stage::over;
         c->impl_->ended.notify_later();
         arm_done(c);
     });
@@ -532,7 +561,7 @@ void server::impl::arm_done(const connection_ptr& c)
         --counters_.open;
         ++counters_.disconnected;
     }
-    notify(events_.on_disconnected, *c);
+    emit(events_.on_disconnected, *c);
     connection_done(false);
 }
 
@@ -542,30 +571,29 @@ asio::awaitable<void> server::impl::handler_arm(connection_ptr c)
     auto& ci = *c->impl_;
     co_await (handler_call(c) || handler_grace(c));
     // The handler is done with the connection: close it (1011 if the handler failed).
+    const bool failed = ci.handler == connection::impl::outcome::threw;
     if (ci.s.is_open())
-        co_await ci.s.close(ci.handler_failed ? 1011 : 1000, ci.handler_failed ? "internal error" : "");
+        co_await ci.s.close(failed ? 1011 : 1000, failed ? "internal error" : "");
 }
 
 asio::awaitable<void> server::impl::handler_call(connection_ptr c)
 {
     auto call = handler_(c);
-    bool failed = false;
+    auto result = connection::impl::outcome::returned;
     try {
         co_await std::move(call);
     } catch (...) {
-        failed = true;
+        // The handler's own failure: its connection closes with 1011; the server goes on.
+        result = connection::impl::outcome::threw;
     }
-    if (failed)
-        c->impl_->handler_failed = true;
+    c->impl_->handler = result;
 }
 
 asio::awaitable<void> server::impl::handler_grace(connection_ptr c)
 {
-    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
-                                                       detail::any_cancellation_as_terminal{});
-    co_await asio::this_coro::throw_if_cancelled(false);
+    co_await detail::enter_operation();
     auto& ci = *c->impl_;
-    if (!ci.is_over) {
+    if (ci.now == connection::impl::stage::live) {
         co_await ci.ended.async_wait(asio::as_tuple(asio::use_awaitable));
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return;  // the handler returned first
@@ -590,9 +618,9 @@ void server::impl::stop_now()
     std::vector<connection_ptr> all;
     {
         std::lock_guard lock(mu_);
-        if (stopping_)
+        if (state_ == accepting::stopping)
             return;
-        stopping_ = true;
+        state_ = accepting::stopping;
         for (auto& [id, c] : conns_)
             all.push_back(c);
     }

@@ -1,14 +1,18 @@
 // vigil: WebSocket connections that always find out they are dead.
 // SPDX-License-Identifier: BSL-1.0
 
-// The supervisor is written against vigil::session's public API only: it never sees Beast,
-// so this translation unit compiles in seconds.
+// The supervisor carries out what its state machine (detail/reconnect) decides: connect,
+// run the session and the hook, wait, stop or give up. Messages wait in the outbox and,
+// for confirmed delivery, in the delivery tracker (detail/outbox). It is written against
+// vigil::session's public API only: it never sees Beast, so this file compiles in seconds.
 
 #include <vigil/supervisor.hpp>
 
+#include "detail/common.hpp"
+#include "detail/outbox.hpp"
+#include "detail/reconnect.hpp"
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
-#include "detail/with_deadline.hpp"
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
@@ -18,11 +22,9 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
-#include <deque>
 #include <mutex>
 #include <variant>
 
@@ -30,6 +32,8 @@ namespace vigil {
 
 namespace asio = boost::asio;
 using clock_type = std::chrono::steady_clock;
+using detail::reconnect_action;
+using kind = detail::reconnect_action::kind;
 
 error_code validate(const supervisor_config& cfg, std::string* detail)
 {
@@ -58,215 +62,303 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
     return validate(cfg.session, detail);
 }
 
+namespace {
+
+detail::reconnect_settings reconnect_settings_of(const supervisor_config& cfg)
+{
+    return {cfg.stable_after, cfg.min_delay, cfg.max_retry_after, cfg.max_attempts, cfg.is_permanent};
+}
+
+}  // namespace
+
 struct supervisor::impl {
-    using handler_type = asio::any_completion_handler<void(error_code)>;
-
-    struct pending {
-        std::string data;
-        message_type type = message_type::text;
-        clock_type::time_point queued;
-        handler_type handler;
-    };
-
-    enum class phase { idle, connecting, up, waiting };
-
     impl(asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy)
         : strand_(detail::serialized(std::move(ex))),
           url_(std::move(url)),
           cfg_(std::move(cfg)),
           policy_(std::move(policy)),
-          // The session shares our strand (see detail::serialized() for why). Its writer may
+          fsm_(reconnect_settings_of(cfg_), policy_),
+          // The session shares our executor (see detail::serialized() for why). Its writer may
           // then resume our outbox pump inline when a send completes; its teardown posts.
           session_(strand_, cfg_.session),
+          outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
+          delivery_(cfg_.delivery, completer()),
           outbox_wake_(strand_),
           backoff_timer_(strand_)
     {
     }
 
+    // run(): one step per action of the state machine, each returning the next.
     asio::awaitable<error_code> run_op();
+    error_code prepare_run();
+    asio::awaitable<reconnect_action> attempt_connect();
+    asio::awaitable<reconnect_action> attempt_run();
+    asio::awaitable<error_code> run_session();
     asio::awaitable<error_code> attempt_body(clock_type::time_point* up_at);
-    asio::awaitable<error_code> wait_backoff(clock_type::duration delay);
-    void enqueue(pending msg);
-    void expire_outbox();
-    void fail_outbox(error_code ec);
-    void confirm_upto(std::uint64_t writes);
-    void settle_unconfirmed();
-    void complete(handler_type h, error_code ec);
+    asio::awaitable<error_code> pump_outbox();
+    asio::awaitable<reconnect_action> close_opened();
+    asio::awaitable<reconnect_action> wait_between(const reconnect_action& a);
+    error_code finish_run(const reconnect_action& a);
+    reconnect_action attempt_ended(error_code ec, clock_type::time_point up_at);
+
+    // From other threads, through the strand.
+    void enqueue(detail::pending_message msg);
     void request_retry_now();
     void request_stop();
-    template <class F, class... Args>
-    void notify(const F& f, Args&&... args)
-    {
-        if (!f)
-            return;
-        try {
-            f(std::forward<Args>(args)...);
-        } catch (...) {
-            // Documented: supervisor handlers must not throw; one that does is not allowed
-            // to take the retry loop down with it.
-        }
-    }
+
+    detail::completer completer() { return {&impl::complete_send, this}; }
+    static void complete_send(void* self, detail::send_handler h, error_code ec);
+    template <class Handler, class... Args>
+    void emit(const Handler& h, Args&&... args);
     template <class F>
     void count(F&& f)
     {
         std::lock_guard lock(counters_mutex_);
         f(counters_);
     }
+    error_code refusal() const;
+    bool active() const noexcept;
+
+    enum class activity { idle, running };
 
     asio::any_io_executor strand_;  // shared with session_; see detail::serialized()
     std::string url_;
     supervisor_config cfg_;
     any_backoff policy_;
+    detail::reconnect_fsm fsm_;
     session session_;
     connected_hook hook_;
     supervisor_events events_;
     disconnect_info last_;
 
-    std::deque<pending> outbox_;
-    // Written on the current connection, waiting for a pong to confirm them, with the
-    // session's write count after each (delivery_guarantee::confirmed and resend_unconfirmed).
-    std::deque<std::pair<std::uint64_t, pending>> unconfirmed_;
-    asio::steady_timer outbox_wake_;
-    bool pump_waiting_ = false;
-
+    detail::outbox outbox_;
+    detail::delivery_tracker delivery_;
+    asio::steady_timer outbox_wake_;  // the pump waits on it while the outbox is empty
     asio::steady_timer backoff_timer_;
-    phase phase_ = phase::idle;
-    bool running_ = false;
-    bool ended_ = false;          // run() returned: new sends fail
-    error_code end_reason_;       // ... with this
-    bool stop_requested_ = false;
-    bool retry_now_requested_ = false;
+    activity activity_ = activity::idle;
+    error_code last_result_;               // what the last run() returned: sends fail with it
+    std::exception_ptr handler_exception_;  // an event handler threw: run() rethrows it
 
     mutable std::mutex counters_mutex_;
     supervisor_counters counters_;
 };
 
-void supervisor::impl::complete(handler_type h, error_code ec)
+void supervisor::impl::complete_send(void* self, detail::send_handler h, error_code ec)
 {
-    count([&](supervisor_counters& c) { ++(ec ? c.messages_failed : c.messages_sent); });
-    asio::post(strand_, asio::append(std::move(h), ec));
+    auto& s = *static_cast<impl*>(self);
+    s.count([&](supervisor_counters& c) { ++(ec ? c.messages_failed : c.messages_sent); });
+    asio::post(s.strand_, asio::append(std::move(h), ec));
 }
 
-void supervisor::impl::enqueue(pending msg)
+template <class Handler, class... Args>
+void supervisor::impl::emit(const Handler& h, Args&&... args)
 {
-    if (ended_ || stop_requested_) {
-        complete(std::move(msg.handler), end_reason_ ? end_reason_ : error_code(error::supervisor_stopped));
+    auto e = detail::notify(h, std::forward<Args>(args)...);
+    if (!e)
+        return;
+    if (!handler_exception_)
+        handler_exception_ = std::move(e);
+    // Stop this run(), which rethrows it; at its very end (on_gave_up) there is nothing to
+    // stop, and a stop() then would end the next run() too.
+    if (active())
+        request_stop();
+}
+
+bool supervisor::impl::active() const noexcept
+{
+    switch (fsm_.state()) {
+    case detail::reconnect_state::connecting:
+    case detail::reconnect_state::running_hook:
+    case detail::reconnect_state::up:
+    case detail::reconnect_state::waiting:
+        return true;
+    default:
+        return false;
+    }
+}
+
+error_code supervisor::impl::refusal() const
+{
+    switch (fsm_.state()) {
+    case detail::reconnect_state::stopping:
+        return error::supervisor_stopped;
+    case detail::reconnect_state::stopped:
+    case detail::reconnect_state::gave_up:
+        return last_result_ ? last_result_ : error_code(error::supervisor_stopped);
+    default:
+        return {};
+    }
+}
+
+void supervisor::impl::enqueue(detail::pending_message msg)
+{
+    if (auto ec = refusal()) {
+        complete_send(this, std::move(msg.handler), ec);
         return;
     }
-    expire_outbox();
-    if (outbox_.size() >= cfg_.outbox_limit) {
-        complete(std::move(msg.handler), error::send_queue_full);
-        return;
-    }
-    msg.queued = clock_type::now();
-    outbox_.push_back(std::move(msg));
-    if (pump_waiting_)
-        outbox_wake_.cancel();
-}
-
-void supervisor::impl::expire_outbox()
-{
-    if (cfg_.message_ttl.count() <= 0)
-        return;
-    const auto oldest_allowed = clock_type::now() - cfg_.message_ttl;
-    while (!outbox_.empty() && outbox_.front().queued <= oldest_allowed) {
-        complete(std::move(outbox_.front().handler), error::message_expired);
-        outbox_.pop_front();
-    }
-}
-
-void supervisor::impl::fail_outbox(error_code ec)
-{
-    auto pending_msgs = std::move(outbox_);
-    outbox_.clear();
-    for (auto& msg : pending_msgs)
-        complete(std::move(msg.handler), ec);
-}
-
-void supervisor::impl::confirm_upto(std::uint64_t writes)
-{
-    while (!unconfirmed_.empty() && unconfirmed_.front().first <= writes) {
-        complete(std::move(unconfirmed_.front().second.handler), {});
-        unconfirmed_.pop_front();
-    }
-}
-
-void supervisor::impl::settle_unconfirmed()
-{
-    if (cfg_.delivery == delivery_guarantee::resend_unconfirmed) {
-        // Back to the head of the outbox, oldest first, ahead of what was never sent.
-        while (!unconfirmed_.empty()) {
-            outbox_.push_front(std::move(unconfirmed_.back().second));
-            unconfirmed_.pop_back();
-        }
-        return;
-    }
-    for (auto& [n, msg] : unconfirmed_)
-        complete(std::move(msg.handler), error::delivery_unconfirmed);
-    unconfirmed_.clear();
+    outbox_.push(std::move(msg), clock_type::now());
+    outbox_wake_.cancel();  // the pump, if it waits
 }
 
 void supervisor::impl::request_retry_now()
 {
-    if (phase_ == phase::waiting) {
-        retry_now_requested_ = true;
+    if (fsm_.retry_now(clock_type::now()) == detail::reconnect_interrupt::cancel_wait)
         backoff_timer_.cancel();
-    }
 }
 
 void supervisor::impl::request_stop()
 {
-    if (stop_requested_)
-        return;
-    stop_requested_ = true;
-    switch (phase_) {
-    case phase::waiting:
+    switch (fsm_.stop()) {
+    case detail::reconnect_interrupt::none:
+        break;
+    case detail::reconnect_interrupt::cancel_wait:
         backoff_timer_.cancel();
         break;
-    case phase::connecting:
+    case detail::reconnect_interrupt::abort_attempt:
         session_.cancel();
         break;
-    case phase::up:
+    case detail::reconnect_interrupt::close_session:
         // A close handshake, bounded by close_timeout; run() then returns and we end.
         asio::co_spawn(strand_, session_.close(1000, "stopping"), asio::detached);
-        break;
-    case phase::idle:
         break;
     }
 }
 
-asio::awaitable<error_code> supervisor::impl::wait_backoff(clock_type::duration delay)
+// ---------------------------------------------------------------------------------------
+// run
+
+asio::awaitable<error_code> supervisor::impl::run_op()
 {
-    const auto until = clock_type::now() + delay;
-    for (;;) {
-        // stop() or retry_now() may have come before the timer was armed (from on_retry, or
-        // between two waits): cancelling an idle timer does nothing, so check first.
-        if (stop_requested_ || std::exchange(retry_now_requested_, false))
-            co_return error_code{};
-        expire_outbox();
-        auto wake = until;
-        if (cfg_.message_ttl.count() > 0 && !outbox_.empty())
-            wake = std::min(wake, outbox_.front().queued + cfg_.message_ttl);
-        backoff_timer_.expires_at(wake);
-        co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_return asio::error::operation_aborted;
-        if (clock_type::now() >= until)
-            co_return error_code{};
+    co_await detail::enter_operation();
+    if (activity_ == activity::running)
+        co_return error::already_running;
+    activity_ = activity::running;
+    last_result_ = {};
+    handler_exception_ = nullptr;
+    error_code result = prepare_run();
+    if (!result) {
+        auto action = fsm_.start();
+        while (action.what != kind::stop && action.what != kind::give_up) {
+            if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+                action = fsm_.cancelled();
+            else if (action.what == kind::connect)
+                action = co_await attempt_connect();
+            else if (action.what == kind::run)
+                action = co_await attempt_run();
+            else if (action.what == kind::close_session)
+                action = co_await close_opened();
+            else
+                action = co_await wait_between(action);
+        }
+        result = finish_run(action);
     }
+    activity_ = activity::idle;
+    if (auto e = std::exchange(handler_exception_, nullptr))
+        std::rethrow_exception(e);
+    co_return result;
+}
+
+error_code supervisor::impl::prepare_run()
+{
+    std::string detail;
+    if (auto ec = validate(cfg_, &detail)) {
+        last_ = disconnect_info{};
+        last_.reason = ec;
+        last_.detail = std::move(detail);
+        last_result_ = ec;
+        outbox_.fail_all(ec);
+        emit(events_.on_gave_up, ec, std::as_const(last_));
+        return ec;
+    }
+    session_.set_config(cfg_.session);
+    if (delivery_.confirms())
+        detail::session_access::track_writes(session_, [this](std::uint64_t n) { delivery_.confirm_upto(n); });
+    else
+        detail::session_access::track_writes(session_, {});
+    return {};
+}
+
+error_code supervisor::impl::finish_run(const reconnect_action& a)
+{
+    const error_code result = a.reason;
+    if (a.what == kind::give_up)
+        emit(events_.on_gave_up, result, std::as_const(last_));
+    last_result_ = (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
+    outbox_.fail_all(last_result_);
+    if (session_.is_open())
+        session_.cancel();  // cancelled between connect() and run(): nothing else would close it
+    return result;
+}
+
+reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time_point up_at)
+{
+    if (up_at != clock_type::time_point{}) {
+        const auto up_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - up_at);
+        count([&](supervisor_counters& c) { c.time_connected += up_for; });
+    }
+    count([&](supervisor_counters& c) { ++c.disconnects[error_name(ec)]; });
+    return fsm_.attempt_ended({ec, last_.retry_after}, clock_type::now());
+}
+
+asio::awaitable<reconnect_action> supervisor::impl::attempt_connect()
+{
+    count([](supervisor_counters& c) { ++c.attempts; });
+    const error_code ec = co_await session_.connect(url_);
+    last_ = session_.last_disconnect();
+    if (!ec)
+        co_return fsm_.connected();
+    co_return attempt_ended(ec, {});
+}
+
+asio::awaitable<reconnect_action> supervisor::impl::close_opened()
+{
+    const error_code ec = co_await session_.close(1000, "stopping");
+    last_ = session_.last_disconnect();
+    co_return attempt_ended(ec, {});
+}
+
+asio::awaitable<reconnect_action> supervisor::impl::attempt_run()
+{
+    using namespace asio::experimental::awaitable_operators;
+    clock_type::time_point up_at{};
+    auto ended = co_await (run_session() || attempt_body(&up_at));
+    // Whatever the dead connection did not confirm is reported (or queued again).
+    delivery_.settle(outbox_);
+    const std::string hook_detail = last_.detail;
+    last_ = session_.last_disconnect();
+    const error_code ec = ended.index() == 0 ? std::get<0>(ended) : std::get<1>(ended);
+    if (ended.index() == 1) {
+        // The hook failed (and `||` tore the session down): that is the reason.
+        last_.reason = ec;
+        if (ec != asio::error::operation_aborted)
+            last_.detail = hook_detail;
+    }
+    co_return attempt_ended(ec, up_at);
+}
+
+asio::awaitable<error_code> supervisor::impl::run_session()
+{
+    // An arm of `||` must not throw (its sibling would not be cancelled): a session event
+    // handler's exception becomes a code here, and run() rethrows it at the end.
+    try {
+        co_return co_await session_.run();
+    } catch (...) {
+        if (!handler_exception_)
+            handler_exception_ = std::current_exception();
+        request_stop();
+    }
+    co_return error::handler_exception;
 }
 
 asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_point* up_at)
 {
-    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
-                                                       detail::any_cancellation_as_terminal{});
-    co_await asio::this_coro::throw_if_cancelled(false);
+    co_await detail::enter_operation();
     if (hook_) {
         error_code ec;
         try {
             ec = co_await hook_(session_);
         } catch (...) {
-            ec = error::handler_exception;
+            ec = error::handler_exception;  // the hook's failure, classified like any other
         }
         if (ec) {
             last_.detail = "on_connected failed: " + error_name(ec);
@@ -276,164 +368,60 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
             co_return asio::error::operation_aborted;
     }
     *up_at = clock_type::now();
+    fsm_.hook_succeeded(*up_at);
     count([](supervisor_counters& c) { ++c.connects; });
-    notify(events_.on_up);
-
-    // Drain the outbox into the session one message at a time: a message leaves the outbox
-    // only once the session reports it written, so a connection that dies mid-write leaves
-    // it at the head for the next connection, in order.
-    for (;;) {
-        // `||` cancels this arm once, when run() ends. That can happen while we are suspended
-        // in session_.send(), which ignores cancellation and may still report the message as
-        // written; a wait started after that would never see the signal, and `||` (so the
-        // whole supervisor) would hang. Look before every wait.
-        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_return asio::error::operation_aborted;
-        expire_outbox();
-        if (outbox_.empty()) {
-            pump_waiting_ = true;
-            outbox_wake_.expires_at(clock_type::time_point::max());
-            co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-            pump_waiting_ = false;
-            if (detail::cancelled(co_await asio::this_coro::cancellation_state))
-                co_return asio::error::operation_aborted;
-            continue;
-        }
-        // Out of the outbox while in flight, so that TTL expiry cannot touch it.
-        pending msg = std::move(outbox_.front());
-        outbox_.pop_front();
-        const auto ec = co_await session_.send(msg.data, msg.type);
-        if (!ec) {
-            if (cfg_.delivery == delivery_guarantee::written)
-                complete(std::move(msg.handler), {});
-            else
-                unconfirmed_.emplace_back(detail::session_access::writes(session_), std::move(msg));
-            continue;
-        }
-        outbox_.push_front(std::move(msg));
-        // Not written: the session is ending. Keep the message and wait to be cancelled by
-        // run() finishing; run()'s reason is what counts, not this echo of it.
-        pump_waiting_ = true;
-        outbox_wake_.expires_at(clock_type::time_point::max());
-        while (!detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-        pump_waiting_ = false;
-        co_return asio::error::operation_aborted;
-    }
+    emit(events_.on_up);
+    co_return co_await pump_outbox();
 }
 
-asio::awaitable<error_code> supervisor::impl::run_op()
+asio::awaitable<error_code> supervisor::impl::pump_outbox()
 {
-    using namespace asio::experimental::awaitable_operators;
-    co_await asio::this_coro::reset_cancellation_state(asio::enable_total_cancellation(),
-                                                       detail::any_cancellation_as_terminal{});
-    co_await asio::this_coro::throw_if_cancelled(false);
-    if (running_)
-        co_return error::already_running;
-    running_ = true;
-    ended_ = false;  // a supervisor may be run again after run() returned
-    end_reason_ = {};
-
-    error_code result;
-    std::string detail;
-    if (auto ec = validate(cfg_, &detail)) {
-        last_ = disconnect_info{};
-        last_.reason = ec;
-        last_.detail = std::move(detail);
-        result = ec;
-        notify(events_.on_gave_up, result, last_);
-    } else {
-        session_.set_config(cfg_.session);
-        if (cfg_.delivery != delivery_guarantee::written)
-            detail::session_access::track_writes(session_, [this](std::uint64_t n) { confirm_upto(n); });
-        else
-            detail::session_access::track_writes(session_, {});
-        std::size_t streak = 0;
-        for (;;) {
-            if (stop_requested_)
-                break;
-            if (detail::cancelled(co_await asio::this_coro::cancellation_state)) {
-                result = asio::error::operation_aborted;
-                break;
-            }
-            phase_ = phase::connecting;
-            count([](supervisor_counters& c) { ++c.attempts; });
-            error_code ec = co_await session_.connect(url_);
-            last_ = session_.last_disconnect();
-            clock_type::time_point up_at{};
-            if (!ec) {
-                phase_ = phase::up;
-                if (stop_requested_)  // stop() raced the handshake: close what we just opened
-                    asio::co_spawn(strand_, session_.close(1000, "stopping"), asio::detached);
-                auto ended = co_await (session_.run() || attempt_body(&up_at));
-                // Whatever the dead connection did not confirm is reported (or queued again).
-                settle_unconfirmed();
-                const std::string hook_detail = last_.detail;
-                last_ = session_.last_disconnect();
-                if (ended.index() == 0) {
-                    ec = std::get<0>(ended);
-                } else {
-                    // The hook failed (the session was torn down by `||`): that is the reason.
-                    ec = std::get<1>(ended);
-                    last_.reason = ec;
-                    if (ec != asio::error::operation_aborted)
-                        last_.detail = hook_detail;
-                }
-                if (up_at != clock_type::time_point{}) {
-                    const auto up_for = clock_type::now() - up_at;
-                    count([&](supervisor_counters& c) {
-                        c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(up_for);
-                    });
-                    if (up_for >= cfg_.stable_after) {
-                        policy_.reset();
-                        streak = 0;
-                    }
-                }
-            }
-            phase_ = phase::idle;
-            count([&](supervisor_counters& c) { ++c.disconnects[error_name(ec)]; });
-            if (ec == asio::error::operation_aborted) {
-                if (!stop_requested_)
-                    result = ec;
-                break;
-            }
-            if (stop_requested_ || !ec)
-                break;  // stop(): the session closed cleanly (or died while closing)
-            const bool permanent = cfg_.is_permanent ? cfg_.is_permanent(ec) : is_permanent(ec);
-            if (permanent) {
-                result = ec;
-                notify(events_.on_gave_up, result, last_);
-                break;
-            }
-            ++streak;
-            if (cfg_.max_attempts > 0 && streak >= cfg_.max_attempts) {
-                result = error::retries_exhausted;
-                notify(events_.on_gave_up, result, last_);
-                break;
-            }
-            auto delay = std::max(policy_.next_delay(retry_context{streak, ec}), cfg_.min_delay);
-            if (cfg_.max_retry_after.count() > 0 && last_.retry_after.count() > 0)
-                delay = std::max(delay, std::min(last_.retry_after, cfg_.max_retry_after));
-            count([](supervisor_counters& c) { ++c.retries; });
-            // Waiting already: a stop() or retry_now() from the on_retry handler must count.
-            phase_ = phase::waiting;
-            notify(events_.on_retry, retry_info{streak, delay, last_});
-            const auto waited = co_await wait_backoff(delay);
-            phase_ = phase::idle;
-            retry_now_requested_ = false;  // one that raced the end of the wait is spent
-            if (waited) {
-                result = waited;
-                break;
-            }
+    // One message at a time: a message leaves the outbox only once the session reports it
+    // written, so a connection that dies mid-write leaves it at the head for the next one.
+    for (;;) {
+        // `||` cancels this arm once, when run() ends, possibly while it is suspended in
+        // send(), which ignores cancellation: a wait started after that would never hear of
+        // it, so look before every wait.
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
+        outbox_.expire(clock_type::now());
+        if (outbox_.empty()) {
+            outbox_wake_.expires_at(clock_type::time_point::max());
+            co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+            continue;
         }
+        auto msg = outbox_.take_front();
+        const auto ec = co_await session_.send(msg.data, msg.type);
+        if (ec) {
+            // Not written: the session is ending. The message waits for the next connection,
+            // and this arm for `||` to end it; run()'s reason is what counts, not this echo.
+            outbox_.put_back(std::move(msg));
+            break;
+        }
+        if (delivery_.confirms())
+            delivery_.written(std::move(msg), detail::session_access::writes(session_));
+        else
+            complete_send(this, std::move(msg.handler), {});
     }
+    outbox_wake_.expires_at(clock_type::time_point::max());
+    while (!detail::cancelled(co_await asio::this_coro::cancellation_state))
+        co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return asio::error::operation_aborted;
+}
 
-    ended_ = true;
-    end_reason_ = (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
-    fail_outbox(end_reason_);
-    stop_requested_ = false;  // consumed: stop() ends one run()
-    running_ = false;
-    co_return result;
+asio::awaitable<reconnect_action> supervisor::impl::wait_between(const reconnect_action& a)
+{
+    count([](supervisor_counters& c) { ++c.retries; });
+    // The machine waits already: a stop() or retry_now() from the handler counts.
+    emit(events_.on_retry, retry_info{a.attempt, a.delay, last_});
+    while (fsm_.state() == detail::reconnect_state::waiting && clock_type::now() < fsm_.wait_until()) {
+        outbox_.expire(clock_type::now());
+        backoff_timer_.expires_at(std::min(fsm_.wait_until(), outbox_.next_expiry()));
+        co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return fsm_.cancelled();
+    }
+    co_return fsm_.time_up(clock_type::now());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,11 +474,9 @@ asio::awaitable<error_code> supervisor::send(std::string data, message_type type
     co_return ec;
 }
 
-void supervisor::do_send(std::string data, message_type type, asio::any_completion_handler<void(error_code)> handler)
+void supervisor::start_send(std::string data, message_type type, detail::send_handler handler)
 {
-    // Built with the handler in place: Boost 1.81's any_completion_handler move assignment
-    // is broken (it wraps the handler in itself).
-    impl::pending msg{std::move(data), type, {}, impl::handler_type(std::move(handler))};
+    detail::pending_message msg{std::move(data), type, {}, std::move(handler)};
     asio::dispatch(impl_->strand_, [p = impl_.get(), msg = std::move(msg)]() mutable { p->enqueue(std::move(msg)); });
 }
 

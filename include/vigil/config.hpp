@@ -19,8 +19,6 @@ class context;
 
 namespace vigil {
 
-using namespace std::chrono_literals;
-
 /// When the heartbeat sends protocol pings.
 enum class ping_mode {
     /// Ping only when nothing at all has arrived for `ping_interval`: a busy connection
@@ -66,7 +64,7 @@ struct session_config {
     /// flows (nginx `proxy_read_timeout` 60 s, some cloud LBs 45 s). Zero disables the
     /// heartbeat (then `pong_timeout` is unused). Must be shorter than `idle_timeout` if both
     /// are set.
-    std::chrono::milliseconds ping_interval = 20s;
+    std::chrono::milliseconds ping_interval = std::chrono::seconds(20);
 
     /// How long after a ping the connection may stay silent before it is declared dead
     /// with `error::pong_timeout`. Any frame counts, not just the pong. Default 10 s. Must be
@@ -74,7 +72,7 @@ struct session_config {
     /// A dead peer is therefore detected at most `ping_interval + pong_timeout` after the
     /// last frame received (plus up to 10 ms: deadlines are rounded up to a 10 ms grid so
     /// that the timers of many connections expire together).
-    std::chrono::milliseconds pong_timeout = 10s;
+    std::chrono::milliseconds pong_timeout = std::chrono::seconds(10);
 
     /// When pings are sent. Default `ping_mode::idle`.
     ping_mode ping = ping_mode::idle;
@@ -104,28 +102,28 @@ struct session_config {
     /// Staleness deadline: the session ends with `error::idle_timeout` when no data message
     /// (text or binary; control frames do not count) arrives for this long. Catches a feed
     /// that answers pings but stopped sending. Default zero: off.
-    std::chrono::milliseconds idle_timeout = 0ms;
+    std::chrono::milliseconds idle_timeout{0};
 
     /// DNS resolution plus TCP connect (all resolved addresses), `error::connect_timeout`.
     /// Default 10 s. Must be positive.
-    std::chrono::milliseconds connect_timeout = 10s;
+    std::chrono::milliseconds connect_timeout = std::chrono::seconds(10);
 
     /// TLS handshake, `error::tls_handshake_timeout`. Default 10 s. Must be positive.
-    std::chrono::milliseconds tls_handshake_timeout = 10s;
+    std::chrono::milliseconds tls_handshake_timeout = std::chrono::seconds(10);
 
     /// WebSocket upgrade request and response, `error::handshake_timeout`. Default 10 s.
     /// Must be positive.
-    std::chrono::milliseconds handshake_timeout = 10s;
+    std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
 
     /// Longest time one message write may take: a peer that stops reading fills the TCP
     /// buffers and the write stalls; after this the session ends with `error::write_timeout`.
     /// Default 10 s. Zero disables it.
-    std::chrono::milliseconds write_timeout = 10s;
+    std::chrono::milliseconds write_timeout = std::chrono::seconds(10);
 
     /// How long the close handshake may take, ours or an answer to the peer's. After it the
     /// socket is torn down and the close reports `error::close_timeout`. Default 5 s. Must be
     /// positive.
-    std::chrono::milliseconds close_timeout = 5s;
+    std::chrono::milliseconds close_timeout = std::chrono::seconds(5);
 
     /// Most messages waiting to be written; `send()` beyond it fails at once with
     /// `error::send_queue_full` rather than growing memory. Default 1024. Must be positive.

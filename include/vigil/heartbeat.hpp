@@ -6,6 +6,8 @@
 // `{"type":"pong"}`), for servers that expect them and for paths where only data frames
 // survive (some proxies, browser clients that cannot send protocol pings).
 
+#include <vigil/message_type.hpp>
+
 #include <concepts>
 #include <memory>
 #include <optional>
@@ -15,9 +17,6 @@
 #include <utility>
 
 namespace vigil {
-
-/// Kind of a data message.
-enum class message_type { text, binary };
 
 /// Recognises one kind of text message: by exact text, or by one field of a JSON object
 /// (`type == "pong"`). Matching never throws and never allocates for a message that cannot

@@ -6,9 +6,9 @@
 #include <vigil/error.hpp>
 #include <vigil/session.hpp>
 
-#include <boost/asio/any_completion_handler.hpp>
+#include <vigil/detail/async_send.hpp>
+
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
@@ -131,12 +131,10 @@ public:
     template <class CompletionToken>
     auto async_send(std::string data, message_type type, CompletionToken&& token)
     {
-        return boost::asio::async_initiate<CompletionToken, void(error_code)>(
-            [this](auto handler, std::string data, message_type type) {
-                do_send(std::move(data), type,
-                        boost::asio::any_completion_handler<void(error_code)>(std::move(handler)));
-            },
-            token, std::move(data), type);
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this](std::string d, message_type t, detail::send_handler h) { start_send(std::move(d), t, std::move(h)); },
+            std::move(data), type);
     }
 
     /// `async_send` as an awaitable returning the code.
@@ -155,24 +153,26 @@ public:
     /// Why the connection ended; see `disconnect_info`.
     const disconnect_info& last_disconnect() const noexcept;
 
-    struct impl;
-    explicit connection(std::shared_ptr<impl> p);
     ~connection();
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
 
 private:
     friend class server;
-    void do_send(std::string data, message_type type, boost::asio::any_completion_handler<void(error_code)> handler);
+    struct impl;
+    explicit connection(std::shared_ptr<impl> p);
+    void start_send(std::string data, message_type type, detail::send_handler handler);
     std::shared_ptr<impl> impl_;
 };
 
 
-/// Observers of a server. Handlers run on the connection's strand (connection events and most
-/// `on_rejected`) or the server's strand (`on_accept_error`, and `on_rejected` for a client
+/// Observers of a server. Handlers run on the connection's executor (connection events and
+/// most `on_rejected`) or the server's (`on_accept_error`, and `on_rejected` for a client
 /// closed unanswered beyond `max_connections`), possibly on several threads at once when the
-/// io_context runs on several; they must be quick and must not throw
-/// (exceptions are caught and ignored). Set them before `run()`.
+/// io_context runs on several; they must be quick. Set them before `run()`. A handler must not
+/// throw: one that does stops the server (every connection closed with 1001), and `run()`
+/// rethrows the exception once they are all closed (the policy of every vigil event,
+/// described on `session_events`).
 struct server_events {
     /// A client completed the upgrade; its handler starts right after.
     std::function<void(connection&)> on_connected;
@@ -263,9 +263,8 @@ public:
     /// A snapshot of the counters.
     server_counters counters() const;
 
-    struct impl;
-
 private:
+    struct impl;
     std::unique_ptr<impl> impl_;
 };
 

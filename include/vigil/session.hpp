@@ -3,26 +3,27 @@
 #pragma once
 
 #include <vigil/config.hpp>
+#include <vigil/detail/async_send.hpp>
 #include <vigil/error.hpp>
+#include <vigil/message_type.hpp>
+#include <vigil/retry_after.hpp>
 
-#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 #include <string_view>
 
 namespace vigil {
 
 namespace detail {
+class session_core;
 struct session_access;
-}
+}  // namespace detail
 
 /// Why and how a connection ended, as `session::last_disconnect()` and the
 /// `on_disconnected` event report it.
@@ -41,21 +42,24 @@ struct disconnect_info {
     /// upgrade (seconds or an HTTP date), else 0. The supervisor honours it.
     std::chrono::milliseconds retry_after{0};
     /// Time from the last frame received (any kind) to the end. For a dead peer this is
-    /// the detection latency, at most `ping_interval + pong_timeout` plus scheduling noise.
+    /// the detection latency: at most `ping_interval + pong_timeout` plus 10 ms (see
+    /// `session_config::pong_timeout`), plus however late the event loop itself was.
     std::chrono::milliseconds silent_for{0};
 };
 
-/// Parses a `Retry-After` header value: delay-seconds (`"120"`) or an HTTP date
-/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, also the obsolete RFC 850 and asctime forms), relative
-/// to `now`. A date in the past gives 0. Returns nullopt for anything else (negative numbers,
-/// garbage); never throws. Values beyond a day are clamped to a day.
-std::optional<std::chrono::milliseconds> parse_retry_after(
-    std::string_view value, std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
-
 /// Observers for what a session does. Each may be left empty: an empty one costs a branch.
-/// Handlers run on the session's strand, inline with the I/O, so they must be quick; a
-/// handler that throws ends the session (`error::handler_exception`) and `run()` rethrows.
-/// Set them before `connect()`; changing them while the session runs is a data race.
+/// Handlers run on the session's executor, inline with the I/O, so they must be quick. Set
+/// them before `connect()`; changing them while the session runs is a data race.
+///
+/// **Exceptions (the one policy for every vigil event: session, supervisor and server).**
+/// An event handler must not throw. If one does, vigil catches the exception, ends what
+/// the event belongs to as it would end for any other reason (a session's connection with
+/// `error::handler_exception`; a supervisor or a server: `run()` stops, closing what it
+/// holds), and the `run()` that owns it rethrows the exception once the teardown is done.
+/// `on_connected` throwing ends the connection and `connect()` rethrows; `on_disconnected`
+/// throwing is rethrown by the operation that ended the connection (`run()`, `connect()`,
+/// `close()`), or after `cancel()` of a session that was open but not running, by the next
+/// `connect()`. Never lost, never left half done.
 struct session_events {
     /// The WebSocket handshake succeeded.
     std::function<void()> on_connected;
@@ -77,27 +81,24 @@ struct session_events {
 /// session object holds one connection at a time; after `run()` returns, `connect()` may be
 /// called again (that is what a supervisor does).
 ///
-/// **Thread safety:** all I/O runs on one strand (the executor given to the constructor if it
-/// is a strand, else a strand made over it; on an `io_context` constructed with concurrency
-/// hint 1, Asio's promise that one thread runs it, the context's executor itself, since a
-/// strand would only add a lock and a scheduler trip to every completion), so `connect`, `run`, `send`, `close` and
-/// `cancel` may be called from coroutines on any thread. Distinct sessions are independent.
+/// **Thread safety:** all of a session's work runs on its executor (`get_executor()`): the
+/// executor given to the constructor if it is a strand; the executor itself if it belongs to
+/// an `io_context` constructed with concurrency hint 1 (Asio's promise that one thread runs
+/// it); otherwise a strand made over it. So `connect`, `run`, `send`, `close` and `cancel`
+/// may be called from coroutines on any thread. Distinct sessions are independent.
 /// `events()` and `last_disconnect()` are not synchronised: touch them only while no
 /// operation runs, or from the handlers themselves.
 ///
-/// **Performance and cancellation:** await the session's operations from coroutines running
-/// on `get_executor()` where you can. Sends then complete without a trip through the
-/// scheduler, `run()` holds no extra coroutine for the connection's life, and cancelling an
-/// awaiting coroutine is delivered inline: Boost 1.81's `co_spawn` forwards a cancellation
-/// to another executor by posting, and that posted step can touch freed memory if the
-/// operation completes in between.
+/// **Performance and cancellation:** await the session's operations from coroutines
+/// running on `get_executor()` where you can. Sends then complete without a trip through the
+/// scheduler, `run()` holds no extra coroutine for the connection's life, and a cancellation
+/// of the awaiting coroutine is delivered at once rather than posted across executors.
 ///
 /// **Object lifetimes:** the session must outlive every operation started on it.
 class session {
 public:
-    /// Creates an unconnected session whose I/O runs on `ex` if it is a strand (or the
-    /// executor of an io_context with concurrency hint 1), else on a strand of `ex`. `cfg` is checked by `connect()`, not here, so that a bad config
-    /// surfaces as an `error_code`.
+    /// Creates an unconnected session whose work runs on `ex` (see Thread safety). `cfg` is
+    /// checked by `connect()`, not here, so that a bad config surfaces as an `error_code`.
     explicit session(boost::asio::any_io_executor ex, session_config cfg = {});
     /// The same, with a config shared by many sessions (a fleet of clients, a server's
     /// connections): each holds a pointer instead of its own copy. The config is never
@@ -109,7 +110,7 @@ public:
     session& operator=(const session&) = delete;
 
     using executor_type = boost::asio::any_io_executor;
-    /// The strand all of this session's I/O runs on.
+    /// The executor all of this session's work runs on.
     executor_type get_executor() const noexcept;
 
     const session_config& config() const noexcept;
@@ -139,30 +140,28 @@ public:
     /// awaiting coroutine abort the attempt, close the socket and return `operation_aborted`.
     boost::asio::awaitable<error_code> connect(std::string url);
 
-    /// Runs the open connection until it ends, and returns why. Concurrently, on one strand:
-    /// - the reader keeps one read pending at all times (Beast answers pings and reports
-    ///   pongs only while reading) and hands data messages to `on_message`;
-    /// - the timekeeper sends a ping as `ping_mode` says, declares the connection dead when
-    ///   nothing arrives within `pong_timeout` of it, and enforces `idle_timeout`,
-    ///   `write_timeout` and `close_timeout`, all on one timer (deadlines are rounded up to
-    ///   a 10 ms grid, so that many connections' timers expire in one event-loop turn; on an
-    ///   io_context with concurrency hint 1 the sessions due in the same 10 ms share one
-    ///   expiry of a timer the context holds for all of them);
-    /// - the writer (completion handlers, not a coroutine) sends queued messages one at a
-    ///   time, in order.
+    /// Runs the open connection until it ends, and returns why. Three tasks run together on
+    /// the session's executor, and the first to finish ends the others:
+    /// - the **reader** keeps a read pending at all times (so that the peer's pings are
+    ///   answered and our pongs seen) and hands data messages to `on_message`;
+    /// - the **heartbeat** pings as `ping_mode` says (once nothing has arrived for
+    ///   `ping_interval`, or on a fixed schedule);
+    /// - the **watchdog** ends the connection when nothing arrived within `pong_timeout` of
+    ///   a ping, and enforces `idle_timeout`, `write_timeout` and `close_timeout`.
     ///
-    /// The first to finish ends the others (the reader and the timekeeper are the arms of
-    /// an `||` of awaitable operators; the writer's failures end the timekeeper), the
-    /// transport is torn down (a close handshake bounded by `close_timeout` where the peer
-    /// is still alive), messages still queued complete with the returned code, and
+    /// Messages are written one at a time in `send()` order meanwhile. When the connection
+    /// ends, the transport is torn down (a close handshake bounded by `close_timeout` where
+    /// the peer is still alive), messages still queued complete with the returned code, and
     /// `on_disconnected` runs.
     ///
     /// **Result:** empty after the application's own `close()`; otherwise `pong_timeout`,
-    /// `idle_timeout`, `write_timeout`, a code in `close_code_category()` when the peer closed
-    /// (the code is 1005 when the peer gave none), the network error (`eof`,
+    /// `idle_timeout`, `write_timeout`, `close_timeout`, a code in `close_code_category()`
+    /// when the peer closed (1005 when it gave none), the protocol error when the peer broke
+    /// the protocol (`bad_reserved_bits`, `message_too_big` ...: Beast sends the close frame,
+    /// and the connection ends within `close_timeout` of it), the network error (`eof`,
     /// `connection_reset` ...), `not_connected` without an open connection, `already_running`
     /// if `run()` is already in progress, `operation_aborted` when cancelled. Network errors
-    /// are returned, not thrown; only an exception from an event handler is rethrown.
+    /// are returned, not thrown; only an event handler's exception is rethrown.
     ///
     /// **Per-operation cancellation:** terminal, partial and total. Cancelling the awaiting
     /// coroutine (or calling `cancel()`) ends `run()` promptly with `operation_aborted`; no
@@ -176,11 +175,12 @@ public:
     /// Queues a message and completes when it has been written to the socket, or with the
     /// reason it never will be. Messages are written in the order `send` was called.
     ///
-    /// **Errors:** `not_connected` when no connection is open (nothing is queued);
-    /// `send_queue_full` when `send_queue_limit` messages are waiting; the write's own error;
-    /// the code `run()` returned, for messages still queued when the connection ended.
-    /// Completing without error means the bytes were handed to the TCP stack, not that the
-    /// peer read them.
+    /// **Errors:** `not_connected` when no connection is open or it is closing (nothing is
+    /// queued); `send_queue_full` when `send_queue_limit` messages are waiting (or
+    /// `slow_consumer` under `overflow_policy::disconnect`, which also ends the connection);
+    /// the write's own error; the code `run()` returned, for messages still queued when the
+    /// connection ended. Completing without error means the bytes were handed to the TCP
+    /// stack, not that the peer read them.
     ///
     /// **Per-operation cancellation:** not supported: once queued, a message completes when
     /// written or when the connection ends, so that no message is lost silently.
@@ -189,24 +189,22 @@ public:
     template <class CompletionToken>
     auto async_send(std::string data, message_type type, CompletionToken&& token)
     {
-        return boost::asio::async_initiate<CompletionToken, void(error_code)>(
-            [this](auto handler, std::string data, message_type type) {
-                do_send(std::move(data), type,
-                        boost::asio::any_completion_handler<void(error_code)>(std::move(handler)));
-            },
-            token, std::move(data), type);
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this](std::string d, message_type t, detail::send_handler h) { start_send(std::move(d), t, std::move(h)); },
+            std::move(data), type);
     }
 
     /// `async_send` as an awaitable that returns the error code instead of throwing.
-    boost::asio::awaitable<error_code> send(std::string data,
-                                            message_type type = message_type::text);
+    boost::asio::awaitable<error_code> send(std::string data, message_type type = message_type::text);
 
     /// Starts the close handshake with `code` and `reason` and completes when it is done:
     /// the peer's close frame arrived and the socket is closed, or `close_timeout` passed
     /// (then the socket is torn down and the result is `close_timeout`). A running `run()`
     /// then returns an empty code. Messages queued before `close()` are written first.
     ///
-    /// **Errors:** `not_connected`, `close_timeout`, network errors.
+    /// **Errors:** `not_connected`, `already_running` (a close is already under way),
+    /// `close_timeout`, network errors.
     boost::asio::awaitable<error_code> close(std::uint16_t code = 1000, std::string reason = {});
 
     /// Aborts whatever the session is doing, as terminal cancellation would: a running
@@ -220,14 +218,11 @@ public:
     /// Why the last connection (or connection attempt) ended.
     const disconnect_info& last_disconnect() const noexcept;
 
-    struct impl;
-
 private:
-    friend struct detail::session_access;  // the server's hooks, in session.cpp
-    void do_send(std::string data, message_type type,
-                 boost::asio::any_completion_handler<void(error_code)> handler);
+    friend struct detail::session_access;
+    void start_send(std::string data, message_type type, detail::send_handler handler);
 
-    std::unique_ptr<impl> impl_;
+    std::unique_ptr<detail::session_core> core_;
 };
 
 }  // namespace vigil

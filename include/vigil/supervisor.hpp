@@ -7,9 +7,9 @@
 #include <vigil/error.hpp>
 #include <vigil/session.hpp>
 
-#include <boost/asio/any_completion_handler.hpp>
+#include <vigil/detail/async_send.hpp>
+
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
@@ -97,7 +97,9 @@ struct retry_info {
 };
 
 /// Observers for what the supervisor does, next to the events of its sessions. Handlers
-/// run on the supervisor's strand and must not throw (an exception is caught and ignored).
+/// run on the supervisor's executor and must not throw: one that does stops the supervisor
+/// (its session closed), and `run()` rethrows the exception (the policy of every vigil
+/// event, described on `session_events`; the sessions' own events follow it too).
 /// Set them before `run()`.
 struct supervisor_events {
     /// A session is up: connected, and the `on_connected` hook succeeded.
@@ -207,16 +209,16 @@ public:
     /// completes afterwards. May be called from the supervisor's own event handlers.
     void stop();
 
-    /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`.
+    /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`;
+    /// any Asio completion token works. No per-operation cancellation: once queued, a message
+    /// completes exactly once, as "Message fate" says.
     template <class CompletionToken>
     auto async_send(std::string data, message_type type, CompletionToken&& token)
     {
-        return boost::asio::async_initiate<CompletionToken, void(error_code)>(
-            [this](auto handler, std::string data, message_type type) {
-                do_send(std::move(data), type,
-                        boost::asio::any_completion_handler<void(error_code)>(std::move(handler)));
-            },
-            token, std::move(data), type);
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this](std::string d, message_type t, detail::send_handler h) { start_send(std::move(d), t, std::move(h)); },
+            std::move(data), type);
     }
 
     /// `async_send` as an awaitable that returns the error code instead of throwing.
@@ -229,11 +231,10 @@ public:
     /// or from the supervisor's handlers.
     const disconnect_info& last_disconnect() const noexcept;
 
-    struct impl;
-
 private:
+    struct impl;
     supervisor(boost::asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy, int);
-    void do_send(std::string data, message_type type, boost::asio::any_completion_handler<void(error_code)> handler);
+    void start_send(std::string data, message_type type, detail::send_handler handler);
 
     std::unique_ptr<impl> impl_;
 };

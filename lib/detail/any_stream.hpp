@@ -5,13 +5,23 @@
 // A byte stream that is plain TCP or TLS over TCP, chosen per connection at run time.
 // One websocket::stream<any_stream> instantiation serves ws:// and wss://, which halves the
 // Beast template code compiled into lib/ compared with templating the session on the stream.
+//
+// It is also where the session learns that Beast closes the connection on its own (the
+// peer's close frame answered, or a protocol violation failed): Beast writes its close frame
+// and then tears TCP down through this stream, so every write and the teardown tell the
+// session's `closing` hook, and a teardown that the peer never lets finish can be cut short
+// (`cut_teardown()`), after which Beast reports the close or the violation as usual.
 
+#include <vigil/error.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/role.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket/teardown.hpp>
 
+#include <memory>
 #include <optional>
 #include <utility>
 
@@ -22,6 +32,7 @@ public:
     using executor_type = boost::asio::any_io_executor;
     using tcp_socket = boost::asio::ip::tcp::socket;
     using tls_stream = boost::beast::ssl_stream<tcp_socket>;
+    using closing_hook = void (*)(void* owner);
 
     /// Plain TCP when `ctx` is null, TLS over TCP otherwise.
     any_stream(executor_type ex, boost::asio::ssl::context* ctx)
@@ -46,6 +57,26 @@ public:
     tcp_socket& socket() noexcept { return tls_ ? tls_->next_layer() : *plain_; }
     tls_stream* tls() noexcept { return tls_ ? &*tls_ : nullptr; }
 
+    /// `hook(owner)` runs before every write and when the teardown begins; the owner looks
+    /// whether the websocket stream is still open.
+    void watch_closing(closing_hook hook, void* owner) noexcept
+    {
+        hook_ = hook;
+        owner_ = owner;
+    }
+
+    /// Ends a teardown in progress now, as if the peer had closed its side: the socket is
+    /// closed and Beast's operation goes on with its own result. False when none is pending.
+    bool cut_teardown() noexcept
+    {
+        if (!teardown_ || teardown_->how == teardown_state::ending::cut)
+            return false;
+        teardown_->how = teardown_state::ending::cut;
+        boost::system::error_code ignored;
+        socket().close(ignored);
+        return true;
+    }
+
     template <class MutableBufferSequence, class ReadHandler>
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
@@ -57,6 +88,8 @@ public:
     template <class ConstBufferSequence, class WriteHandler>
     auto async_write_some(const ConstBufferSequence& buffers, WriteHandler&& handler)
     {
+        if (hook_)
+            hook_(owner_);
         if (tls_)
             return tls_->async_write_some(buffers, std::forward<WriteHandler>(handler));
         return plain_->async_write_some(buffers, std::forward<WriteHandler>(handler));
@@ -82,15 +115,42 @@ public:
     friend void async_teardown(boost::beast::role_type role, any_stream& s, TeardownHandler&& handler)
     {
         using boost::beast::websocket::async_teardown;
+        if (s.hook_)
+            s.hook_(s.owner_);
+        s.teardown_ = std::make_unique<teardown_state>(std::forward<TeardownHandler>(handler));
+        auto done = [&s](boost::system::error_code ec) { s.teardown_done(ec); };
         if (s.tls_)
-            async_teardown(role, *s.tls_, std::forward<TeardownHandler>(handler));
+            async_teardown(role, *s.tls_, std::move(done));
         else
-            async_teardown(role, *s.plain_, std::forward<TeardownHandler>(handler));
+            async_teardown(role, *s.plain_, std::move(done));
     }
 
 private:
+    struct teardown_state {
+        enum class ending { by_peer, cut };
+        template <class H>
+        explicit teardown_state(H&& h) : handler(std::forward<H>(h))
+        {
+        }
+        boost::asio::any_completion_handler<void(boost::system::error_code)> handler;
+        ending how = ending::by_peer;
+    };
+
+    void teardown_done(boost::system::error_code ec)
+    {
+        auto state = std::move(teardown_);
+        // Cut short: the close itself went as far as it could; Beast reports what it was
+        // closing for (the peer's close code, or the violation), not our socket's error.
+        if (state->how == teardown_state::ending::cut)
+            ec = {};
+        std::move(state->handler)(ec);
+    }
+
     std::optional<tcp_socket> plain_;
     std::optional<tls_stream> tls_;
+    closing_hook hook_ = nullptr;
+    void* owner_ = nullptr;
+    std::unique_ptr<teardown_state> teardown_;
 };
 
 }  // namespace vigil::detail

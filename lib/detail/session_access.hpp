@@ -2,9 +2,10 @@
 // SPDX-License-Identifier: BSL-1.0
 #pragma once
 
-// What the server needs from a session beyond its public API: adopting an accepted socket,
-// the receive queue, shared-buffer broadcasts and overriding the reported end. Implemented
-// in session.cpp, so that server.cpp never instantiates Beast's templates itself.
+// What the server and the supervisor need from a session beyond its public API: adopting an
+// accepted socket, the receive queue, shared-buffer broadcasts, reporting the end as a
+// reason of their own, and delivery confirmation. Implemented in session.cpp and accept.cpp,
+// so that server.cpp and supervisor.cpp never instantiate Beast's templates themselves.
 
 #include <vigil/server.hpp>
 #include <vigil/session.hpp>
@@ -31,14 +32,14 @@ struct accept_params {
     std::size_t receive_queue_limit = 256;  // 0: no receiver, messages are dropped
     std::string server_name;
     /// Answer the upgrade request with 503 and this Retry-After instead of accepting it.
-    bool refuse = false;
+    enum class answer { accept, refuse } verdict = answer::accept;
     std::chrono::milliseconds retry_after{0};
 };
 
 struct accept_result {
-    error_code ec;        // empty: the connection is open
+    error_code ec;  // empty: the connection is open
     std::string detail;
-    std::string target;   // the request target
+    std::string target;  // the request target
 };
 
 struct session_access {
@@ -62,8 +63,8 @@ struct session_access {
     /// Application messages written so far on this connection (the count a send's
     /// completion leaves behind, read on the session's strand).
     static std::uint64_t writes(const session& s) noexcept;
-    /// From now on the session's end is reported as `ec` (unless it ends with a failure
-    /// of its own first). Call on the session's strand.
+    /// From now on the session's end is reported as `ec` (unless it ended already). Call on
+    /// the session's strand.
     static void end_as(session& s, error_code ec, std::string detail);
 };
 

@@ -2,11 +2,11 @@
 // SPDX-License-Identifier: BSL-1.0
 #pragma once
 
-// A one-waiter event for coroutines that share a strand: the writer sleeps on it while its
-// queue is empty and send() wakes it. Unlike the usual "timer at max, cancel() to wake"
-// trick, notify() resumes the waiter inline (we are already on its strand), which saves one
-// trip through the scheduler per message: on small messages that trip is a measurable part
-// of the cost of a send.
+// A one-waiter event for code that shares a strand: a waiter parks its completion handler
+// here and whoever has news completes it. Unlike the usual "timer at max, cancel() to wake"
+// trick, notify() resumes the waiter inline (we are already on its strand), which saves a
+// trip through the scheduler; notify_later() posts, for teardown paths where resuming
+// someone else's coroutine in the middle would re-enter it.
 //
 // It refers to its owner's executor instead of holding a copy: every connection holds
 // several of these, and a type-erased executor is 56 bytes.
@@ -29,21 +29,30 @@ namespace vigil::detail {
 template <class Executor>
 class wakeup {
 public:
+    /// Called instead of completing when the waiter is cancelled (see async_wait).
+    using cancel_hook = void (*)(void* arg);
+
     /// `ex` must outlive the wakeup (it is its owner's).
     explicit wakeup(const Executor& ex) : ex_(&ex) {}
 
-    /// Completes with an empty code on notify(), with operation_aborted when the operation
-    /// is cancelled through its slot (any cancellation type). At most one waiter.
+    /// Completes with the code given to notify(), or with operation_aborted when cancelled
+    /// through its slot (any cancellation type). With a `hook`, a cancellation calls
+    /// `hook(arg)` instead (from inside the emitter: the hook must not resume anyone
+    /// inline) and the waiter completes only when notified. At most one waiter.
     template <class CompletionToken>
-    auto async_wait(CompletionToken&& token)
+    auto async_wait(CompletionToken&& token, cancel_hook hook = nullptr, void* arg = nullptr)
     {
         return boost::asio::async_initiate<CompletionToken, void(error_code)>(
-            [this](auto handler) {
+            [this, hook, arg](auto handler) {
                 waiter_.emplace(std::move(handler));
                 // any_completion_handler takes over the handler's slot with a cancellation
                 // state of its own; listen on that state's slot, not the original one.
                 slot_ = waiter_->get_cancellation_slot();
-                if (slot_.is_connected())
+                if (!slot_.is_connected())
+                    return;
+                if (hook)
+                    slot_.assign([hook, arg](boost::asio::cancellation_type_t) { hook(arg); });
+                else
                     slot_.assign([this](boost::asio::cancellation_type_t) {
                         finish(boost::asio::error::operation_aborted, false);
                     });
@@ -51,12 +60,11 @@ public:
             token);
     }
 
-    /// Resumes the waiter, if any, inline.
-    void notify() { finish(error_code{}, true); }
+    /// Completes the waiter, if any, inline.
+    void notify(error_code ec = {}) { finish(ec, true); }
 
-    /// Resumes the waiter, if any, through the executor: for teardown paths, where resuming
-    /// someone else's coroutine in the middle would re-enter it.
-    void notify_later() { finish(error_code{}, false); }
+    /// Completes the waiter, if any, through the executor.
+    void notify_later(error_code ec = {}) { finish(ec, false); }
 
     bool waiting() const noexcept { return waiter_.has_value(); }
 
@@ -74,7 +82,7 @@ private:
         if (inline_ok)
             boost::asio::dispatch(*ex_, boost::asio::append(std::move(h), ec));
         else
-            boost::asio::post(*ex_, boost::asio::append(std::move(h), ec));  // from a cancellation slot: never inline
+            boost::asio::post(*ex_, boost::asio::append(std::move(h), ec));
     }
 
     using handler_type = boost::asio::any_completion_handler<void(error_code)>;

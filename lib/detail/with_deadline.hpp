@@ -8,6 +8,8 @@
 // caller cancels) the `abort` action closes the socket or cancels the resolver, which makes
 // the operation complete, which lets `||` finish.
 
+#include "common.hpp"
+
 #include <vigil/error.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -24,28 +26,9 @@
 
 namespace vigil::detail {
 
-/// Lets terminal, partial and total cancellation in, and hands every one on as terminal:
-/// for vigil's operations any cancellation means "stop and tear down".
-struct any_cancellation_as_terminal {
-    boost::asio::cancellation_type_t operator()(boost::asio::cancellation_type_t t) const noexcept
-    {
-        return t == boost::asio::cancellation_type::none ? t : boost::asio::cancellation_type::terminal;
-    }
-};
-
-/// Every coroutine that is an arm of `||` starts by installing this filter and turning off
-/// throw-if-cancelled: arms return errors as values, because `||` does not cancel the
-/// siblings of an arm that throws.
-inline bool cancelled(const boost::asio::cancellation_state& cs) noexcept
-{
-    return cs.cancelled() != boost::asio::cancellation_type::none;
-}
-
 inline boost::asio::awaitable<error_code> deadline_op_arm(boost::asio::awaitable<error_code> op, bool* done)
 {
-    co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::enable_total_cancellation(),
-                                                              any_cancellation_as_terminal{});
-    co_await boost::asio::this_coro::throw_if_cancelled(false);
+    co_await enter_operation();
     error_code ec = co_await std::move(op);
     *done = true;
     co_return ec;
@@ -55,9 +38,7 @@ inline boost::asio::awaitable<error_code> deadline_timer_arm(std::chrono::steady
                                                              error_code timeout_code, const bool* done,
                                                              const std::function<void()>* abort)
 {
-    co_await boost::asio::this_coro::reset_cancellation_state(boost::asio::enable_total_cancellation(),
-                                                              any_cancellation_as_terminal{});
-    co_await boost::asio::this_coro::throw_if_cancelled(false);
+    co_await enter_operation();
     boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, limit);
     auto [ec] = co_await timer.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
     if (*done)

@@ -1,0 +1,269 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The client's side of opening a connection: the URL, DNS and TCP within connect_timeout,
+// TLS with certificate and host name verification within tls_handshake_timeout, and the
+// upgrade within handshake_timeout. Each step's failure says what and where.
+
+#include "session_core.hpp"
+#include "with_deadline.hpp"
+
+#include <vigil/url.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+namespace vigil::detail {
+
+/// A DNS lookup in progress. getaddrinfo runs on Asio's resolver thread and cannot be
+/// interrupted: cancel() only takes effect once it returns, which with a dead DNS server can
+/// be many seconds. So the lookup reports into this shared state and the connect waits on a
+/// timer that the deadline (or the caller) can cancel at once; a lookup given up on finishes
+/// in the background.
+struct session_core::lookup {
+    enum class state { pending, finished };
+    explicit lookup(const asio::any_io_executor& ex) : done(ex, time_point::max()) {}
+    asio::steady_timer done;
+    state status = state::pending;
+    error_code ec;
+    asio::ip::tcp::resolver::results_type results;
+};
+
+namespace {
+
+std::string ms_text(std::chrono::milliseconds d)
+{
+    return std::to_string(d.count()) + " ms";
+}
+
+}  // namespace
+
+asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep)
+{
+    auto state = std::make_shared<lookup>(strand_);
+    lookup_ = state;
+    resolver_->async_resolve(ep.host, std::to_string(ep.port),
+                             [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
+                                 state->ec = ec;
+                                 state->results = std::move(results);
+                                 state->status = lookup::state::finished;
+                                 state->done.cancel();
+                             });
+    co_await state->done.async_wait(asio::as_tuple(asio::use_awaitable));
+    lookup_.reset();
+    if (state->status != lookup::state::finished)
+        co_return asio::error::operation_aborted;
+    if (state->ec) {
+        last_.detail = with_context("resolving \"" + ep.host + "\"", state->ec);
+        co_return state->ec;
+    }
+    auto [ec, peer] = co_await asio::async_connect(ws_->next_layer().socket(), state->results,
+                                                   asio::as_tuple(asio::use_awaitable));
+    if (ec)
+        last_.detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), ec);
+    co_return ec;
+}
+
+void session_core::abort_connect() noexcept
+{
+    if (resolver_)
+        resolver_->cancel();
+    if (lookup_)
+        lookup_->done.cancel();
+    close_socket();
+}
+
+asio::awaitable<error_code> session_core::tls_handshake(asio::ssl::stream_base::handshake_type role)
+{
+    auto [ec] = co_await ws_->next_layer().tls()->async_handshake(role, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+asio::awaitable<error_code> session_core::upgrade(websocket::response_type& res, const endpoint& ep)
+{
+    auto [ec] = co_await ws_->async_handshake(res, ep.host_header, ep.target, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+error_code session_core::setup_tls_context(std::string& detail)
+{
+    if (cfg_->tls.context) {
+        tls_ctx_ = cfg_->tls.context;
+        return {};
+    }
+    if (tls_ctx_)
+        return {};
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+    error_code ec;
+    if (cfg_->tls.insecure_skip_verify) {
+        ctx->set_verify_mode(asio::ssl::verify_none, ec);
+    } else {
+        ctx->set_verify_mode(asio::ssl::verify_peer, ec);
+        if (!ec && !cfg_->tls.ca_file.empty())
+            ctx->load_verify_file(cfg_->tls.ca_file, ec);
+        else if (!ec)
+            ctx->set_default_verify_paths(ec);
+    }
+    if (ec) {
+        detail = with_context(cfg_->tls.ca_file.empty() ? std::string("tls: loading the system CA store")
+                                                        : "tls.ca_file: cannot load \"" + cfg_->tls.ca_file + "\"",
+                              ec);
+        return error::invalid_config;
+    }
+    tls_ctx_ = std::move(ctx);
+    return {};
+}
+
+error_code session_core::fail_connect(error_code ec, std::string detail)
+{
+    // cancel() during the attempt: whatever the step reported, the caller cancelled.
+    if (conn_.end.decided() == end_reason::kind::cancelled)
+        ec = asio::error::operation_aborted;
+    conn_.end.record(end_reason::kind::failure, ec, std::move(detail));
+    end_connection();
+    return conn_.end.code();
+}
+
+void session_core::set_no_delay() noexcept
+{
+    // Small frames (pings, pongs, chat messages) must not wait for Nagle's algorithm.
+    error_code ignored;
+    ws_->next_layer().socket().set_option(asio::ip::tcp::no_delay(true), ignored);
+}
+
+void session_core::prepare_stream(websocket::stream_base::decorator decorator)
+{
+    // Beast's own timer and keep-alive pings stay off: every wait has a deadline of ours
+    // (the handshake's, then the watchdog's), and two timers for one rule would race.
+    ws_->set_option(websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(),
+                                                    false});
+    ws_->set_option(std::move(decorator));
+    ws_->read_message_max(cfg_->max_message_size);
+    ws_->control_callback(
+        [this](websocket::frame_type kind, beast::string_view payload) { on_control_frame(kind, payload); });
+}
+
+std::string session_core::explain_tls_failure(const error_code& ec, const endpoint& ep)
+{
+    if (ec == error::tls_handshake_timeout)
+        return "no TLS handshake with " + ep.host + " within " + ms_text(cfg_->tls_handshake_timeout) +
+               " (tls_handshake_timeout)";
+    std::string why = with_context("TLS handshake with " + ep.host, ec);
+    const long verify = SSL_get_verify_result(ws_->next_layer().tls()->native_handle());
+    if (verify != X509_V_OK)
+        why += std::string(" (certificate: ") + X509_verify_cert_error_string(verify) + ")";
+    return why;
+}
+
+std::string session_core::explain_upgrade_failure(error_code& ec, const websocket::response_type& res,
+                                                  const endpoint& ep)
+{
+    if (ec == websocket::error::upgrade_declined) {
+        last_.http_status = res.result_int();
+        ec = make_http_status_error(last_.http_status);
+        if (auto it = res.find(beast::http::field::retry_after); it != res.end()) {
+            if (auto delay = parse_retry_after(it->value()))
+                last_.retry_after = *delay;
+        }
+        return "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(last_.http_status) + " " +
+               std::string(res.reason());
+    }
+    if (ec == error::handshake_timeout)
+        return "no answer to the upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
+    return with_context("WebSocket handshake with " + ep.host, ec);
+}
+
+namespace {
+
+// Sets SNI and the name (or address) the certificate must carry.
+void verify_host(SSL* ssl, const endpoint& ep, bool skip_verify)
+{
+    if (!ep.host_is_ip)
+        SSL_set_tlsext_host_name(ssl, ep.host.c_str());  // no SNI for IP literals (RFC 6066)
+    if (skip_verify)
+        return;
+    if (ep.host_is_ip)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ep.host.c_str());
+    else
+        SSL_set1_host(ssl, ep.host.c_str());
+}
+
+}  // namespace
+
+asio::awaitable<error_code> session_core::connect_op(std::string url)
+{
+    co_await enter_operation();
+    if (phase_ != phase::idle)
+        co_return error::already_running;
+    if (auto stale = std::exchange(conn_.end.exception, nullptr))
+        std::rethrow_exception(stale);  // on_disconnected threw after a cancel(); see end_connection()
+    begin_connection();
+
+    endpoint ep;
+    std::string detail;
+    if (auto ec = parse_url(url, ep, &detail))
+        co_return fail_connect(ec, std::move(detail));
+    if (auto ec = validate(*cfg_, &detail))
+        co_return fail_connect(ec, std::move(detail));
+    if (ep.tls) {
+        if (auto ec = setup_tls_context(detail))
+            co_return fail_connect(ec, std::move(detail));
+    }
+    ws_.reset();
+    ws_.emplace(strand_, ep.tls ? tls_ctx_.get() : nullptr);
+    if (!resolver_)
+        resolver_ = std::make_unique<asio::ip::tcp::resolver>(strand_);
+
+    // 1. DNS + TCP.
+    auto ec = co_await with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,
+                                     [this] { abort_connect(); });
+    if (ec == error::connect_timeout)
+        last_.detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
+                       ms_text(cfg_->connect_timeout) + " (connect_timeout)";
+    if (ec)
+        co_return fail_connect(ec, last_.detail);
+    set_no_delay();
+
+    // 2. TLS, verifying the certificate against the URL's host.
+    if (ep.tls) {
+        verify_host(ws_->next_layer().tls()->native_handle(), ep, cfg_->tls.insecure_skip_verify);
+        ec = co_await with_deadline(tls_handshake(asio::ssl::stream_base::client), cfg_->tls_handshake_timeout,
+                                    error::tls_handshake_timeout, [this] { close_socket(); });
+        if (ec)
+            co_return fail_connect(ec, explain_tls_failure(ec, ep));
+    }
+
+    // 3. The upgrade.
+    prepare_stream(websocket::stream_base::decorator([cfg = cfg_](websocket::request_type& req) {
+        req.set(beast::http::field::user_agent, cfg->user_agent);
+        for (const auto& [name, value] : cfg->headers)
+            req.set(name, value);
+    }));
+    websocket::response_type res;
+    ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
+                                [this] { close_socket(); });
+    if (ec) {
+        auto why = explain_upgrade_failure(ec, res, ep);
+        co_return fail_connect(ec, std::move(why));
+    }
+    if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state))
+        co_return fail_connect(asio::error::operation_aborted, "cancelled");
+
+    opened(clock_type::now());
+    emit(&session_events::on_connected);
+    if (auto e = std::exchange(conn_.end.exception, nullptr)) {
+        end_connection();  // recorded as handler_exception by emit()
+        std::rethrow_exception(e);
+    }
+    co_return error_code{};
+}
+
+}  // namespace vigil::detail

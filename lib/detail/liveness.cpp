@@ -1,0 +1,221 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+#include "liveness.hpp"
+
+#include <algorithm>
+
+namespace vigil::detail {
+
+namespace {
+
+constexpr time_point never = time_point::max();
+
+// splitmix64: small, fast and seedable; jitter needs no more.
+std::uint64_t next_random(std::uint64_t& state) noexcept
+{
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+}  // namespace
+
+time_point on_grid(time_point t) noexcept
+{
+    const auto since = t.time_since_epoch();
+    const auto grain = duration(timer_grain);
+    if (t == never || since <= duration::zero())
+        return t;
+    if (t > never - grain)
+        return never;
+    const auto rest = since % grain;
+    return rest == duration::zero() ? t : t - rest + grain;
+}
+
+liveness_settings liveness_settings::from(const session_config& cfg, bool confirm_writes) noexcept
+{
+    liveness_settings s;
+    s.ping_interval = cfg.ping_interval;
+    s.pong_timeout = cfg.pong_timeout;
+    s.mode = cfg.ping;
+    s.ping_jitter = cfg.ping_jitter;
+    s.idle_timeout = cfg.idle_timeout;
+    s.write_timeout = cfg.write_timeout;
+    s.close_timeout = cfg.close_timeout;
+    s.confirm_writes = confirm_writes;
+    return s;
+}
+
+void liveness::start(const liveness_settings& s, time_point now, std::uint64_t seed) noexcept
+{
+    *this = liveness{};
+    s_ = s;
+    rng_ = seed;
+    last_rx_ = last_data_ = now;
+    ping_due_at_ = ping_sent_at_ = now;
+    next_fixed_ = now + s_.ping_interval;
+    early_ = draw_early();
+}
+
+duration liveness::draw_early() noexcept
+{
+    if (s_.ping_jitter <= 0.0 || !heartbeat_on())
+        return {};
+    // 53 random bits as a fraction in [0, 1).
+    const double unit = static_cast<double>(next_random(rng_) >> 11) * 0x1.0p-53;
+    const auto span = std::chrono::duration<double, duration::period>(s_.ping_interval) * s_.ping_jitter;
+    return std::chrono::duration_cast<duration>(span * unit);
+}
+
+void liveness::frame_received(time_point now) noexcept
+{
+    last_rx_ = std::max(last_rx_, now);
+}
+
+void liveness::data_received(time_point now) noexcept
+{
+    frame_received(now);
+    last_data_ = std::max(last_data_, now);
+}
+
+std::optional<pong_news> liveness::pong_received(time_point now) noexcept
+{
+    frame_received(now);
+    if (pong_ != pong_wait::awaited)
+        return std::nullopt;
+    pong_ = pong_wait::none;
+    return pong_news{now - ping_sent_at_, ping_covers_};
+}
+
+void liveness::ping_sent(time_point now, ping_carrier carrier) noexcept
+{
+    // The deadline counts from when the ping was due, not from when a late tick sent it
+    // (the grid, a busy loop): that is what keeps detection within interval + timeout.
+    ping_due_at_ = std::min(ping_due(), now);
+    ping_sent_at_ = now;
+    pong_ = pong_wait::awaited;
+    if (carrier == ping_carrier::control_frame)
+        ping_write_ = ping_write::in_flight;
+    ping_covers_ = written_;
+    if (s_.mode == ping_mode::fixed)
+        next_fixed_ = next_fixed_ + s_.ping_interval > now ? next_fixed_ + s_.ping_interval : now + s_.ping_interval;
+    early_ = draw_early();
+}
+
+void liveness::ping_write_done() noexcept
+{
+    ping_write_ = ping_write::idle;
+}
+
+void liveness::write_started(time_point now) noexcept
+{
+    writing_ = writing::busy;
+    write_started_at_ = now;
+}
+
+void liveness::write_finished() noexcept
+{
+    writing_ = writing::idle;
+}
+
+void liveness::message_written() noexcept
+{
+    ++written_;
+}
+
+void liveness::close_started(time_point now) noexcept
+{
+    if (closing_ == closing::yes)
+        return;
+    closing_ = closing::yes;
+    close_started_at_ = now;
+}
+
+void liveness::reading_paused() noexcept
+{
+    reading_ = reading::paused;
+}
+
+void liveness::reading_resumed(time_point now) noexcept
+{
+    if (reading_ == reading::on)
+        return;
+    reading_ = reading::on;
+    // Both clocks start afresh: the silence while paused was ours, not the peer's.
+    last_rx_ = last_data_ = now;
+}
+
+time_point liveness::ping_due() const noexcept
+{
+    if (!heartbeat_on() || closing_ == closing::yes || reading_ == reading::paused ||
+        ping_write_ == ping_write::in_flight)
+        return never;
+    // idle: once nothing has arrived for the interval since the later of the last frame
+    // and the last ping; fixed: on a steady schedule. Either way `early_` (ping_jitter)
+    // spreads the pings of connections that started together.
+    const time_point base = s_.mode == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + s_.ping_interval
+                                                       : next_fixed_;
+    time_point due = base - early_;
+    // Confirming delivery: a ping soon after writes, one in flight at a time, whatever
+    // arrives meanwhile (only its pong proves the peer read them).
+    if (s_.confirm_writes && written_ > ping_covers_ && pong_ == pong_wait::none)
+        due = std::min(due, ping_sent_at_ + duration(confirm_gap));
+    return due;
+}
+
+bool liveness::awaiting_proof() const noexcept
+{
+    // Any frame after the ping proves the peer alive, not only the pong.
+    return heartbeat_on() && reading_ == reading::on && ping_sent_at_ > last_rx_;
+}
+
+bool liveness::idle_watched() const noexcept
+{
+    return s_.idle_timeout > duration::zero() && reading_ == reading::on && closing_ == closing::no;
+}
+
+time_point liveness::pong_deadline() const noexcept
+{
+    if (!awaiting_proof())
+        return never;
+    // From when the ping was due, so that neither the grid nor a few milliseconds of our
+    // own lateness in sending it stretch the bound; but a ping our loop sent much later
+    // than due (it was stalled) still leaves the peer half its timeout to answer.
+    const auto from = std::max(ping_due_at_, ping_sent_at_ - s_.pong_timeout / 2);
+    return from + s_.pong_timeout;
+}
+
+expiry liveness::expired(time_point now) const noexcept
+{
+    if (now >= pong_deadline())
+        return expiry::pong;
+    if (idle_watched() && now >= last_data_ + s_.idle_timeout)
+        return expiry::idle;
+    if (writing_ == writing::busy && s_.write_timeout > duration::zero() &&
+        now >= write_started_at_ + s_.write_timeout)
+        return expiry::write;
+    if (closing_ == closing::yes && now >= close_started_at_ + s_.close_timeout)
+        return expiry::close;
+    return expiry::none;
+}
+
+time_point liveness::next_deadline() const noexcept
+{
+    time_point next = pong_deadline();
+    if (idle_watched())
+        next = std::min(next, last_data_ + s_.idle_timeout);
+    if (writing_ == writing::busy && s_.write_timeout > duration::zero())
+        next = std::min(next, write_started_at_ + s_.write_timeout);
+    if (closing_ == closing::yes)
+        next = std::min(next, close_started_at_ + s_.close_timeout);
+    return next;
+}
+
+time_point liveness::next_wakeup() const noexcept
+{
+    return std::min(ping_due(), next_deadline());
+}
+
+}  // namespace vigil::detail

@@ -1,0 +1,154 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The rules of time of one connection, with no socket and no clock of its own: when the
+// heartbeat pings, and when the watchdog ends the connection. The session feeds it what
+// happened and when (`now` is always an argument), and asks what is due; unit tests step it
+// with a fake clock (tests/unit/test_liveness.cpp). docs/design.md shows where it sits.
+
+#include <vigil/config.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+
+namespace vigil::detail {
+
+using clock_type = std::chrono::steady_clock;
+using time_point = clock_type::time_point;
+using duration = clock_type::duration;
+
+/// Every wake-up of a session is rounded up to this grid, so that the timers of many
+/// connections fall due together and one event-loop turn serves them all.
+inline constexpr std::chrono::milliseconds timer_grain{10};
+
+/// `t` rounded up to the grid; `time_point::max()` and the epoch stay as they are.
+time_point on_grid(time_point t) noexcept;
+
+/// Shortest time between two pings sent to confirm writes: under a steady stream of sends,
+/// one ping confirms a batch rather than every message costing a ping.
+inline constexpr std::chrono::milliseconds confirm_gap{5};
+
+/// What the rules read from a session_config.
+struct liveness_settings {
+    duration ping_interval{};  ///< zero: no heartbeat
+    duration pong_timeout{};
+    ping_mode mode = ping_mode::idle;
+    double ping_jitter = 0.0;  ///< each ping goes up to this fraction of the interval early
+    duration idle_timeout{};   ///< zero: off
+    duration write_timeout{};  ///< zero: off
+    duration close_timeout{};
+    bool confirm_writes = false;  ///< ping soon after writes, so that a pong confirms them
+
+    static liveness_settings from(const session_config& cfg, bool confirm_writes) noexcept;
+};
+
+/// The deadline that passed, as `liveness::expired()` reports it (the first in this order).
+enum class expiry {
+    none,
+    pong,   ///< nothing at all arrived within pong_timeout of a ping
+    idle,   ///< no data message for idle_timeout: say goodbye (the close deadline follows)
+    write,  ///< one message write took longer than write_timeout
+    close,  ///< the close handshake took longer than close_timeout
+};
+
+/// How a ping travels: a control frame written on its own (no second one is stacked
+/// behind it while it is in flight), or a data message through the send queue.
+enum class ping_carrier { control_frame, message };
+
+/// What a pong that answers our last ping tells.
+struct pong_news {
+    duration rtt{};             ///< from the ping's send to its pong
+    std::uint64_t confirmed{};  ///< application messages written before that ping
+};
+
+class liveness {
+public:
+    /// A connection that opened at `now`; forgets the previous one. `seed` seeds the
+    /// draws of `ping_jitter`.
+    void start(const liveness_settings& s, time_point now, std::uint64_t seed) noexcept;
+
+    // ---- what happened ----
+
+    /// Any frame arrived (data, control, heartbeat message): proof of life.
+    void frame_received(time_point now) noexcept;
+    /// A data message arrived that the application gets (heartbeat messages are not data).
+    void data_received(time_point now) noexcept;
+    /// The pong that answers our last ping arrived (also a frame). Nullopt when no ping
+    /// waits for one (a late or repeated pong).
+    std::optional<pong_news> pong_received(time_point now) noexcept;
+    /// The heartbeat handed a ping to the transport at `now`.
+    void ping_sent(time_point now, ping_carrier carrier) noexcept;
+    /// A protocol ping's write completed (no second ping is stacked behind one in flight).
+    void ping_write_done() noexcept;
+    /// A message write began / ended (the write deadline runs in between).
+    void write_started(time_point now) noexcept;
+    void write_finished() noexcept;
+    /// An application message was written whole (counted for delivery confirmation).
+    void message_written() noexcept;
+    /// The close handshake began (ours, a goodbye, or the peer's being answered): no more
+    /// pings, no idle verdict, and the close deadline runs from `now`. Later calls change
+    /// nothing.
+    void close_started(time_point now) noexcept;
+    /// The application stopped taking messages, so we stopped reading: the peer cannot be
+    /// heard, and its silence is not held against it until reading resumes.
+    void reading_paused() noexcept;
+    void reading_resumed(time_point now) noexcept;
+
+    // ---- what is due ----
+
+    /// When the heartbeat should send the next ping; `time_point::max()` for never (no
+    /// heartbeat, closing, paused, or a ping still being written).
+    time_point ping_due() const noexcept;
+    /// The first deadline that has passed at `now`, in the order of `expiry`.
+    expiry expired(time_point now) const noexcept;
+    /// The earliest deadline still running (`time_point::max()` for none).
+    time_point next_deadline() const noexcept;
+    /// When the session must look again: the earlier of the two above.
+    time_point next_wakeup() const noexcept;
+
+    // ---- what it knows ----
+
+    time_point last_received() const noexcept { return last_rx_; }
+    /// Application messages written whole on this connection.
+    std::uint64_t written() const noexcept { return written_; }
+    /// The pong deadline of the ping awaiting proof of life, else `time_point::max()`.
+    time_point pong_deadline() const noexcept;
+
+private:
+    enum class pong_wait { none, awaited };
+    enum class reading { on, paused };
+    enum class ping_write { idle, in_flight };
+    enum class writing { idle, busy };
+    enum class closing { no, yes };
+
+    duration draw_early() noexcept;
+    bool heartbeat_on() const noexcept { return s_.ping_interval > duration::zero(); }
+    bool awaiting_proof() const noexcept;
+    bool idle_watched() const noexcept;
+
+    liveness_settings s_{};
+    std::uint64_t rng_ = 0;
+
+    time_point last_rx_{};    // any frame
+    time_point last_data_{};  // data messages only
+
+    time_point ping_due_at_{};    // when the last ping was due (not rounded, not late)
+    time_point ping_sent_at_{};   // when it was handed over
+    time_point next_fixed_{};     // ping_mode::fixed: the next ping's slot
+    duration early_{};            // ping_jitter: how early the next ping goes
+    pong_wait pong_ = pong_wait::none;
+    ping_write ping_write_ = ping_write::idle;
+
+    std::uint64_t written_ = 0;      // application messages written, this connection
+    std::uint64_t ping_covers_ = 0;  // written_ when the last ping was sent
+
+    reading reading_ = reading::on;
+    writing writing_ = writing::idle;
+    time_point write_started_at_{};
+    closing closing_ = closing::no;
+    time_point close_started_at_{};
+};
+
+}  // namespace vigil::detail

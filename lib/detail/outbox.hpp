@@ -1,0 +1,85 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The supervisor's side of "no message is lost silently": the outbox, where messages wait
+// for a connection (bounded, each with a time to live), and the delivery tracker, where
+// written messages wait for a pong that proves the peer read them
+// (delivery_guarantee::confirmed and resend_unconfirmed). Every message leaves them through
+// `completer`, exactly once.
+
+#include <vigil/detail/async_send.hpp>
+#include <vigil/supervisor.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <utility>
+
+namespace vigil::detail {
+
+struct pending_message {
+    std::string data;
+    message_type type = message_type::text;
+    std::chrono::steady_clock::time_point queued{};
+    send_handler handler;
+};
+
+/// Completes a message's send with `ec` (the supervisor counts it and posts the handler).
+struct completer {
+    void (*fn)(void* owner, send_handler h, error_code ec);
+    void* owner;
+    void operator()(pending_message& m, error_code ec) const { fn(owner, std::move(m.handler), ec); }
+};
+
+class outbox {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+
+    outbox(std::size_t limit, std::chrono::milliseconds ttl, completer done) : limit_(limit), ttl_(ttl), done_(done) {}
+
+    /// Queues `m` (stamped `now`), or completes it with `send_queue_full`.
+    void push(pending_message m, time_point now);
+    /// Completes with `message_expired` what waited longer than the TTL.
+    void expire(time_point now);
+    /// When the oldest message expires (`time_point::max()` for never).
+    time_point next_expiry() const noexcept;
+    /// Completes everything with `ec`.
+    void fail_all(error_code ec);
+
+    bool empty() const noexcept { return messages_.empty(); }
+    /// The oldest, out of the outbox while it is written (so that the TTL cannot touch it).
+    pending_message take_front();
+    /// Back at the head: its write was cut off, or it must be sent again.
+    void put_back(pending_message m) { messages_.push_front(std::move(m)); }
+
+private:
+    std::deque<pending_message> messages_;
+    std::size_t limit_;
+    std::chrono::milliseconds ttl_;  // zero: no limit
+    completer done_;
+};
+
+class delivery_tracker {
+public:
+    delivery_tracker(delivery_guarantee g, completer done) : guarantee_(g), done_(done) {}
+
+    /// Whether a successful write completes the send (`written`), or a pong must confirm it.
+    bool confirms() const noexcept { return guarantee_ != delivery_guarantee::written; }
+    /// `m` was written; it was message number `n` of its connection.
+    void written(pending_message m, std::uint64_t n) { unconfirmed_.emplace_back(n, std::move(m)); }
+    /// A pong proved the peer read the first `n` messages of the connection.
+    void confirm_upto(std::uint64_t n);
+    /// The connection ended: what it did not confirm goes back to the head of `box`, oldest
+    /// first (resend_unconfirmed), or completes with `delivery_unconfirmed` (confirmed).
+    void settle(outbox& box);
+
+private:
+    delivery_guarantee guarantee_;
+    completer done_;
+    std::deque<std::pair<std::uint64_t, pending_message>> unconfirmed_;
+};
+
+}  // namespace vigil::detail

@@ -1,0 +1,162 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The reader, an arm of run(). It keeps one read pending for the whole connection: Beast
+// answers the peer's pings and reports pongs (through the control callback) only while a
+// read is pending, so a session that stopped reading would look dead to its peer and be
+// blind to its own heartbeat. Every frame it sees is reported to the liveness rules; data
+// messages go to the application (on_message, or a server connection's inbox).
+
+#include "session_core.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/deferred.hpp>
+
+namespace vigil::detail {
+
+namespace {
+
+/// The first read of each message asks for at most this much: an idle connection's pending
+/// read then holds a buffer this small instead of Beast's usual 1,536 bytes, and a larger
+/// message costs one more completion to finish reading.
+constexpr std::size_t first_read = 512;
+
+}  // namespace
+
+asio::awaitable<error_code> session_core::reader()
+{
+    co_await asio::this_coro::throw_if_cancelled(false);
+    for (;;) {
+        // A cancellation reaches the coroutine's state, not the read (below): look first.
+        if (phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
+            co_return conn_.end.code();
+        // The read listens for no cancellation: the socket closing ends it (conclude() closes
+        // it, whoever decides the end). One that listened would install a handler in the slot
+        // every time Beast reads from the socket again, every pong, on every connection.
+        // Awaited as a deferred operation: use_awaitable would add a coroutine frame that an
+        // idle connection holds for as long as the read is pending.
+        const std::size_t limit = rx_.size() == 0 ? first_read : 0;
+        auto token = asio::as_tuple(asio::deferred);
+        auto [ec, n] = co_await asio::async_initiate<decltype(token), void(error_code, std::size_t)>(
+            [this, limit](auto handler) {
+                ws_->async_read_some(rx_, limit, asio::bind_cancellation_slot(asio::cancellation_slot(),
+                                                                               std::move(handler)));
+            },
+            token);
+        // The work between reads is in plain functions: what a coroutine's body holds, its
+        // frame holds, for every connection, for as long as the read is pending.
+        if (ec)
+            co_return read_failed(ec);
+        if (!ws_->is_message_done())
+            continue;
+        if (auto end = deliver())
+            co_return *end;
+        // The application is behind: stop reading until it catches up. TCP then pushes back
+        // on the peer, whose silence meanwhile is ours and is not held against it.
+        if (inbox_ && inbox_->full() && !co_await wait_for_room())
+            co_return conn_.end.code();
+    }
+}
+
+asio::awaitable<bool> session_core::wait_for_room()
+{
+    live_.reading_paused();
+    while (inbox_->full()) {
+        auto [ec] = co_await inbox_->async_wait_for_room(asio::as_tuple(asio::deferred));
+        if (ec || phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
+            co_return false;
+    }
+    live_.reading_resumed(clock_type::now());
+    reschedule();
+    co_return true;
+}
+
+error_code session_core::read_failed(error_code ec)
+{
+    std::string detail;
+    if (ec == websocket::error::closed) {
+        if (conn_.close == close_state::sent) {
+            ec = {};  // the answer to our own close: a clean end
+        } else {
+            const auto& why = ws_->reason();
+            last_.close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
+            last_.close_reason.assign(why.reason.data(), why.reason.size());
+            ec = make_close_error(last_.close_code);
+        }
+    } else if (ec.category() == websocket::make_error_code(websocket::error::closed).category()) {
+        // Beast failed the connection for something the peer sent, and sent a close frame
+        // (1002 protocol error, 1007 bad data, 1009 too big) before tearing it down.
+        detail = with_context("the peer broke the protocol", ec);
+    }
+    conclude(end_reason::kind::failure, ec, std::move(detail));
+    return conn_.end.code();
+}
+
+std::optional<error_code> session_core::deliver()
+{
+    const auto now = clock_type::now();
+    const auto type = ws_->got_text() ? message_type::text : message_type::binary;
+    std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
+    // Heartbeat messages prove the peer alive but are not data: they must not satisfy
+    // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
+    const bool heartbeat = conn_.app_heartbeat && type == message_type::text && heartbeat_consumed(data);
+    if (heartbeat)
+        live_.frame_received(now);
+    else
+        live_.data_received(now);
+    if (phase_ == phase::running && (!heartbeat || cfg_->deliver_heartbeat_messages)) {
+        if (inbox_ && inbox_->holds())
+            inbox_->push(received{{}, std::string(data), type});
+        else
+            emit(&session_events::on_message, data, type);
+    }
+    rx_.consume(rx_.size());
+    if (phase_ != phase::running)
+        return conn_.end.code();  // a handler threw, closed or cancelled
+    return std::nullopt;
+}
+
+bool session_core::heartbeat_consumed(std::string_view data)
+{
+    auto& policy = *conn_.app_heartbeat;
+    try {
+        if (policy.is_pong(data)) {
+            pong_arrived(clock_type::now());
+            return true;
+        }
+        if (auto reply = policy.answer(data)) {
+            send_heartbeat_message(std::move(*reply));
+            return true;
+        }
+    } catch (...) {
+        handler_threw(std::current_exception());
+        return true;
+    }
+    return false;
+}
+
+void session_core::on_control_frame(websocket::frame_type kind, beast::string_view payload)
+{
+    const auto now = clock_type::now();
+    if (kind == websocket::frame_type::pong &&
+        std::string_view(payload.data(), payload.size()) == ping_text(conn_.ping_seq).view())
+        pong_arrived(now);
+    else
+        live_.frame_received(now);
+}
+
+void session_core::pong_arrived(time_point now)
+{
+    const auto news = live_.pong_received(now);
+    if (!news)
+        return;  // late, or a repeat
+    emit(&session_events::on_pong, std::chrono::duration_cast<std::chrono::microseconds>(news->rtt));
+    if (!on_confirmed_)
+        return;
+    if (auto e = notify(on_confirmed_, news->confirmed))
+        handler_threw(std::move(e));
+    reschedule();  // messages written since that ping wait for the next one
+}
+
+}  // namespace vigil::detail

@@ -1,0 +1,113 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The supervisor's decisions, with no socket and no clock of its own: when to connect, how
+// long to wait, when to give up, and what stop() and retry_now() do in each state. The
+// supervisor's coroutine carries out what this machine says (lib/supervisor.cpp); unit tests
+// step it with a fake clock (tests/unit/test_reconnect.cpp). docs/design.md draws it.
+
+#include <vigil/backoff.hpp>
+#include <vigil/error.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+
+namespace vigil::detail {
+
+/// What the machine reads from a supervisor_config.
+struct reconnect_settings {
+    std::chrono::milliseconds stable_after{5000};
+    std::chrono::milliseconds min_delay{100};
+    std::chrono::milliseconds max_retry_after{60000};
+    std::size_t max_attempts = 0;  ///< zero: never give up on transient failures
+    /// Overrides vigil::is_permanent when set.
+    std::function<bool(const error_code&)> is_permanent;
+};
+
+enum class reconnect_state {
+    idle,          ///< run() is not in progress
+    connecting,    ///< an attempt's connect() is in progress
+    running_hook,  ///< connected; the on_connected hook runs beside the session
+    up,            ///< the hook succeeded; messages flow
+    waiting,       ///< between attempts, until `wait_until()`
+    stopping,      ///< stop() came during an attempt (or before run()): stop at the next step
+    stopped,       ///< run() ended by stop() or cancellation
+    gave_up,       ///< run() ended by a permanent failure or max_attempts
+};
+
+/// What the supervisor's coroutine does next.
+struct reconnect_action {
+    enum class kind {
+        connect,        ///< start an attempt
+        run,            ///< the handshake succeeded: run the session and the hook
+        close_session,  ///< stop() raced the handshake: close what was just opened
+        wait,           ///< wait `delay` (or until retry_now()) before the next attempt
+        stop,           ///< end run() with `reason`: empty after stop(), operation_aborted when cancelled
+        give_up,        ///< end run() with `reason`: the permanent failure or retries_exhausted
+    };
+    kind what = kind::connect;
+    std::chrono::milliseconds delay{0};  ///< for wait: policy, floor and Retry-After applied
+    std::size_t attempt = 0;             ///< for wait: 1 for the first retry of a failure streak
+    error_code reason;                   ///< for wait: the failure; for stop and give_up: the result
+};
+
+/// What stop() and retry_now() ask of the operation in progress, at once.
+enum class reconnect_interrupt {
+    none,
+    cancel_wait,    ///< end the wait between attempts now
+    abort_attempt,  ///< cancel the connect() in progress
+    close_session,  ///< close the live session with a close handshake
+};
+
+/// How an attempt ended: the reason, and the server's Retry-After if it sent one.
+struct attempt_result {
+    error_code reason;
+    std::chrono::milliseconds retry_after{0};
+};
+
+class reconnect_fsm {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+
+    /// `policy` must outlive the machine; it is asked for every delay and reset after a
+    /// stable connection, and nothing else.
+    reconnect_fsm(reconnect_settings s, any_backoff& policy) : s_(std::move(s)), policy_(&policy) {}
+
+    reconnect_state state() const noexcept { return state_; }
+    /// While waiting: when the next attempt may start (retry_now() brings it forward).
+    time_point wait_until() const noexcept { return wait_until_; }
+    /// Failed attempts in a row since the last stable connection (or run()).
+    std::size_t streak() const noexcept { return streak_; }
+
+    /// run() began.
+    reconnect_action start();
+    /// The attempt's handshake succeeded.
+    reconnect_action connected();
+    /// The on_connected hook succeeded: the connection counts as up from `now`.
+    void hook_succeeded(time_point now) noexcept;
+    /// The attempt ended: connect() failed, or the session (or its hook) ended.
+    reconnect_action attempt_ended(const attempt_result& r, time_point now);
+    /// The wait may be over (its timer fired or was cut short).
+    reconnect_action time_up(time_point now);
+    /// The awaiting coroutine was cancelled.
+    reconnect_action cancelled();
+
+    reconnect_interrupt stop();
+    reconnect_interrupt retry_now(time_point now);
+
+private:
+    reconnect_action finish(reconnect_state how, error_code reason);
+    reconnect_action retry_after_failure(const attempt_result& r, time_point now);
+    bool permanent(const error_code& ec) const;
+
+    reconnect_settings s_;
+    any_backoff* policy_;
+    reconnect_state state_ = reconnect_state::idle;
+    std::size_t streak_ = 0;
+    time_point up_since_{};  // while up
+    time_point wait_until_{};
+};
+
+}  // namespace vigil::detail

@@ -1,0 +1,294 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+#pragma once
+
+// The state behind vigil::session, and the operations on it. Each part lives in a file of
+// its own, named after it: connect.cpp, accept.cpp (the server side), reader.cpp,
+// heartbeat.cpp, watchdog.cpp (run()'s three arms), writer.cpp, and session.cpp (run(),
+// close, cancel and how a connection ends). The rules of time are not here but in
+// liveness.hpp, which the arms consult. Everything runs on `strand_`, so nothing here locks.
+// docs/design.md has the picture.
+
+#include "any_stream.hpp"
+#include "common.hpp"
+#include "inbox.hpp"
+#include "liveness.hpp"
+#include "session_access.hpp"
+#include "session_timer.hpp"
+#include "wakeup.hpp"
+
+#include <vigil/session.hpp>
+#include <vigil/url.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/websocket/stream.hpp>
+#include <boost/container/deque.hpp>
+
+#include <atomic>
+#include <charconv>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace vigil::detail {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+
+using ws_stream = websocket::stream<any_stream>;
+
+/// Where a session's connection is in its life.
+enum class phase {
+    idle,        ///< no connection
+    connecting,  ///< connect(), or the server's accept, in progress
+    open,        ///< the handshake succeeded; run() has not started (sends are queued)
+    running,     ///< run() is in progress
+    ending,      ///< run() has its verdict; its arms are winding down
+};
+
+/// The close handshake of the connection.
+enum class close_state {
+    none,       ///< not closing
+    queued,     ///< our close frame waits behind the messages sent before it
+    sent,       ///< our close frame is out (or being written): the peer's answer and the TCP teardown remain
+    answering,  ///< the peer closed first, or broke the protocol, and Beast answers: the TCP teardown remains
+};
+
+/// What the writer is doing.
+enum class writer_state {
+    idle,     ///< nothing in flight
+    writing,  ///< a message is being written
+    closing,  ///< our close frame is being written and the handshake finished
+};
+
+/// Why a connection ended: one record, decided by rank. The first failure (a deadline, the
+/// transport, our own close completing) is recorded; a cancellation outranks it, and a
+/// goodbye (a close we started on purpose: idle_timeout, slow_consumer, server_shutdown)
+/// outranks both, reported however the close handshake then went.
+class end_reason {
+public:
+    enum class kind { none, failure, cancelled, goodbye };
+
+    /// Records `code` and `detail` as `k` if `k` outranks what is recorded; returns whether.
+    bool record(kind k, error_code code, std::string detail);
+    kind decided() const noexcept { return kind_; }
+    const error_code& code() const noexcept { return code_; }
+    std::string& detail() noexcept { return detail_; }
+
+    /// An event handler's exception (code `handler_exception`), rethrown by run().
+    std::exception_ptr exception;
+
+private:
+    kind kind_ = kind::none;
+    error_code code_;
+    std::string detail_;
+};
+
+/// A message (or the close frame) waiting for the writer. Built with its handler in place
+/// and never assigned to: Boost 1.81's any_completion_handler move assignment wraps the
+/// handler in itself endlessly.
+struct outgoing {
+    enum class what { message, close };
+    /// Ours (heartbeat pings and answers, broadcasts, a goodbye) or the application's,
+    /// whose handler must complete exactly once.
+    enum class owner { application, internal };
+
+    std::string data = {};
+    message_type type = message_type::text;
+    what kind = what::message;
+    owner from = owner::application;
+    send_handler handler = {};
+    /// A broadcast shares one copy of its bytes between every connection's queue.
+    std::shared_ptr<const std::string> shared = {};
+    /// Only for a close: a close_reason is 130 bytes that every queued message would carry.
+    std::unique_ptr<websocket::close_reason> close = {};
+
+    asio::const_buffer bytes() const noexcept { return shared ? asio::buffer(*shared) : asio::buffer(data); }
+};
+
+/// Everything that belongs to one connection, reset with `= {}` when the next one starts.
+struct connection_state {
+    end_reason end;
+    close_state close = close_state::none;
+    writer_state writer = writer_state::idle;
+    /// Our completion handlers still in flight, which point into the session: a write, the
+    /// close, a protocol ping. run() returns only once they are all in.
+    unsigned pending_ops = 0;
+    std::optional<outgoing> inflight;                // the message being written
+    std::optional<send_handler> close_handler;       // the application's close(), during run()
+    std::optional<any_heartbeat> app_heartbeat;      // this connection's copy of the policy
+    std::uint64_t ping_seq = 0;                      // the last protocol ping's number, its payload
+};
+
+/// The payload of protocol ping number `seq`: its decimal digits. A session keeps the
+/// number, not the text (a ping_data is 127 bytes that every connection would hold).
+struct ping_text {
+    explicit ping_text(std::uint64_t seq) noexcept
+        : len(static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, seq).ptr - buf))
+    {
+    }
+    std::string_view view() const noexcept { return {buf, len}; }
+
+    char buf[20];
+    std::size_t len;
+};
+
+class session_core {
+public:
+    session_core(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg);
+    ~session_core();
+    session_core(const session_core&) = delete;
+    session_core& operator=(const session_core&) = delete;
+
+    // ---- the operations behind the public API; each runs on strand_ ----
+
+    asio::awaitable<error_code> connect_op(std::string url);                         // connect.cpp
+    asio::awaitable<accept_result> accept_op(asio::ip::tcp::socket, accept_params);  // accept.cpp
+    asio::awaitable<error_code> run_op(bool own_coroutine);                          // session.cpp
+    asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);    // session.cpp
+    void send(outgoing msg);                                                         // writer.cpp
+    void cancel_now();                                                               // session.cpp
+    void set_config(std::shared_ptr<const session_config> cfg);
+
+    // ---- run()'s arms: each returns why it ended and never throws ----
+
+    asio::awaitable<error_code> reader();     // reader.cpp
+    asio::awaitable<error_code> heartbeat();  // heartbeat.cpp
+    asio::awaitable<error_code> watchdog();   // watchdog.cpp
+
+    // ---- for the server and the supervisor (session_access) ----
+
+    /// Says goodbye with a close handshake through the writer and reports `as` however it
+    /// goes (idle_timeout, slow_consumer); only `as` when the connection is not live.
+    void say_goodbye(error_code as, std::string detail, websocket::close_reason why);
+    /// From now on the end is reported as `as` (server_shutdown), without sending anything.
+    void end_as(error_code as, std::string detail);
+    /// Delivery confirmation: with a callback, the heartbeat pings soon after writes and
+    /// `on_confirmed(n)` runs when a pong proves the first n messages were read.
+    void track_writes(std::function<void(std::uint64_t)> on_confirmed);
+    std::uint64_t writes() const noexcept { return live_.written(); }
+    /// The next received message, or the end (see inbox.hpp).
+    asio::awaitable<received> receive_op();
+
+    const asio::any_io_executor& strand() const noexcept { return strand_; }
+    const session_config& config() const noexcept { return *cfg_; }
+    session_events& events();
+    const disconnect_info& last() const noexcept { return last_; }
+    bool is_open() const noexcept;
+
+private:
+    // session.cpp: a connection's beginning and end.
+    void begin_connection();
+    void opened(time_point now);
+    void conclude(end_reason::kind k, error_code ec, std::string detail);
+    void handler_threw(std::exception_ptr e);
+    void settle_if_drained();
+    void op_done() noexcept;
+    void end_connection();
+    std::string default_detail(const error_code& ec) const;
+    error_code finish_run(bool caller_cancelled);
+    asio::awaitable<error_code> run_from_elsewhere();
+    void close_socket() noexcept;
+    void reschedule();
+    static void on_tick(void* self);
+    static void on_timer_settled(void* self);
+    static void on_transport_closing(void* self);
+    template <class Handler, class... Args>
+    void emit(Handler session_events::*event, Args&&... args);
+
+    // connect.cpp and accept.cpp
+    asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
+    asio::awaitable<error_code> tls_handshake(asio::ssl::stream_base::handshake_type role);
+    asio::awaitable<error_code> upgrade(websocket::response_type& res, const endpoint& ep);
+    error_code setup_tls_context(std::string& detail);
+    void abort_connect() noexcept;
+    error_code fail_connect(error_code ec, std::string detail);
+    std::string explain_tls_failure(const error_code& ec, const endpoint& ep);
+    std::string explain_upgrade_failure(error_code& ec, const websocket::response_type& res, const endpoint& ep);
+    void set_no_delay() noexcept;
+    void prepare_stream(websocket::stream_base::decorator decorator);
+    asio::awaitable<error_code> read_upgrade(accept_params& params, accept_result& result);
+    asio::awaitable<error_code> refuse_upgrade(const accept_params& params, unsigned status, std::string body,
+                                               std::string retry_after);
+    accept_result accept_failed(accept_result& result, error_code ec);
+
+    // reader.cpp
+    error_code read_failed(error_code ec);
+    std::optional<error_code> deliver();
+    bool heartbeat_consumed(std::string_view data);
+    void on_control_frame(websocket::frame_type kind, beast::string_view payload);
+    void pong_arrived(time_point now);
+    asio::awaitable<bool> wait_for_room();
+
+    // heartbeat.cpp
+    void heartbeat_tick(time_point now);
+    void send_ping(time_point now);
+    void on_ping_written(error_code ec);
+
+    // watchdog.cpp
+    void watchdog_tick(time_point now);
+    void close_deadline_passed();
+    static void on_watchdog_cancelled(void* self);
+
+    // writer.cpp
+    void write_next();
+    void start_close();
+    void on_written(error_code ec);
+    void on_closed(error_code ec);
+    void send_heartbeat_message(std::string data);
+    void overflow();
+    void complete(send_handler h, error_code ec, bool inline_ok);
+    void fail_queue(error_code ec);
+
+    friend struct session_access;
+    struct write_done;
+    struct close_done;
+    struct ping_done;
+
+    asio::any_io_executor strand_;               // see detail::serialized()
+    std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
+    std::unique_ptr<session_events> events_;     // made on first use: a server's connections have none
+    disconnect_info last_;
+    std::atomic<phase> phase_{phase::idle};      // atomic only so that is_open() may peek from any thread
+
+    std::optional<ws_stream> ws_;
+    beast::flat_buffer rx_;
+    session_timer timer_;
+    liveness live_;
+    connection_state conn_;
+    boost::container::deque<outgoing> queue_;    // allocates nothing until used, unlike std::deque
+    std::uint32_t seed_;                         // this session's jitter draws
+
+    // The arms that wait rather than loop park their completion here.
+    wakeup<asio::any_io_executor> heartbeat_stop_;  // completed when the heartbeat ends
+    wakeup<asio::any_io_executor> watchdog_done_;   // completed with the verdict, once drained
+
+    // Parts only some sessions have.
+    std::unique_ptr<inbox> inbox_;                              // a server connection whose handler receives
+    std::function<void(std::uint64_t)> on_confirmed_;           // a supervisor confirming delivery
+    std::shared_ptr<asio::ssl::context> tls_ctx_;               // a client's, for wss://
+    std::unique_ptr<asio::ip::tcp::resolver> resolver_;         // a client's, from its first connect()
+    struct lookup;
+    std::shared_ptr<lookup> lookup_;                            // a DNS lookup in progress
+};
+
+template <class Handler, class... Args>
+void session_core::emit(Handler session_events::*event, Args&&... args)
+{
+    if (!events_)
+        return;
+    if (auto e = notify(events_.get()->*event, std::forward<Args>(args)...))
+        handler_threw(std::move(e));
+}
+
+}  // namespace vigil::detail

@@ -1,0 +1,372 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The rules of time of a connection (lib/detail/liveness), stepped with a fake clock: no
+// socket, no real time. Every bound the headers promise is checked here exactly.
+
+#include "detail/liveness.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using vigil::detail::expiry;
+using vigil::detail::liveness;
+using vigil::detail::liveness_settings;
+using vigil::detail::on_grid;
+using vigil::detail::ping_carrier;
+using vigil::detail::time_point;
+using vigil::detail::timer_grain;
+using duration = vigil::detail::duration;
+
+// An instant off the 10 ms grid, so that rounding shows.
+const time_point t0 = time_point(std::chrono::hours(1000) + 3ms);
+
+liveness_settings settings(duration interval = 1000ms, duration timeout = 500ms)
+{
+    liveness_settings s;
+    s.ping_interval = interval;
+    s.pong_timeout = timeout;
+    s.idle_timeout = 0ms;
+    s.write_timeout = 10s;
+    s.close_timeout = 5s;
+    return s;
+}
+
+// Plays the session's part: wakes at the grid point of the next wake-up (plus how late the
+// event loop is), lets the heartbeat ping if one is due, then asks the watchdog.
+struct session_model {
+    explicit session_model(const liveness_settings& s, time_point start = t0, std::uint64_t seed = 1)
+    {
+        l.start(s, start, seed);
+        now = start;
+    }
+
+    expiry tick(duration late = 0ms)
+    {
+        const auto wake = l.next_wakeup();
+        REQUIRE(wake != time_point::max());
+        now = on_grid(wake) + late;
+        if (l.ping_due() <= now) {
+            l.ping_sent(now, ping_carrier::control_frame);
+            pings.push_back(now);
+            l.ping_write_done();
+        }
+        return l.expired(now);
+    }
+
+    // Ticks until a verdict; a cap guards against a rule that never decides.
+    expiry run_until_verdict(int cap = 100000)
+    {
+        for (int i = 0; i < cap; ++i) {
+            if (auto e = tick(); e != expiry::none)
+                return e;
+        }
+        FAIL("no verdict after " << cap << " wake-ups");
+        return expiry::none;
+    }
+
+    liveness l;
+    time_point now;
+    std::vector<time_point> pings;
+};
+
+}  // namespace
+
+TEST_SUITE("liveness")
+{
+    TEST_CASE("the grid: wake-ups round up to 10 ms, never down")
+    {
+        const time_point base(std::chrono::hours(1));
+        CHECK(on_grid(base) == base);
+        CHECK(on_grid(base + 1ns) == base + 10ms);
+        CHECK(on_grid(base + 9ms) == base + 10ms);
+        CHECK(on_grid(base + 10ms) == base + 10ms);
+        CHECK(on_grid(time_point::max()) == time_point::max());
+        CHECK(on_grid(time_point::max() - 1ms) == time_point::max());
+        CHECK(on_grid(time_point{}) == time_point{});
+    }
+
+    TEST_CASE("a vanished peer is declared dead exactly interval + timeout after its last frame, on the grid")
+    {
+        session_model m(settings(1000ms, 500ms));
+        const auto verdict = m.run_until_verdict();
+        CHECK(verdict == expiry::pong);
+        REQUIRE(m.pings.size() == 1);
+        CHECK(m.pings[0] == on_grid(t0 + 1000ms));
+        // The bound: on the grid point at or after last frame + interval + timeout.
+        CHECK(m.now == on_grid(t0 + 1500ms));
+        CHECK(m.now - m.l.last_received() <= 1500ms + timer_grain);
+    }
+
+    TEST_CASE("a late event loop does not add the grid twice")
+    {
+        // The ping's tick comes 9 ms after the grid point, which is itself 9 ms after the
+        // ping was due; the deadline still counts from when it was due, so the verdict falls
+        // on the first grid point after interval + timeout, not a grain later as when the
+        // deadline counted from the late send (the demo's 1,520 ms for 1,000 + 500).
+        session_model m(settings(1000ms, 500ms), time_point(std::chrono::hours(2)) + 1ms);
+        CHECK(m.tick(9ms) == expiry::none);
+        REQUIRE(m.pings.size() == 1);
+        const auto start = time_point(std::chrono::hours(2)) + 1ms;
+        CHECK(m.l.pong_deadline() == start + 1500ms);
+        CHECK(m.tick(0ms) == expiry::pong);
+        CHECK(m.now == on_grid(start + 1500ms));
+        CHECK(m.now - start <= 1500ms + timer_grain);
+    }
+
+    TEST_CASE("a ping sent long after it was due still gives the peer half its pong_timeout")
+    {
+        // Our own loop stalled for 3 s: the verdict must not fall the moment the ping leaves.
+        session_model m(settings(1000ms, 500ms));
+        m.now = t0 + 4000ms;
+        REQUIRE(m.l.ping_due() <= m.now);
+        m.l.ping_sent(m.now, ping_carrier::control_frame);
+        CHECK(m.l.expired(m.now) == expiry::none);
+        CHECK(m.l.pong_deadline() == m.now + 250ms);
+        CHECK(m.l.expired(m.now + 249ms) == expiry::none);
+        CHECK(m.l.expired(m.now + 250ms) == expiry::pong);
+    }
+
+    TEST_CASE("any frame after a ping proves the peer alive, not only the pong")
+    {
+        session_model m(settings(1000ms, 500ms));
+        CHECK(m.tick() == expiry::none);  // the ping
+        REQUIRE(m.pings.size() == 1);
+        m.l.frame_received(m.pings[0] + 100ms);  // a data frame, say; no pong ever
+        CHECK(m.l.expired(m.pings[0] + 600ms) == expiry::none);
+        CHECK(m.l.pong_deadline() == time_point::max());
+        // The next ping is due an interval after that frame.
+        CHECK(m.l.ping_due() == m.pings[0] + 1100ms);
+    }
+
+    TEST_CASE("the pong reports its round trip once, for the ping it answers")
+    {
+        session_model m(settings(1000ms, 500ms));
+        CHECK_FALSE(m.l.pong_received(t0 + 10ms).has_value());  // no ping yet
+        m.tick();
+        REQUIRE(m.pings.size() == 1);
+        auto news = m.l.pong_received(m.pings[0] + 42ms);
+        REQUIRE(news.has_value());
+        CHECK(news->rtt == 42ms);
+        CHECK_FALSE(m.l.pong_received(m.pings[0] + 50ms).has_value());  // a repeat
+    }
+
+    TEST_CASE("idle mode sends no ping on a busy connection; fixed mode pings on schedule")
+    {
+        for (auto mode : {vigil::ping_mode::idle, vigil::ping_mode::fixed}) {
+            CAPTURE(static_cast<int>(mode));
+            auto s = settings(1000ms, 500ms);
+            s.mode = mode;
+            session_model m(s);
+            // Frames every 100 ms for 10 s (and the pings due by then answered at once); the
+            // model wakes whenever something is due.
+            int pings_answered = 0;
+            for (auto t = t0 + 100ms; t <= t0 + 10s + 100ms; t += 100ms) {
+                while (on_grid(m.l.next_wakeup()) <= t) {
+                    CHECK(m.tick() == expiry::none);
+                }
+                m.l.data_received(t);
+                if (m.l.pong_received(t))
+                    ++pings_answered;
+            }
+            if (mode == vigil::ping_mode::idle) {
+                CHECK(m.pings.empty());
+            } else {
+                CHECK(m.pings.size() == 10);
+                CHECK(pings_answered == 10);
+                for (std::size_t i = 0; i < m.pings.size(); ++i)
+                    CHECK(m.pings[i] == on_grid(t0 + 1000ms * static_cast<int>(i + 1)));
+            }
+        }
+    }
+
+    TEST_CASE("fixed mode: a peer that stops answering is dead within interval + timeout")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.mode = vigil::ping_mode::fixed;
+        session_model m(s);
+        m.tick();  // ping 1 at +1000
+        m.l.pong_received(m.now + 20ms);
+        const auto last = m.now + 20ms;
+        CHECK(m.run_until_verdict() == expiry::pong);
+        CHECK(m.now - last <= 1500ms + timer_grain);
+    }
+
+    TEST_CASE("jitter: each ping goes up to ping_jitter * interval early, spread, never late")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.ping_jitter = 0.2;
+        session_model m(s, t0, 12345);
+        std::vector<duration> early;
+        for (int i = 0; i < 200; ++i) {
+            const auto base = std::max(m.l.last_received(), m.pings.empty() ? t0 : m.pings.back()) + 1000ms;
+            const auto due = m.l.ping_due();
+            CHECK(due <= base);
+            CHECK(due >= base - 200ms);
+            early.push_back(base - due);
+            m.tick();
+            REQUIRE(m.pings.size() == static_cast<std::size_t>(i + 1));
+            m.l.pong_received(m.now + 1ms);
+        }
+        const auto [lo, hi] = std::minmax_element(early.begin(), early.end());
+        CHECK(*lo < 20ms);
+        CHECK(*hi > 180ms);
+        // Reproducible for a seed.
+        session_model again(s, t0, 12345);
+        CHECK(again.l.ping_due() == t0 + 1000ms - early[0]);
+    }
+
+    TEST_CASE("reading paused: no verdict and no ping until it resumes, then both start afresh")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.idle_timeout = 3s;
+        session_model m(s);
+        m.tick();  // the ping
+        m.l.reading_paused();
+        CHECK(m.l.ping_due() == time_point::max());
+        CHECK(m.l.next_deadline() == time_point::max());
+        CHECK(m.l.expired(t0 + 1h) == expiry::none);
+        const auto resumed = t0 + 1h;
+        m.l.reading_resumed(resumed);
+        CHECK(m.l.last_received() == resumed);
+        CHECK(m.l.ping_due() == resumed + 1000ms);
+        CHECK(m.l.expired(resumed + 2999ms) == expiry::none);
+        m.now = resumed;
+        CHECK(m.run_until_verdict() == expiry::pong);
+        CHECK(m.now == on_grid(resumed + 1500ms));
+    }
+
+    TEST_CASE("idle_timeout: data resets it, heartbeat traffic does not")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.idle_timeout = 3s;
+        session_model m(s);
+        m.l.data_received(t0 + 500ms);
+        // Pongs (and app-level heartbeat messages) are frames, not data.
+        for (int i = 0; i < 10 && m.l.expired(m.now) == expiry::none; ++i) {
+            m.tick();
+            if (m.l.expired(m.now) == expiry::none)
+                m.l.pong_received(m.now + 5ms);
+        }
+        CHECK(m.l.expired(t0 + 3499ms) == expiry::none);
+        CHECK(m.l.expired(t0 + 3500ms) == expiry::idle);
+        // Saying goodbye starts the close deadline and ends the idle watch.
+        m.l.close_started(t0 + 3500ms);
+        CHECK(m.l.expired(t0 + 8499ms) == expiry::none);
+        CHECK(m.l.expired(t0 + 8500ms) == expiry::close);
+    }
+
+    TEST_CASE("a write that stalls ends the connection after write_timeout; one that finishes does not")
+    {
+        auto s = settings(0ms, 0ms);  // no heartbeat: only the write deadline is watched
+        s.write_timeout = 2s;
+        session_model m(s);
+        CHECK(m.l.next_wakeup() == time_point::max());
+        m.l.write_started(t0 + 100ms);
+        CHECK(m.l.next_deadline() == t0 + 2100ms);
+        m.l.write_finished();
+        CHECK(m.l.next_deadline() == time_point::max());
+        m.l.write_started(t0 + 200ms);
+        CHECK(m.l.expired(t0 + 2199ms) == expiry::none);
+        CHECK(m.l.expired(t0 + 2200ms) == expiry::write);
+        s.write_timeout = 0ms;  // off
+        session_model off(s);
+        off.l.write_started(t0);
+        CHECK(off.l.expired(t0 + 24h) == expiry::none);
+    }
+
+    TEST_CASE("the close deadline: from its start, once, and no pings meanwhile")
+    {
+        session_model m(settings(1000ms, 500ms));
+        m.l.close_started(t0 + 100ms);
+        m.l.close_started(t0 + 900ms);  // later calls change nothing
+        CHECK(m.l.ping_due() == time_point::max());
+        CHECK(m.l.next_wakeup() == t0 + 5100ms);
+        CHECK(m.l.expired(t0 + 5099ms) == expiry::none);
+        CHECK(m.l.expired(t0 + 5100ms) == expiry::close);
+    }
+
+    TEST_CASE("the pong deadline comes first when several have passed")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.idle_timeout = 1200ms;
+        s.write_timeout = 1100ms;
+        session_model m(s);
+        m.l.write_started(t0);
+        m.tick();  // ping at +1000
+        CHECK(m.l.expired(t0 + 1600ms) == expiry::pong);
+        m.l.frame_received(t0 + 1010ms);
+        CHECK(m.l.expired(t0 + 1600ms) == expiry::idle);
+    }
+
+    TEST_CASE("a protocol ping still being written holds back the next one")
+    {
+        session_model m(settings(1000ms, 500ms));
+        m.now = on_grid(m.l.ping_due());
+        m.l.ping_sent(m.now, ping_carrier::control_frame);
+        m.l.frame_received(m.now + 1ms);  // proof of life, so the next ping would be due
+        CHECK(m.l.ping_due() == time_point::max());
+        m.l.ping_write_done();
+        CHECK(m.l.ping_due() == m.now + 1ms + 1000ms);
+        // A ping that travels as a message goes through the send queue: nothing to hold.
+        m.l.ping_sent(m.now + 2s, ping_carrier::message);
+        m.l.frame_received(m.now + 2001ms);
+        CHECK(m.l.ping_due() == m.now + 3001ms);
+    }
+
+    TEST_CASE("confirming writes: a ping soon after a write, one in flight, the pong confirms")
+    {
+        auto s = settings(1000ms, 500ms);
+        s.confirm_writes = true;
+        session_model m(s);
+        CHECK(m.l.ping_due() == t0 + 1000ms);  // nothing written: the usual heartbeat
+        m.l.message_written();
+        m.l.message_written();
+        CHECK(m.l.ping_due() == t0 + vigil::detail::confirm_gap);
+        m.tick();
+        REQUIRE(m.pings.size() == 1);
+        m.l.message_written();  // written after the ping: not covered by it
+        CHECK(m.l.ping_due() == m.pings[0] + 1000ms);  // one in flight at a time
+        auto news = m.l.pong_received(m.pings[0] + 3ms);
+        REQUIRE(news.has_value());
+        CHECK(news->confirmed == 2);
+        CHECK(m.l.ping_due() == m.pings[0] + vigil::detail::confirm_gap);
+        m.tick();
+        news = m.l.pong_received(m.now + 3ms);
+        REQUIRE(news.has_value());
+        CHECK(news->confirmed == 3);
+        CHECK(m.l.ping_due() == m.now + 3ms + 1000ms);
+    }
+
+    TEST_CASE("no heartbeat: no ping, no pong verdict, the other deadlines still hold")
+    {
+        auto s = settings(0ms, 0ms);
+        s.idle_timeout = 2s;
+        session_model m(s);
+        CHECK(m.l.ping_due() == time_point::max());
+        CHECK(m.l.pong_deadline() == time_point::max());
+        CHECK(m.run_until_verdict() == expiry::idle);
+        CHECK(m.now == on_grid(t0 + 2s));
+        CHECK(m.pings.empty());
+    }
+
+    TEST_CASE("start() forgets the previous connection")
+    {
+        session_model m(settings(1000ms, 500ms));
+        m.l.write_started(t0);
+        m.l.close_started(t0);
+        m.l.reading_paused();
+        m.l.message_written();
+        const auto again = t0 + 1h;
+        m.l.start(settings(1000ms, 500ms), again, 7);
+        CHECK(m.l.next_deadline() == time_point::max());
+        CHECK(m.l.ping_due() == again + 1000ms);
+        CHECK(m.l.last_received() == again);
+    }
+}

@@ -1,0 +1,353 @@
+// vigil: WebSocket connections that always find out they are dead.
+// SPDX-License-Identifier: BSL-1.0
+
+// The supervisor's state machine (lib/detail/reconnect), stepped with a fake clock: every
+// rule about retrying, waiting and stopping, with no socket and no real time.
+
+#include "detail/reconnect.hpp"
+
+#include <vigil/error.hpp>
+
+#include <doctest/doctest.h>
+
+#include <boost/asio/error.hpp>
+
+#include <chrono>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+using vigil::error;
+using vigil::error_code;
+using vigil::detail::attempt_result;
+using vigil::detail::reconnect_action;
+using vigil::detail::reconnect_fsm;
+using vigil::detail::reconnect_interrupt;
+using vigil::detail::reconnect_settings;
+using vigil::detail::reconnect_state;
+using kind = reconnect_action::kind;
+using time_point = std::chrono::steady_clock::time_point;
+
+const time_point t0 = time_point(std::chrono::hours(10));
+const error_code refused = boost::asio::error::connection_refused;
+const error_code aborted = boost::asio::error::operation_aborted;
+
+// A policy that says what it was asked: delays of 1 s, 2 s, 3 s ... per call since reset.
+struct recording_policy {
+    std::vector<vigil::retry_context>* asked;
+    int* resets;
+    int calls = 0;
+    milliseconds next_delay(const vigil::retry_context& c)
+    {
+        asked->push_back(c);
+        return milliseconds(1000 * ++calls);
+    }
+    void reset()
+    {
+        ++*resets;
+        calls = 0;
+    }
+};
+
+struct rig {
+    explicit rig(reconnect_settings s = {})
+        : policy(recording_policy{&asked, &resets}), fsm(std::move(s), policy)
+    {
+    }
+    // Starts and fails `n` attempts with `ec` at `now`, checking each is retried.
+    void fail(int n, error_code ec = refused)
+    {
+        for (int i = 0; i < n; ++i) {
+            auto a = fsm.state() == reconnect_state::waiting ? fsm.time_up(fsm.wait_until()) : fsm.start();
+            REQUIRE(a.what == kind::connect);
+            last = fsm.attempt_ended({ec}, fsm.wait_until() + 1ms);
+        }
+    }
+
+    std::vector<vigil::retry_context> asked;
+    int resets = 0;
+    vigil::any_backoff policy;
+    reconnect_fsm fsm;
+    reconnect_action last;
+};
+
+// Brings a fresh machine to `s` and returns it there.
+void bring_to(rig& r, reconnect_state s)
+{
+    if (s == reconnect_state::idle)
+        return;
+    REQUIRE(r.fsm.start().what == kind::connect);
+    if (s == reconnect_state::connecting)
+        return;
+    if (s == reconnect_state::waiting) {
+        r.fsm.attempt_ended({refused}, t0);
+        return;
+    }
+    REQUIRE(r.fsm.connected().what == kind::run);
+    if (s == reconnect_state::up)
+        r.fsm.hook_succeeded(t0);
+}
+
+}  // namespace
+
+TEST_SUITE("reconnect")
+{
+    TEST_CASE("a transient failure waits the policy's delay, the floor, then connects again")
+    {
+        reconnect_settings s;
+        s.min_delay = 1500ms;
+        rig r(s);
+        REQUIRE(r.fsm.start().what == kind::connect);
+        auto a = r.fsm.attempt_ended({refused}, t0);
+        CHECK(a.what == kind::wait);
+        CHECK(a.delay == 1500ms);  // the policy said 1 s; the floor wins
+        CHECK(a.attempt == 1);
+        CHECK(a.reason == refused);
+        CHECK(r.fsm.state() == reconnect_state::waiting);
+        CHECK(r.fsm.wait_until() == t0 + 1500ms);
+        // Not before the time.
+        CHECK(r.fsm.time_up(t0 + 1499ms).what == kind::wait);
+        CHECK(r.fsm.time_up(t0 + 1500ms).what == kind::connect);
+        CHECK(r.fsm.state() == reconnect_state::connecting);
+        a = r.fsm.attempt_ended({refused}, t0 + 2s);
+        CHECK(a.delay == 2000ms);  // above the floor now
+        CHECK(a.attempt == 2);
+        REQUIRE(r.asked.size() == 2);
+        CHECK(r.asked[1].attempt == 2);
+        CHECK(r.asked[1].reason == refused);
+    }
+
+    TEST_CASE("the streak resets only after a connection stayed up for stable_after")
+    {
+        reconnect_settings s;
+        s.stable_after = 5s;
+        rig r(s);
+        r.fail(3);
+        CHECK(r.last.attempt == 3);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0);
+        // Up 4.999 s: not stable, the streak goes on.
+        auto a = r.fsm.attempt_ended({refused}, t0 + 4999ms);
+        CHECK(a.attempt == 4);
+        CHECK(r.resets == 0);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        const auto up = r.fsm.wait_until() + 10ms;
+        r.fsm.hook_succeeded(up);
+        a = r.fsm.attempt_ended({refused}, up + 5s);
+        CHECK(a.attempt == 1);
+        CHECK(r.resets == 1);
+        CHECK(a.delay == 1000ms);  // the policy starts over too
+    }
+
+    TEST_CASE("connected but the hook never succeeded: not up, not stable")
+    {
+        reconnect_settings s;
+        s.stable_after = 1s;
+        rig r(s);
+        REQUIRE(r.fsm.start().what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        CHECK(r.fsm.state() == reconnect_state::running_hook);
+        auto a = r.fsm.attempt_ended({error::handler_exception}, t0 + 1h);
+        CHECK(a.what == kind::wait);
+        CHECK(a.attempt == 1);
+        CHECK(r.resets == 0);
+    }
+
+    TEST_CASE("Retry-After: honoured above the policy, bounded by max_retry_after, ignored at zero")
+    {
+        reconnect_settings s;
+        s.max_retry_after = 10s;
+        {
+            rig r(s);
+            r.fsm.start();
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(503), 7s}, t0);
+            CHECK(a.delay == 7s);
+        }
+        {
+            rig r(s);
+            r.fsm.start();
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(429), 1h}, t0);
+            CHECK(a.delay == 10s);
+        }
+        {
+            rig r(s);
+            r.fsm.start();
+            // Shorter than the policy's delay: the policy's stands.
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(503), 200ms}, t0);
+            CHECK(a.delay == 1000ms);
+        }
+        s.max_retry_after = 0ms;
+        {
+            rig r(s);
+            r.fsm.start();
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(503), 30s}, t0);
+            CHECK(a.delay == 1000ms);
+        }
+    }
+
+    TEST_CASE("max_attempts: gives up with retries_exhausted after that many failures in a row")
+    {
+        reconnect_settings s;
+        s.max_attempts = 3;
+        rig r(s);
+        r.fail(2);
+        CHECK(r.last.what == kind::wait);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        auto a = r.fsm.attempt_ended({refused}, r.fsm.wait_until() + 1ms);
+        CHECK(a.what == kind::give_up);
+        CHECK(a.reason == error::retries_exhausted);
+        CHECK(r.fsm.state() == reconnect_state::gave_up);
+    }
+
+    TEST_CASE("a permanent failure gives up at once; an override decides instead when set")
+    {
+        {
+            rig r;
+            r.fsm.start();
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(401)}, t0);
+            CHECK(a.what == kind::give_up);
+            CHECK(vigil::http_status_of(a.reason) == 401);
+            CHECK(r.asked.empty());
+        }
+        {
+            reconnect_settings s;
+            s.is_permanent = [](const error_code& ec) { return ec == refused; };
+            rig r(s);
+            r.fsm.start();
+            CHECK(r.fsm.attempt_ended({refused}, t0).what == kind::give_up);
+            rig r2(s);
+            r2.fsm.start();
+            CHECK(r2.fsm.attempt_ended({vigil::make_http_status_error(401)}, t0).what == kind::wait);
+        }
+    }
+
+    TEST_CASE("a clean end or a cancellation stops; neither is retried")
+    {
+        {
+            rig r;
+            bring_to(r, reconnect_state::up);
+            auto a = r.fsm.attempt_ended({error_code{}}, t0 + 1s);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        {
+            rig r;
+            bring_to(r, reconnect_state::connecting);
+            auto a = r.fsm.attempt_ended({aborted}, t0);
+            CHECK(a.what == kind::stop);
+            CHECK(a.reason == aborted);
+            CHECK(r.fsm.state() == reconnect_state::stopped);
+        }
+    }
+
+    TEST_CASE("stop() in every state")
+    {
+        SUBCASE("idle: the next run() ends at once")
+        {
+            rig r;
+            CHECK(r.fsm.stop() == reconnect_interrupt::none);
+            CHECK(r.fsm.state() == reconnect_state::stopping);
+            auto a = r.fsm.start();
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+            // Consumed: the run after that connects.
+            CHECK(r.fsm.start().what == kind::connect);
+        }
+        SUBCASE("connecting: the attempt is aborted and run() ends cleanly")
+        {
+            rig r;
+            bring_to(r, reconnect_state::connecting);
+            CHECK(r.fsm.stop() == reconnect_interrupt::abort_attempt);
+            auto a = r.fsm.attempt_ended({aborted}, t0);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        SUBCASE("connecting, and the handshake won the race: close what was opened")
+        {
+            rig r;
+            bring_to(r, reconnect_state::connecting);
+            CHECK(r.fsm.stop() == reconnect_interrupt::abort_attempt);
+            CHECK(r.fsm.connected().what == kind::close_session);
+            auto a = r.fsm.attempt_ended({error_code{}}, t0);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        SUBCASE("running the hook, or up: the session is closed, and its end is not retried")
+        {
+            for (auto st : {reconnect_state::running_hook, reconnect_state::up}) {
+                rig r;
+                bring_to(r, st);
+                CHECK(r.fsm.state() == st);
+                CHECK(r.fsm.stop() == reconnect_interrupt::close_session);
+                CHECK(r.fsm.stop() == reconnect_interrupt::none);  // once
+                auto a = r.fsm.attempt_ended({vigil::error_code(error::close_timeout)}, t0 + 1s);
+                CHECK(a.what == kind::stop);
+                CHECK_FALSE(a.reason);
+                CHECK(r.asked.empty());
+            }
+        }
+        SUBCASE("waiting: the wait ends and so does run()")
+        {
+            rig r;
+            bring_to(r, reconnect_state::waiting);
+            CHECK(r.fsm.stop() == reconnect_interrupt::cancel_wait);
+            CHECK(r.fsm.state() == reconnect_state::stopped);
+            auto a = r.fsm.time_up(t0 + 1ms);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        SUBCASE("after run() ended: the next run() ends at once")
+        {
+            rig r;
+            r.fsm.start();
+            REQUIRE(r.fsm.attempt_ended({vigil::make_http_status_error(403)}, t0).what == kind::give_up);
+            CHECK(r.fsm.stop() == reconnect_interrupt::none);
+            CHECK(r.fsm.start().what == kind::stop);
+        }
+        SUBCASE("cancelled while stopping: the stop is what counts")
+        {
+            rig r;
+            bring_to(r, reconnect_state::up);
+            r.fsm.stop();
+            auto a = r.fsm.cancelled();
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+    }
+
+    TEST_CASE("retry_now() in every state: only a wait is cut short")
+    {
+        for (auto st : {reconnect_state::idle, reconnect_state::connecting, reconnect_state::running_hook,
+                        reconnect_state::up}) {
+            rig r;
+            bring_to(r, st);
+            CHECK(r.fsm.retry_now(t0) == reconnect_interrupt::none);
+            CHECK(r.fsm.state() == st);
+        }
+        rig r;
+        bring_to(r, reconnect_state::waiting);
+        REQUIRE(r.fsm.wait_until() == t0 + 1000ms);
+        CHECK(r.fsm.retry_now(t0 + 10ms) == reconnect_interrupt::cancel_wait);
+        CHECK(r.fsm.wait_until() == t0 + 10ms);
+        CHECK(r.fsm.time_up(t0 + 10ms).what == kind::connect);
+        // The streak is not forgiven: the next failure is attempt 2.
+        CHECK(r.fsm.attempt_ended({refused}, t0 + 20ms).attempt == 2);
+        // Stopped or gave up: nothing to hurry.
+        r.fsm.stop();
+        CHECK(r.fsm.retry_now(t0 + 30ms) == reconnect_interrupt::none);
+    }
+
+    TEST_CASE("a new run() starts a fresh streak")
+    {
+        rig r;
+        r.fail(3);
+        r.fsm.stop();
+        REQUIRE(r.fsm.time_up(t0).what == kind::stop);
+        REQUIRE(r.fsm.start().what == kind::connect);
+        CHECK(r.fsm.streak() == 0);
+    }
+}
