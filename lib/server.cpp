@@ -124,6 +124,39 @@ error_code validate(const server_config& cfg, std::string* detail)
 // ---------------------------------------------------------------------------------------
 // connection
 
+namespace detail {
+
+/// Lets the server make connections (whose constructor is private) with one allocation for
+/// the object and its reference count.
+template <class T>
+struct connection_allocator {
+    using value_type = T;
+    connection_allocator() = default;
+    template <class U>
+    connection_allocator(const connection_allocator<U>&) noexcept
+    {
+    }
+    T* allocate(std::size_t n) { return std::allocator<T>{}.allocate(n); }
+    void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>{}.deallocate(p, n); }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args)
+    {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+    template <class U>
+    void destroy(U* p) noexcept
+    {
+        p->~U();
+    }
+    template <class U>
+    bool operator==(const connection_allocator<U>&) const noexcept
+    {
+        return true;
+    }
+};
+
+}  // namespace detail
+
 struct connection::impl {
     /// Whether the connection's session has ended (its handler then has close_timeout left).
     enum class stage { live, over };
@@ -131,7 +164,7 @@ struct connection::impl {
     enum class outcome { running, returned, threw };
 
     impl(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg, std::uint64_t id_)
-        : s(std::move(ex), std::move(cfg)), id(id_), ended(detail::session_access::executor(s))
+        : s(std::move(ex), std::move(cfg)), id(id_)
     {
     }
 
@@ -140,7 +173,7 @@ struct connection::impl {
     std::string remote;
     std::string target;
     // The rest lives on the session's executor.
-    detail::wakeup<asio::any_io_executor> ended;  // the session is over: the handler's grace starts
+    std::unique_ptr<detail::wakeup<asio::any_io_executor>> ended;  // with a handler: its grace starts
     unsigned arms = 0;  // of run() and the handler arm, those still running
     stage now = stage::live;
     outcome handler = outcome::running;
@@ -235,6 +268,7 @@ struct server::impl {
     // Each connection's life, on its own executor.
     asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
     void start_arms(const connection_ptr& c);
+    void session_over(const connection_ptr& c);
     void arm_done(const connection_ptr& c);
     asio::awaitable<void> handler_arm(connection_ptr c);
     asio::awaitable<void> handler_call(connection_ptr c);
@@ -388,7 +422,8 @@ asio::awaitable<error_code> server::impl::accept_loop()
             co_return error_code{};
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return asio::error::operation_aborted;
-        auto c = connection_ptr(new connection(std::make_shared<connection::impl>(ex_, session_cfg_, next_id_ + 1)));
+        auto c = std::allocate_shared<connection>(detail::connection_allocator<connection>{},
+                                                  std::make_shared<connection::impl>(ex_, session_cfg_, next_id_ + 1));
         asio::ip::tcp::socket sock(c->get_executor());
         auto [ec] = co_await acceptor_->async_accept(sock, asio::as_tuple(asio::use_awaitable));
         if (stopping())
@@ -538,16 +573,27 @@ void server::impl::start_arms(const connection_ptr& c)
     auto& ci = *c->impl_;
     const auto ex = c->get_executor();
     ci.arms = handler_ ? 2 : 1;
-    asio::co_spawn(ex, ci.s.run(), [this, c](std::exception_ptr, error_code) {
-        // An exception here is an application-level heartbeat policy's (a server's sessions
-        // have no event handlers): as heartbeat.hpp says, it ended this connection with
-        // handler_exception, which on_disconnected reports; the server goes on.
-        c->impl_->now = connection::impl::stage::over;
-        c->impl_->ended.notify_later();
-        arm_done(c);
-    });
+    if (handler_)
+        ci.ended = std::make_unique<detail::wakeup<asio::any_io_executor>>(detail::session_access::executor(ci.s));
+    // The session's run() without run()'s own frame, which every connection would hold.
+    if (detail::session_access::begin_run(ci.s)) {
+        asio::co_spawn(ex, detail::session_access::arms(ci.s), [this, c](std::exception_ptr, auto&&) {
+            detail::session_access::finish_run(c->impl_->s);
+            session_over(c);
+        });
+    } else {
+        session_over(c);  // closed already (a shutdown that raced the upgrade)
+    }
     if (handler_)
         asio::co_spawn(ex, handler_arm(c), [this, c](std::exception_ptr) { arm_done(c); });
+}
+
+void server::impl::session_over(const connection_ptr& c)
+{
+    c->impl_->now = connection::impl::stage::over;
+    if (c->impl_->ended)
+        c->impl_->ended->notify_later();
+    arm_done(c);
 }
 
 void server::impl::arm_done(const connection_ptr& c)
@@ -594,7 +640,7 @@ asio::awaitable<void> server::impl::handler_grace(connection_ptr c)
     co_await detail::enter_operation();
     auto& ci = *c->impl_;
     if (ci.now == connection::impl::stage::live) {
-        co_await ci.ended.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await ci.ended->async_wait(asio::as_tuple(asio::use_awaitable));
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return;  // the handler returned first
     }

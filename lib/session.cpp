@@ -74,7 +74,8 @@ session_events& session_core::events()
 void session_core::set_config(std::shared_ptr<const session_config> cfg)
 {
     cfg_ = std::move(cfg);
-    tls_ctx_.reset();
+    if (client_)
+        client_->tls_ctx.reset();
 }
 
 bool session_core::is_open() const noexcept
@@ -92,14 +93,16 @@ void session_core::begin_connection()
     last_ = disconnect_info{};
     conn_ = {};
     conn_.app_heartbeat = cfg_->heartbeat;  // a stateful policy starts afresh
-    queue_.clear();
+    if (queue_)
+        queue_->clear();
     if (inbox_)
         inbox_->reset();
 }
 
 void session_core::opened(time_point now)
 {
-    live_.start(liveness_settings::from(*cfg_, static_cast<bool>(on_confirmed_)), now, seed_++);
+    const auto confirm = client_ && client_->on_confirmed ? write_confirmation::on : write_confirmation::off;
+    live_.start(*cfg_, confirm, now, seed_++);
     rx_.clear();
     ws_->next_layer().watch_closing(&session_core::on_transport_closing, this);
     phase_ = phase::open;
@@ -110,7 +113,6 @@ void session_core::opened(time_point now)
 
 asio::awaitable<error_code> session_core::run_op(bool own_coroutine)
 {
-    using namespace asio::experimental::awaitable_operators;
     // Awaited from our strand (as advised), run() costs no hop and no co_spawn frame that a
     // long-lived connection would hold for its whole life; from elsewhere, hop.
     if (!own_coroutine && (co_await asio::this_coro::executor) != strand_)
@@ -122,16 +124,10 @@ asio::awaitable<error_code> session_core::run_op(bool own_coroutine)
         co_await enter_operation();
     const bool caller_throws = co_await asio::this_coro::throw_if_cancelled();
     co_await asio::this_coro::throw_if_cancelled(false);
-    error_code ec = phase_ == phase::open ? error_code{} : error_code(error::not_connected);
-    if (phase_ == phase::running || phase_ == phase::ending)
-        ec = error::already_running;
+    error_code ec = phase_ == phase::running || phase_ == phase::ending ? error::already_running : error::not_connected;
     std::exception_ptr failure;
-    if (!ec) {
-        phase_ = phase::running;
-        timer_.start();
-        reschedule();
-        write_next();  // what was sent before run()
-        co_await (reader() || heartbeat() || watchdog());
+    if (begin_run()) {
+        co_await arms();
         // The rest in a plain function: this frame lives as long as the connection.
         try {
             ec = finish_run(cancelled(co_await asio::this_coro::cancellation_state));
@@ -143,6 +139,26 @@ asio::awaitable<error_code> session_core::run_op(bool own_coroutine)
     if (failure)
         std::rethrow_exception(failure);
     co_return ec;
+}
+
+bool session_core::begin_run()
+{
+    if (phase_ != phase::open)
+        return false;
+    phase_ = phase::running;
+    timer_.start();
+    reschedule();
+    write_next();  // what was sent before run()
+    return true;
+}
+
+asio::awaitable<std::variant<error_code, error_code, error_code>> session_core::arms()
+{
+    using namespace asio::experimental::awaitable_operators;
+    // The first to finish ends the others: each arm returns why it ended, never throws
+    // (`||` waits for the first arm to succeed, so a throwing arm would not cancel its
+    // siblings). Why the connection ended is in conn_.end, not in which arm came first.
+    return reader() || heartbeat() || watchdog();
 }
 
 // The hop in a coroutine of its own: its co_spawn state is no part of run_op()'s frame when
@@ -237,17 +253,14 @@ void session_core::end_connection()
     // resumed in the middle of teardown could be one that is itself being cancelled.
     const error_code unsent = ec ? ec : error_code(error::not_connected);
     if (conn_.inflight) {
-        // The oldest first: it was sent before everything still queued.
+        // The oldest first: it was sent before everything still queued. The application's
+        // close() learns how the connection ended (empty: it closed cleanly).
         outgoing msg(std::move(*conn_.inflight));
         conn_.inflight.reset();
         if (msg.from == outgoing::owner::application)
-            complete(std::move(msg.handler), unsent, false);
+            complete(std::move(msg.handler), msg.kind == outgoing::what::close ? ec : unsent, false);
     }
     fail_queue(unsent);
-    if (conn_.close_handler) {
-        complete(std::move(*conn_.close_handler), ec, false);
-        conn_.close_handler.reset();
-    }
     // Nothing is left to end if it throws: the operation that ended the connection (run(),
     // connect(), close()) rethrows it, or, after cancel() of a session open but not
     // running, the next connect().
@@ -314,7 +327,7 @@ asio::awaitable<error_code> session_core::close_op(std::uint16_t code, std::stri
                 outgoing msg{.kind = outgoing::what::close, .handler = send_handler(std::move(handler))};
                 msg.close = std::make_unique<websocket::close_reason>(why);
                 conn_.close = close_state::queued;
-                queue_.push_back(std::move(msg));
+                queue().push_back(std::move(msg));
                 write_next();
             },
             token);
@@ -380,7 +393,9 @@ void session_core::end_as(error_code as, std::string detail)
 
 void session_core::track_writes(std::function<void(std::uint64_t)> on_confirmed)
 {
-    on_confirmed_ = std::move(on_confirmed);
+    if (!client_)
+        client_ = std::make_unique<client_side>();
+    client_->on_confirmed = std::move(on_confirmed);
 }
 
 }  // namespace detail
@@ -487,6 +502,27 @@ void detail::session_access::send_shared(session& s, std::shared_ptr<void> owner
                                               type]() mutable {
         p->send(outgoing{.type = type, .from = outgoing::owner::internal, .shared = std::move(data)});
     });
+}
+
+bool detail::session_access::begin_run(session& s)
+{
+    return s.core_->begin_run();
+}
+
+boost::asio::awaitable<std::variant<error_code, error_code, error_code>> detail::session_access::arms(session& s)
+{
+    return s.core_->arms();
+}
+
+error_code detail::session_access::finish_run(session& s) noexcept
+{
+    try {
+        return s.core_->finish_run(false);
+    } catch (...) {
+        // An application-level heartbeat policy threw (a server's sessions have no event
+        // handlers): the connection ended with handler_exception, which is all there is to say.
+        return error::handler_exception;
+    }
 }
 
 void detail::session_access::track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed)

@@ -187,6 +187,8 @@ def run_scenario(impl, args, exe, log_dir):
         r["connections"] = n
         r["server_rss_per_conn_kib"] = (s1["rss_kb"] - s0["rss_kb"]) / n
         r["client_rss_per_conn_kib"] = (c1["rss_kb"] - c0["rss_kb"]) / n
+        if "heap_kb" in s0 and "heap_kb" in s1:  # Node's server reports RSS only
+            r["server_heap_per_conn_kib"] = (s1["heap_kb"] - s0["heap_kb"]) / n
         r["server_rss_base_kib"] = s0["rss_kb"]
         r["client_rss_base_kib"] = c0["rss_kb"]
 
@@ -275,6 +277,7 @@ def table(results, load):
         ("client CPU (s/s)", "client_cpu", "{:.3f}"),
         ("server RSS per connection (KiB)", "server_rss_per_conn_kib", "{:.2f}"),
         ("client RSS per connection (KiB)", "client_rss_per_conn_kib", "{:.2f}"),
+        ("server heap in use per connection (KiB)", "server_heap_per_conn_kib", "{:.2f}"),
         ("pongs received per second", "pongs_per_s", "{:,.0f}"),
         ("pings sent per second", "pings_per_s", "{:,.0f}"),
         ("server CPU per heartbeat (us)", "server_us_per_heartbeat", "{:.1f}"),

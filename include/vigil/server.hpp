@@ -26,6 +26,11 @@ class context;
 
 namespace vigil {
 
+namespace detail {
+template <class T>
+struct connection_allocator;
+}
+
 /// The session settings a server starts from: the client defaults, plus ping timers spread
 /// over 20% of the interval and slow consumers disconnected instead of refused.
 session_config server_session_defaults();
@@ -159,6 +164,8 @@ public:
 
 private:
     friend class server;
+    template <class T>
+    friend struct detail::connection_allocator;
     struct impl;
     explicit connection(std::shared_ptr<impl> p);
     void start_send(std::string data, message_type type, detail::send_handler handler);

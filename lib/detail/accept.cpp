@@ -11,6 +11,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -71,7 +72,10 @@ asio::awaitable<error_code> session_core::read_upgrade(accept_params& params, ac
     http::request_parser<http::empty_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(params.max_request_header, UINT32_MAX)));
     parser.body_limit(0);  // an upgrade request has no body
-    auto [ec, n] = co_await http::async_read(ws_->next_layer(), rx_, parser, asio::as_tuple(asio::use_awaitable));
+    // A buffer of its own, from the thread's recycled memory: the next handshake reuses it,
+    // so that thousands of handshakes leave no holes between their connections' memory.
+    beast::basic_flat_buffer<asio::recycling_allocator<char>> request;
+    auto [ec, n] = co_await http::async_read(ws_->next_layer(), request, parser, asio::as_tuple(asio::use_awaitable));
     if (ec == http::error::header_limit) {
         result.detail = "upgrade request header larger than " + std::to_string(params.max_request_header) +
                         " bytes (max_request_header)";

@@ -48,8 +48,8 @@ std::string ms_text(std::chrono::milliseconds d)
 asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep)
 {
     auto state = std::make_shared<lookup>(strand_);
-    lookup_ = state;
-    resolver_->async_resolve(ep.host, std::to_string(ep.port),
+    client_->dns = state;
+    client_->resolver->async_resolve(ep.host, std::to_string(ep.port),
                              [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
                                  state->ec = ec;
                                  state->results = std::move(results);
@@ -57,7 +57,7 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
                                  state->done.cancel();
                              });
     co_await state->done.async_wait(asio::as_tuple(asio::use_awaitable));
-    lookup_.reset();
+    client_->dns.reset();
     if (state->status != lookup::state::finished)
         co_return asio::error::operation_aborted;
     if (state->ec) {
@@ -73,10 +73,10 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
 
 void session_core::abort_connect() noexcept
 {
-    if (resolver_)
-        resolver_->cancel();
-    if (lookup_)
-        lookup_->done.cancel();
+    if (client_ && client_->resolver)
+        client_->resolver->cancel();
+    if (client_ && client_->dns)
+        client_->dns->done.cancel();
     close_socket();
 }
 
@@ -94,11 +94,12 @@ asio::awaitable<error_code> session_core::upgrade(websocket::response_type& res,
 
 error_code session_core::setup_tls_context(std::string& detail)
 {
+    auto& tls_ctx = client_->tls_ctx;
     if (cfg_->tls.context) {
-        tls_ctx_ = cfg_->tls.context;
+        tls_ctx = cfg_->tls.context;
         return {};
     }
-    if (tls_ctx_)
+    if (tls_ctx)
         return {};
     auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
     SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
@@ -118,7 +119,7 @@ error_code session_core::setup_tls_context(std::string& detail)
                               ec);
         return error::invalid_config;
     }
-    tls_ctx_ = std::move(ctx);
+    tls_ctx = std::move(ctx);
     return {};
 }
 
@@ -206,6 +207,8 @@ asio::awaitable<error_code> session_core::connect_op(std::string url)
     if (auto stale = std::exchange(conn_.end.exception, nullptr))
         std::rethrow_exception(stale);  // on_disconnected threw after a cancel(); see end_connection()
     begin_connection();
+    if (!client_)
+        client_ = std::make_unique<client_side>();
 
     endpoint ep;
     std::string detail;
@@ -218,9 +221,9 @@ asio::awaitable<error_code> session_core::connect_op(std::string url)
             co_return fail_connect(ec, std::move(detail));
     }
     ws_.reset();
-    ws_.emplace(strand_, ep.tls ? tls_ctx_.get() : nullptr);
-    if (!resolver_)
-        resolver_ = std::make_unique<asio::ip::tcp::resolver>(strand_);
+    ws_.emplace(strand_, ep.tls ? client_->tls_ctx.get() : nullptr);
+    if (!client_->resolver)
+        client_->resolver = std::make_unique<asio::ip::tcp::resolver>(strand_);
 
     // 1. DNS + TCP.
     auto ec = co_await with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,

@@ -34,38 +34,25 @@ time_point on_grid(time_point t) noexcept
     return rest == duration::zero() ? t : t - rest + grain;
 }
 
-liveness_settings liveness_settings::from(const session_config& cfg, bool confirm_writes) noexcept
-{
-    liveness_settings s;
-    s.ping_interval = cfg.ping_interval;
-    s.pong_timeout = cfg.pong_timeout;
-    s.mode = cfg.ping;
-    s.ping_jitter = cfg.ping_jitter;
-    s.idle_timeout = cfg.idle_timeout;
-    s.write_timeout = cfg.write_timeout;
-    s.close_timeout = cfg.close_timeout;
-    s.confirm_writes = confirm_writes;
-    return s;
-}
-
-void liveness::start(const liveness_settings& s, time_point now, std::uint64_t seed) noexcept
+void liveness::start(const session_config& cfg, write_confirmation confirm, time_point now, std::uint64_t seed) noexcept
 {
     *this = liveness{};
-    s_ = s;
+    cfg_ = &cfg;
+    confirm_ = confirm;
     rng_ = seed;
     last_rx_ = last_data_ = now;
     ping_due_at_ = ping_sent_at_ = now;
-    next_fixed_ = now + s_.ping_interval;
+    next_fixed_ = now + cfg.ping_interval;
     early_ = draw_early();
 }
 
 duration liveness::draw_early() noexcept
 {
-    if (s_.ping_jitter <= 0.0 || !heartbeat_on())
+    if (cfg_->ping_jitter <= 0.0 || !heartbeat_on())
         return {};
     // 53 random bits as a fraction in [0, 1).
     const double unit = static_cast<double>(next_random(rng_) >> 11) * 0x1.0p-53;
-    const auto span = std::chrono::duration<double, duration::period>(s_.ping_interval) * s_.ping_jitter;
+    const auto span = std::chrono::duration<double, duration::period>(cfg_->ping_interval) * cfg_->ping_jitter;
     return std::chrono::duration_cast<duration>(span * unit);
 }
 
@@ -99,8 +86,8 @@ void liveness::ping_sent(time_point now, ping_carrier carrier) noexcept
     if (carrier == ping_carrier::control_frame)
         ping_write_ = ping_write::in_flight;
     ping_covers_ = written_;
-    if (s_.mode == ping_mode::fixed)
-        next_fixed_ = next_fixed_ + s_.ping_interval > now ? next_fixed_ + s_.ping_interval : now + s_.ping_interval;
+    if (cfg_->ping == ping_mode::fixed)
+        next_fixed_ = next_fixed_ + cfg_->ping_interval > now ? next_fixed_ + cfg_->ping_interval : now + cfg_->ping_interval;
     early_ = draw_early();
 }
 
@@ -155,12 +142,12 @@ time_point liveness::ping_due() const noexcept
     // idle: once nothing has arrived for the interval since the later of the last frame
     // and the last ping; fixed: on a steady schedule. Either way `early_` (ping_jitter)
     // spreads the pings of connections that started together.
-    const time_point base = s_.mode == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + s_.ping_interval
+    const time_point base = cfg_->ping == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + cfg_->ping_interval
                                                        : next_fixed_;
     time_point due = base - early_;
     // Confirming delivery: a ping soon after writes, one in flight at a time, whatever
     // arrives meanwhile (only its pong proves the peer read them).
-    if (s_.confirm_writes && written_ > ping_covers_ && pong_ == pong_wait::none)
+    if (confirm_ == write_confirmation::on && written_ > ping_covers_ && pong_ == pong_wait::none)
         due = std::min(due, ping_sent_at_ + duration(confirm_gap));
     return due;
 }
@@ -173,7 +160,7 @@ bool liveness::awaiting_proof() const noexcept
 
 bool liveness::idle_watched() const noexcept
 {
-    return s_.idle_timeout > duration::zero() && reading_ == reading::on && closing_ == closing::no;
+    return cfg_->idle_timeout > duration::zero() && reading_ == reading::on && closing_ == closing::no;
 }
 
 time_point liveness::pong_deadline() const noexcept
@@ -183,20 +170,20 @@ time_point liveness::pong_deadline() const noexcept
     // From when the ping was due, so that neither the grid nor a few milliseconds of our
     // own lateness in sending it stretch the bound; but a ping our loop sent much later
     // than due (it was stalled) still leaves the peer half its timeout to answer.
-    const auto from = std::max(ping_due_at_, ping_sent_at_ - s_.pong_timeout / 2);
-    return from + s_.pong_timeout;
+    const auto from = std::max(ping_due_at_, ping_sent_at_ - cfg_->pong_timeout / 2);
+    return from + cfg_->pong_timeout;
 }
 
 expiry liveness::expired(time_point now) const noexcept
 {
     if (now >= pong_deadline())
         return expiry::pong;
-    if (idle_watched() && now >= last_data_ + s_.idle_timeout)
+    if (idle_watched() && now >= last_data_ + cfg_->idle_timeout)
         return expiry::idle;
-    if (writing_ == writing::busy && s_.write_timeout > duration::zero() &&
-        now >= write_started_at_ + s_.write_timeout)
+    if (writing_ == writing::busy && cfg_->write_timeout > duration::zero() &&
+        now >= write_started_at_ + cfg_->write_timeout)
         return expiry::write;
-    if (closing_ == closing::yes && now >= close_started_at_ + s_.close_timeout)
+    if (closing_ == closing::yes && now >= close_started_at_ + cfg_->close_timeout)
         return expiry::close;
     return expiry::none;
 }
@@ -205,11 +192,11 @@ time_point liveness::next_deadline() const noexcept
 {
     time_point next = pong_deadline();
     if (idle_watched())
-        next = std::min(next, last_data_ + s_.idle_timeout);
-    if (writing_ == writing::busy && s_.write_timeout > duration::zero())
-        next = std::min(next, write_started_at_ + s_.write_timeout);
+        next = std::min(next, last_data_ + cfg_->idle_timeout);
+    if (writing_ == writing::busy && cfg_->write_timeout > duration::zero())
+        next = std::min(next, write_started_at_ + cfg_->write_timeout);
     if (closing_ == closing::yes)
-        next = std::min(next, close_started_at_ + s_.close_timeout);
+        next = std::min(next, close_started_at_ + cfg_->close_timeout);
     return next;
 }
 

@@ -30,19 +30,9 @@ time_point on_grid(time_point t) noexcept;
 /// one ping confirms a batch rather than every message costing a ping.
 inline constexpr std::chrono::milliseconds confirm_gap{5};
 
-/// What the rules read from a session_config.
-struct liveness_settings {
-    duration ping_interval{};  ///< zero: no heartbeat
-    duration pong_timeout{};
-    ping_mode mode = ping_mode::idle;
-    double ping_jitter = 0.0;  ///< each ping goes up to this fraction of the interval early
-    duration idle_timeout{};   ///< zero: off
-    duration write_timeout{};  ///< zero: off
-    duration close_timeout{};
-    bool confirm_writes = false;  ///< ping soon after writes, so that a pong confirms them
-
-    static liveness_settings from(const session_config& cfg, bool confirm_writes) noexcept;
-};
+/// Whether written messages must be confirmed by a pong (delivery_guarantee::confirmed):
+/// then the heartbeat pings soon after writes.
+enum class write_confirmation { off, on };
 
 /// The deadline that passed, as `liveness::expired()` reports it (the first in this order).
 enum class expiry {
@@ -65,9 +55,10 @@ struct pong_news {
 
 class liveness {
 public:
-    /// A connection that opened at `now`; forgets the previous one. `seed` seeds the
-    /// draws of `ping_jitter`.
-    void start(const liveness_settings& s, time_point now, std::uint64_t seed) noexcept;
+    /// A connection that opened at `now`; forgets the previous one. `cfg` gives the
+    /// intervals and deadlines and must outlive the connection; `seed` seeds the draws of
+    /// `ping_jitter`.
+    void start(const session_config& cfg, write_confirmation confirm, time_point now, std::uint64_t seed) noexcept;
 
     // ---- what happened ----
 
@@ -124,11 +115,12 @@ private:
     enum class closing { no, yes };
 
     duration draw_early() noexcept;
-    bool heartbeat_on() const noexcept { return s_.ping_interval > duration::zero(); }
+    bool heartbeat_on() const noexcept { return cfg_ && cfg_->ping_interval > duration::zero(); }
     bool awaiting_proof() const noexcept;
     bool idle_watched() const noexcept;
 
-    liveness_settings s_{};
+    const session_config* cfg_ = nullptr;
+    write_confirmation confirm_ = write_confirmation::off;
     std::uint64_t rng_ = 0;
 
     time_point last_rx_{};    // any frame

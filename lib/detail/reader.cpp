@@ -15,15 +15,6 @@
 
 namespace vigil::detail {
 
-namespace {
-
-/// The first read of each message asks for at most this much: an idle connection's pending
-/// read then holds a buffer this small instead of Beast's usual 1,536 bytes, and a larger
-/// message costs one more completion to finish reading.
-constexpr std::size_t first_read = 512;
-
-}  // namespace
-
 asio::awaitable<error_code> session_core::reader()
 {
     co_await asio::this_coro::throw_if_cancelled(false);
@@ -31,32 +22,50 @@ asio::awaitable<error_code> session_core::reader()
         // A cancellation reaches the coroutine's state, not the read (below): look first.
         if (phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
             co_return conn_.end.code();
-        // The read listens for no cancellation: the socket closing ends it (conclude() closes
-        // it, whoever decides the end). One that listened would install a handler in the slot
-        // every time Beast reads from the socket again, every pong, on every connection.
-        // Awaited as a deferred operation: use_awaitable would add a coroutine frame that an
-        // idle connection holds for as long as the read is pending.
-        const std::size_t limit = rx_.size() == 0 ? first_read : 0;
+        const bool first = rx_.size() == 0;
         auto token = asio::as_tuple(asio::deferred);
         auto [ec, n] = co_await asio::async_initiate<decltype(token), void(error_code, std::size_t)>(
-            [this, limit](auto handler) {
-                ws_->async_read_some(rx_, limit, asio::bind_cancellation_slot(asio::cancellation_slot(),
-                                                                               std::move(handler)));
-            },
-            token);
+            [this, first](auto handler) { start_read(first, std::move(handler)); }, token);
         // The work between reads is in plain functions: what a coroutine's body holds, its
         // frame holds, for every connection, for as long as the read is pending.
         if (ec)
             co_return read_failed(ec);
-        if (!ws_->is_message_done())
+        if (!ws_->is_message_done()) {
+            if (first)
+                rx_.commit(asio::buffer_copy(rx_.prepare(n), asio::buffer(first_read_.data(), n)));
             continue;
-        if (auto end = deliver())
+        }
+        if (auto end = deliver(first ? std::string_view(first_read_.data(), n) : received_so_far()))
             co_return *end;
         // The application is behind: stop reading until it catches up. TCP then pushes back
         // on the peer, whose silence meanwhile is ours and is not held against it.
         if (inbox_ && inbox_->full() && !co_await wait_for_room())
             co_return conn_.end.code();
     }
+}
+
+template <class Handler>
+void session_core::start_read(bool first, Handler&& handler)
+{
+    // No cancellation slot: the socket closing ends the read (conclude() closes it, whoever
+    // decides the end). A read that listened would install a handler in the slot every time
+    // Beast reads from the socket again, every pong, on every connection. (And the reader
+    // awaits it as a deferred operation: use_awaitable would add a coroutine frame that an
+    // idle connection holds for as long as the read is pending.)
+    auto h = asio::bind_cancellation_slot(asio::cancellation_slot(), std::forward<Handler>(handler));
+    // Between messages the read goes into the small buffer inside the session: an idle
+    // connection holds no read buffer of its own, and most messages (heartbeats, chat lines,
+    // ticks) are delivered from it directly. A longer message goes on into rx_, at the cost
+    // of one more completion.
+    if (first)
+        ws_->async_read_some(asio::buffer(first_read_), std::move(h));
+    else
+        ws_->async_read_some(rx_, 0, std::move(h));
+}
+
+std::string_view session_core::received_so_far() const noexcept
+{
+    return {static_cast<const char*>(rx_.data().data()), rx_.size()};
 }
 
 asio::awaitable<bool> session_core::wait_for_room()
@@ -93,11 +102,10 @@ error_code session_core::read_failed(error_code ec)
     return conn_.end.code();
 }
 
-std::optional<error_code> session_core::deliver()
+std::optional<error_code> session_core::deliver(std::string_view data)
 {
     const auto now = clock_type::now();
     const auto type = ws_->got_text() ? message_type::text : message_type::binary;
-    std::string_view data(static_cast<const char*>(rx_.data().data()), rx_.size());
     // Heartbeat messages prove the peer alive but are not data: they must not satisfy
     // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
     const bool heartbeat = conn_.app_heartbeat && type == message_type::text && heartbeat_consumed(data);
@@ -152,9 +160,9 @@ void session_core::pong_arrived(time_point now)
     if (!news)
         return;  // late, or a repeat
     emit(&session_events::on_pong, std::chrono::duration_cast<std::chrono::microseconds>(news->rtt));
-    if (!on_confirmed_)
+    if (!client_ || !client_->on_confirmed)
         return;
-    if (auto e = notify(on_confirmed_, news->confirmed))
+    if (auto e = notify(client_->on_confirmed, news->confirmed))
         handler_threw(std::move(e));
     reschedule();  // messages written since that ping wait for the next one
 }

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <variant>
 
 namespace boost::asio::ssl {
 class context;
@@ -48,6 +49,12 @@ struct session_access {
     /// run(). Bad requests are answered with an HTTP error before the socket is closed.
     static boost::asio::awaitable<accept_result> accept(session& s, boost::asio::ip::tcp::socket sock,
                                                         accept_params params);
+    /// run() as the server runs it, spawned without a frame of its own around the arms:
+    /// begin_run() (false when the session is not open), then spawn arms(), then call
+    /// finish_run() on the session's executor when they complete.
+    static bool begin_run(session& s);
+    static boost::asio::awaitable<std::variant<error_code, error_code, error_code>> arms(session& s);
+    static error_code finish_run(session& s) noexcept;
     static boost::asio::awaitable<received> receive(session& s);
     /// The session's strand itself, for what refers to it instead of holding a copy.
     static const boost::asio::any_io_executor& executor(const session& s) noexcept;

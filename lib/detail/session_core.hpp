@@ -29,6 +29,7 @@
 #include <boost/beast/websocket/stream.hpp>
 #include <boost/container/deque.hpp>
 
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <cstdint>
@@ -38,6 +39,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 
 namespace vigil::detail {
 
@@ -124,10 +126,11 @@ struct connection_state {
     /// Our completion handlers still in flight, which point into the session: a write, the
     /// close, a protocol ping. run() returns only once they are all in.
     unsigned pending_ops = 0;
-    std::optional<outgoing> inflight;                // the message being written
-    std::optional<send_handler> close_handler;       // the application's close(), during run()
-    std::optional<any_heartbeat> app_heartbeat;      // this connection's copy of the policy
-    std::uint64_t ping_seq = 0;                      // the last protocol ping's number, its payload
+    /// The message being written, or our close frame (with the application's close()
+    /// handler, completed with run()'s result) until the connection ends.
+    std::optional<outgoing> inflight;
+    std::optional<any_heartbeat> app_heartbeat;  // this connection's copy of the policy
+    std::uint64_t ping_seq = 0;  // the last protocol ping's number, its payload
 };
 
 /// The payload of protocol ping number `seq`: its decimal digits. A session keeps the
@@ -162,9 +165,17 @@ public:
 
     // ---- run()'s arms: each returns why it ended and never throws ----
 
+    /// `reader() || heartbeat() || watchdog()`: what run() awaits between begin_run() and
+    /// finish_run(). The server spawns it the same way, without run()'s own frame.
+    asio::awaitable<std::variant<error_code, error_code, error_code>> arms();
     asio::awaitable<error_code> reader();     // reader.cpp
     asio::awaitable<error_code> heartbeat();  // heartbeat.cpp
     asio::awaitable<error_code> watchdog();   // watchdog.cpp
+    /// Before the arms: an open connection starts running. False when it is not open.
+    bool begin_run();
+    /// After the arms: the end is reported, everything pending completes, and the reason
+    /// is returned (an event handler's exception is rethrown).
+    error_code finish_run(bool caller_cancelled);
 
     // ---- for the server and the supervisor (session_access) ----
 
@@ -196,7 +207,6 @@ private:
     void op_done() noexcept;
     void end_connection();
     std::string default_detail(const error_code& ec) const;
-    error_code finish_run(bool caller_cancelled);
     asio::awaitable<error_code> run_from_elsewhere();
     void close_socket() noexcept;
     void reschedule();
@@ -223,8 +233,11 @@ private:
     accept_result accept_failed(accept_result& result, error_code ec);
 
     // reader.cpp
+    template <class Handler>
+    void start_read(bool first, Handler&& handler);
+    std::string_view received_so_far() const noexcept;
     error_code read_failed(error_code ec);
-    std::optional<error_code> deliver();
+    std::optional<error_code> deliver(std::string_view data);
     bool heartbeat_consumed(std::string_view data);
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
     void pong_arrived(time_point now);
@@ -262,24 +275,34 @@ private:
     std::atomic<phase> phase_{phase::idle};      // atomic only so that is_open() may peek from any thread
 
     std::optional<ws_stream> ws_;
-    beast::flat_buffer rx_;
+    std::array<char, 64> first_read_;   // where each message's first bytes are read (reader.cpp)
+    beast::flat_buffer rx_;             // the rest of a longer message
     session_timer timer_;
     liveness live_;
     connection_state conn_;
-    boost::container::deque<outgoing> queue_;    // allocates nothing until used, unlike std::deque
+    // Made on the first send: an idle connection holds 8 bytes, not a deque's 80. Not a
+    // devector: it moves elements by assignment, which Boost 1.81's any_completion_handler
+    // gets wrong.
+    using send_queue = boost::container::deque<outgoing>;
+    std::unique_ptr<send_queue> queue_;
+    send_queue& queue();
     std::uint32_t seed_;                         // this session's jitter draws
 
     // The arms that wait rather than loop park their completion here.
     wakeup<asio::any_io_executor> heartbeat_stop_;  // completed when the heartbeat ends
     wakeup<asio::any_io_executor> watchdog_done_;   // completed with the verdict, once drained
 
-    // Parts only some sessions have.
-    std::unique_ptr<inbox> inbox_;                              // a server connection whose handler receives
-    std::function<void(std::uint64_t)> on_confirmed_;           // a supervisor confirming delivery
-    std::shared_ptr<asio::ssl::context> tls_ctx_;               // a client's, for wss://
-    std::unique_ptr<asio::ip::tcp::resolver> resolver_;         // a client's, from its first connect()
+    // Parts only some sessions have: a server connection's inbox, a client's means to
+    // connect (made by its first connect()), a supervisor's delivery confirmation.
     struct lookup;
-    std::shared_ptr<lookup> lookup_;                            // a DNS lookup in progress
+    struct client_side {
+        std::shared_ptr<asio::ssl::context> tls_ctx;    // for wss://
+        std::unique_ptr<asio::ip::tcp::resolver> resolver;
+        std::shared_ptr<lookup> dns;                    // a DNS lookup in progress
+        std::function<void(std::uint64_t)> on_confirmed;  // a supervisor confirming delivery
+    };
+    std::unique_ptr<inbox> inbox_;
+    std::unique_ptr<client_side> client_;
 };
 
 template <class Handler, class... Args>

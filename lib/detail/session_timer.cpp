@@ -8,16 +8,17 @@
 namespace vigil::detail {
 
 session_timer::session_timer(const boost::asio::any_io_executor& ex, callback fire, callback settled, void* owner)
-    : fire_(fire), settled_(settled), owner_(owner)
+    : owner_(owner)
 {
     // The session runs on the context's own executor only when one thread runs the context
-    // (detail::serialized()); then it may share the context's wheel.
+    // (detail::serialized()); then it may share the context's wheel, whose entries complete
+    // nothing when dropped, so `settled` is never needed.
     if (const auto* io = ex.target<boost::asio::io_context::executor_type>()) {
         wheel_ = &boost::asio::use_service<timer_wheel>(io->context());
-        entry_.fire = &session_timer::on_wheel;
-        entry_.arg = this;
+        entry_.fire = fire;
+        entry_.arg = owner;
     } else {
-        timer_ = std::make_unique<boost::asio::steady_timer>(ex);
+        own_ = std::make_unique<own_timer>(ex, fire, settled);
     }
 }
 
@@ -40,12 +41,12 @@ void session_timer::arm(time_point when)
         return;
     }
     // A wait that ends no later already brings the session back in time to look again.
-    if (waits_ > 0 && armed_at_ <= when)
+    if (own_->waits > 0 && own_->armed_at <= when)
         return;
-    timer_->expires_at(when);  // cancels the pending wait, if any
-    armed_at_ = when;
-    ++waits_;
-    timer_->async_wait(wait_handler{this});
+    own_->timer.expires_at(when);  // cancels the pending wait, if any
+    own_->armed_at = when;
+    ++own_->waits;
+    own_->timer.async_wait(wait_handler{this});
 }
 
 void session_timer::stop() noexcept
@@ -53,33 +54,24 @@ void session_timer::stop() noexcept
     if (state_ == state::stopped)
         return;
     state_ = state::stopped;
-    if (wheel_) {
+    if (wheel_)
         wheel_->cancel(entry_);  // at once: nothing stays pending
-        return;
-    }
-    if (waits_ > 0)
-        timer_->cancel();
-}
-
-void session_timer::on_wheel(void* self)
-{
-    auto& t = *static_cast<session_timer*>(self);
-    if (t.state_ == state::running)
-        t.fire_(t.owner_);
+    else if (own_->waits > 0)
+        own_->timer.cancel();
 }
 
 void session_timer::on_wait(error_code ec)
 {
-    --waits_;
-    if (waits_ == 0)
-        armed_at_ = time_point::max();
+    --own_->waits;
+    if (own_->waits == 0)
+        own_->armed_at = time_point::max();
     if (state_ == state::stopped) {
-        if (waits_ == 0)
-            settled_(owner_);
+        if (own_->waits == 0)
+            own_->settled(owner_);
         return;
     }
     if (!ec)
-        fire_(owner_);
+        own_->fire(owner_);
 }
 
 }  // namespace vigil::detail

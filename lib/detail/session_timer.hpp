@@ -42,27 +42,35 @@ public:
     /// No more wake-ups.
     void stop() noexcept;
     /// Waits still to complete (steady_timer only).
-    unsigned pending() const noexcept { return waits_; }
+    unsigned pending() const noexcept { return own_ ? own_->waits : 0; }
 
 private:
+    /// A timer of the session's own, when there is no wheel to share.
+    struct own_timer {
+        own_timer(const boost::asio::any_io_executor& ex, callback fire, callback settled)
+            : timer(ex), fire(fire), settled(settled)
+        {
+        }
+        boost::asio::steady_timer timer;
+        time_point armed_at = time_point::max();  // what the newest wait waits for
+        unsigned waits = 0;                       // pending waits, all but the newest cancelled
+        callback fire;
+        callback settled;
+    };
     struct wait_handler {
         session_timer* self;
         void operator()(error_code ec) const { self->on_wait(ec); }
     };
-    static void on_wheel(void* self);
     void on_wait(error_code ec);
 
     enum class state { running, stopped };
 
-    timer_wheel* wheel_ = nullptr;                 // single-threaded io_context
-    wheel_entry entry_;                            // ... this session's place in it
-    std::unique_ptr<boost::asio::steady_timer> timer_;  // otherwise
-    time_point armed_at_ = time_point::max();      // what the newest wait waits for
-    unsigned waits_ = 0;                           // pending waits, all but the newest cancelled
-    state state_ = state::running;
-    callback fire_;
-    callback settled_;
+    // On the wheel, the entry's `fire` and `arg` are the owner's callback and the owner.
+    timer_wheel* wheel_ = nullptr;    // single-threaded io_context
+    wheel_entry entry_;               // ... this session's place in it
+    std::unique_ptr<own_timer> own_;  // otherwise
     void* owner_;
+    state state_ = state::running;
 };
 
 }  // namespace vigil::detail

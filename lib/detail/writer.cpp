@@ -45,14 +45,21 @@ void session_core::send(outgoing msg)
         const bool goodbye = conn_.end.decided() == end_reason::kind::goodbye;
         return refuse(goodbye ? conn_.end.code() : error_code(error::not_connected));
     }
-    if (queue_.size() >= cfg_->send_queue_limit) {
+    if (queue_ && queue_->size() >= cfg_->send_queue_limit) {
         if (cfg_->send_queue_overflow == overflow_policy::reject)
             return refuse(error::send_queue_full);
         refuse(error::slow_consumer);
         return overflow();
     }
-    queue_.push_back(std::move(msg));
+    queue().push_back(std::move(msg));
     write_next();
+}
+
+session_core::send_queue& session_core::queue()
+{
+    if (!queue_)
+        queue_ = std::make_unique<send_queue>();
+    return *queue_;
 }
 
 void session_core::send_heartbeat_message(std::string data)
@@ -66,20 +73,20 @@ void session_core::send_heartbeat_message(std::string data)
     // Ahead of the application's queue, so that a backlog does not delay the ping (or our
     // answer to the peer's) and make a live connection look dead. Outside the send queue
     // limit: at most one ping and one answer per ping are ever waiting.
-    queue_.push_front(outgoing{.data = std::move(data), .from = outgoing::owner::internal});
+    queue().push_front(outgoing{.data = std::move(data), .from = outgoing::owner::internal});
     write_next();
 }
 
 void session_core::write_next()
 {
-    if (phase_ != phase::running || conn_.writer != writer_state::idle || queue_.empty())
+    if (phase_ != phase::running || conn_.writer != writer_state::idle || !queue_ || queue_->empty())
         return;
-    if (queue_.front().kind == outgoing::what::close)
-        return start_close();
     // Out of the queue while it is written: heartbeat messages may be inserted ahead of the
     // queued ones meanwhile, which moves deque elements (and short strings' bytes).
-    conn_.inflight.emplace(std::move(queue_.front()));
-    queue_.pop_front();
+    conn_.inflight.emplace(std::move(queue_->front()));
+    queue_->pop_front();
+    if (conn_.inflight->kind == outgoing::what::close)
+        return start_close();
     conn_.writer = writer_state::writing;
     live_.write_started(clock_type::now());
     reschedule();
@@ -90,16 +97,14 @@ void session_core::write_next()
 
 void session_core::start_close()
 {
-    outgoing msg(std::move(queue_.front()));
-    queue_.pop_front();
-    if (msg.from == outgoing::owner::application)
-        conn_.close_handler.emplace(std::move(msg.handler));
+    // The close stays in flight to the end: end_connection() completes the application's
+    // close() with how the connection ended.
     conn_.close = close_state::sent;
     live_.close_started(clock_type::now());  // a goodbye's deadline runs from when it was said
     reschedule();
     conn_.writer = writer_state::closing;
     ++conn_.pending_ops;
-    ws_->async_close(*msg.close, close_done{this});
+    ws_->async_close(*conn_.inflight->close, close_done{this});
 }
 
 void session_core::on_written(error_code ec)
@@ -117,7 +122,7 @@ void session_core::on_written(error_code ec)
         if (done.from == outgoing::owner::application) {
             if (!ec)
                 live_.message_written();  // first: a handler resumed inline reads its own count
-            if (!ec && !ending && on_confirmed_)
+            if (!ec && !ending && client_ && client_->on_confirmed)
                 reschedule();  // a confirming ping is due
             // While ending, posted: an inline handler must not send into a session being torn down.
             complete(std::move(done.handler), ec, !ending);
@@ -158,7 +163,7 @@ void session_core::say_goodbye(error_code as, std::string detail, websocket::clo
     // included.
     outgoing msg{.kind = outgoing::what::close, .from = outgoing::owner::internal};
     msg.close = std::make_unique<websocket::close_reason>(std::move(why));
-    queue_.push_back(std::move(msg));
+    queue().push_back(std::move(msg));
     conn_.close = close_state::queued;
     live_.close_started(clock_type::now());
     reschedule();
@@ -190,8 +195,10 @@ void session_core::complete(send_handler h, error_code ec, bool inline_ok)
 
 void session_core::fail_queue(error_code ec)
 {
-    auto pending = std::move(queue_);
-    queue_.clear();
+    if (!queue_)
+        return;
+    auto pending = std::move(*queue_);
+    queue_->clear();
     for (auto& msg : pending)
         if (msg.from == outgoing::owner::application)
             complete(std::move(msg.handler), ec, false);

@@ -17,7 +17,7 @@ namespace {
 using namespace std::chrono_literals;
 using vigil::detail::expiry;
 using vigil::detail::liveness;
-using vigil::detail::liveness_settings;
+using vigil::detail::write_confirmation;
 using vigil::detail::on_grid;
 using vigil::detail::ping_carrier;
 using vigil::detail::time_point;
@@ -27,9 +27,9 @@ using duration = vigil::detail::duration;
 // An instant off the 10 ms grid, so that rounding shows.
 const time_point t0 = time_point(std::chrono::hours(1000) + 3ms);
 
-liveness_settings settings(duration interval = 1000ms, duration timeout = 500ms)
+vigil::session_config settings(std::chrono::milliseconds interval = 1000ms, std::chrono::milliseconds timeout = 500ms)
 {
-    liveness_settings s;
+    vigil::session_config s;
     s.ping_interval = interval;
     s.pong_timeout = timeout;
     s.idle_timeout = 0ms;
@@ -41,9 +41,11 @@ liveness_settings settings(duration interval = 1000ms, duration timeout = 500ms)
 // Plays the session's part: wakes at the grid point of the next wake-up (plus how late the
 // event loop is), lets the heartbeat ping if one is due, then asks the watchdog.
 struct session_model {
-    explicit session_model(const liveness_settings& s, time_point start = t0, std::uint64_t seed = 1)
+    explicit session_model(vigil::session_config s, time_point start = t0, std::uint64_t seed = 1,
+                           write_confirmation confirm = write_confirmation::off)
+        : cfg(std::move(s))
     {
-        l.start(s, start, seed);
+        l.start(cfg, confirm, start, seed);
         now = start;
     }
 
@@ -71,6 +73,7 @@ struct session_model {
         return expiry::none;
     }
 
+    vigil::session_config cfg;  // the rules read it for as long as the connection lasts
     liveness l;
     time_point now;
     std::vector<time_point> pings;
@@ -162,7 +165,7 @@ TEST_SUITE("liveness")
         for (auto mode : {vigil::ping_mode::idle, vigil::ping_mode::fixed}) {
             CAPTURE(static_cast<int>(mode));
             auto s = settings(1000ms, 500ms);
-            s.mode = mode;
+            s.ping = mode;
             session_model m(s);
             // Frames every 100 ms for 10 s (and the pings due by then answered at once); the
             // model wakes whenever something is due.
@@ -189,7 +192,7 @@ TEST_SUITE("liveness")
     TEST_CASE("fixed mode: a peer that stops answering is dead within interval + timeout")
     {
         auto s = settings(1000ms, 500ms);
-        s.mode = vigil::ping_mode::fixed;
+        s.ping = vigil::ping_mode::fixed;
         session_model m(s);
         m.tick();  // ping 1 at +1000
         m.l.pong_received(m.now + 20ms);
@@ -322,9 +325,7 @@ TEST_SUITE("liveness")
 
     TEST_CASE("confirming writes: a ping soon after a write, one in flight, the pong confirms")
     {
-        auto s = settings(1000ms, 500ms);
-        s.confirm_writes = true;
-        session_model m(s);
+        session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::on);
         CHECK(m.l.ping_due() == t0 + 1000ms);  // nothing written: the usual heartbeat
         m.l.message_written();
         m.l.message_written();
@@ -364,7 +365,7 @@ TEST_SUITE("liveness")
         m.l.reading_paused();
         m.l.message_written();
         const auto again = t0 + 1h;
-        m.l.start(settings(1000ms, 500ms), again, 7);
+        m.l.start(m.cfg, write_confirmation::off, again, 7);
         CHECK(m.l.next_deadline() == time_point::max());
         CHECK(m.l.ping_due() == again + 1000ms);
         CHECK(m.l.last_received() == again);
