@@ -40,9 +40,7 @@ using vigil::message_type;
 using vt::describe;
 using vt::eventually;
 using vt::ms_between;
-using vt::pause;
-
-constexpr milliseconds tolerance = 300ms;
+using vt::tolerance;
 
 const std::string json_ping = R"({"type":"ping"})";
 const std::string json_pong = R"({"type":"pong"})";
@@ -181,7 +179,8 @@ TEST_CASE("JSON pings both ways: pongs are timed, heartbeat messages never reach
         for (const char* d : {"d1", "d2", "d3"})
             c.send(d);
         echoed = co_await eventually([&] { return c.messages.size() >= 3; }, 2s);
-        co_await pause(700ms);
+        // Five of the client's heartbeat rounds (100 ms) span three of the server's (150 ms).
+        co_await eventually([&] { return c.rtts.size() >= 5; }, 3s);
         alive = !c.run_done && rig.disconnected.empty();
         rig.srv.stop();
         co_await eventually([&] { return c.run_done; }, 2s);
@@ -192,7 +191,7 @@ TEST_CASE("JSON pings both ways: pongs are timed, heartbeat messages never reach
     REQUIRE_MESSAGE(!c.connect_ec, describe(c.connect_ec));
     CHECK(echoed);
     CHECK(alive);
-    CHECK(c.rtts.size() >= 5);  // about 8 at 100 ms
+    CHECK(c.rtts.size() >= 5);
     for (auto rtt : c.rtts)
         CHECK(rtt < ccfg.pong_timeout);
     CHECK(c.pings >= static_cast<int>(c.rtts.size()));
@@ -225,7 +224,16 @@ TEST_CASE("deliver_heartbeat_messages hands the heartbeat messages to the applic
     rig.spawn([&]() -> asio::awaitable<void> {
         if (!co_await eventually([&] { return c.connect_done; }, 3s) || c.connect_ec)
             co_return;
-        co_await pause(700ms);
+        // Both heartbeats at work for a few rounds, on both sides: the counts checked below.
+        co_await eventually(
+            [&] {
+                if (rig.connected.size() != 1)
+                    return false;
+                const auto& log = rig.logs[rig.connected[0].id];
+                return c.rtts.size() >= 4 && count_of(c.messages, json_pong) >= 4 && count_of(c.messages, json_ping) >= 3 &&
+                       count_of(log.messages, json_ping) >= 4 && count_of(log.messages, json_pong) >= 3;
+            },
+            3s);
         alive = !c.run_done && rig.disconnected.empty();
         rig.srv.stop();
         co_await eventually([&] { return c.run_done; }, 2s);
@@ -267,7 +275,8 @@ TEST_CASE("a client with no pings of its own answers the server's application pi
     rig.spawn([&]() -> asio::awaitable<void> {
         if (!co_await eventually([&] { return c.connect_done; }, 3s) || c.connect_ec)
             co_return;
-        co_await pause(800ms);
+        // Three of the server's rounds answered in time: its fourth ping comes only then.
+        co_await eventually([&] { return count_of(c.messages, json_ping) >= 4; }, 3s);
         alive = !c.run_done && rig.disconnected.empty();
         rig.srv.stop();
         co_await eventually([&] { return c.run_done; }, 2s);
@@ -279,7 +288,7 @@ TEST_CASE("a client with no pings of its own answers the server's application pi
     const std::string why_gone = rig.disconnected.empty() ? "-" : describe(rig.disconnected[0].info.reason);
     CAPTURE(why_gone);
     CHECK(alive);
-    CHECK(count_of(c.messages, json_ping) >= 3);  // the server really pinged
+    CHECK(count_of(c.messages, json_ping) >= 4);  // the server really pinged, and was answered
     CHECK(c.pings == 0);
     // The answers were consumed as pongs by the server, not handed to its handler.
     REQUIRE(rig.connected.size() == 1);
@@ -348,7 +357,14 @@ TEST_CASE("malformed JSON, look-alikes and binary messages flow as data")
         {json_pong, message_type::binary},
         {std::string("\0\xff{\"type\":\"ping\"}", 17), message_type::binary},
     };
+    // Sent once every echo is back. Whatever the messages above set off (an answer from the
+    // server, an answer from us to an echo and the server's echo of that) was written before
+    // it on each side, so its own echo comes last.
+    const std::pair<std::string, message_type> end_marker{"end of test", message_type::text};
+    auto expected = sent;
+    expected.push_back(end_marker);
     bool all_back = false;
+    bool marker_back = false;
     c.start(rig.url());
     rig.spawn([&]() -> asio::awaitable<void> {
         if (!co_await eventually([&] { return c.connect_done; }, 3s) || c.connect_ec)
@@ -356,7 +372,8 @@ TEST_CASE("malformed JSON, look-alikes and binary messages flow as data")
         for (const auto& [data, type] : sent)
             c.send(data, type);
         all_back = co_await eventually([&] { return c.messages.size() >= sent.size(); }, 2s);
-        co_await pause(100ms);  // anything extra would arrive by now
+        c.send(end_marker.first, end_marker.second);
+        marker_back = co_await eventually([&] { return !c.messages.empty() && c.messages.back() == end_marker; }, 2s);
         rig.srv.stop();
         co_await eventually([&] { return c.run_done; }, 2s);
     });
@@ -365,14 +382,15 @@ TEST_CASE("malformed JSON, look-alikes and binary messages flow as data")
     REQUIRE(c.connect_done);
     REQUIRE_MESSAGE(!c.connect_ec, describe(c.connect_ec));
     CHECK(all_back);
-    CHECK(c.messages == sent);
+    CHECK(marker_back);
+    CHECK(c.messages == expected);
     REQUIRE(rig.connected.size() == 1);
     const auto& log = rig.logs[rig.connected[0].id];
-    REQUIRE(log.messages.size() == sent.size());
-    for (std::size_t i = 0; i < sent.size(); ++i) {
+    REQUIRE(log.messages.size() == expected.size());
+    for (std::size_t i = 0; i < expected.size(); ++i) {
         CAPTURE(i);
-        CHECK(log.messages[i].data == sent[i].first);
-        CHECK(log.messages[i].type == sent[i].second);
+        CHECK(log.messages[i].data == expected[i].first);
+        CHECK(log.messages[i].type == expected[i].second);
     }
     // Nothing above ended either side.
     CHECK(vigil::close_code_of(c.run_ec) == 1001);
@@ -447,7 +465,13 @@ TEST_CASE("a user-defined policy with sequence numbers: each session counts on i
     rig.spawn([&]() -> asio::awaitable<void> {
         if (!co_await eventually([&] { return c1.connect_done && c2.connect_done; }, 3s))
             co_return;
-        co_await pause(600ms);
+        co_await eventually(
+            [&] {
+                return c1.rtts.size() >= 4 && c2.rtts.size() >= 4 && rig.connected.size() == 2 &&
+                       std::all_of(rig.connected.begin(), rig.connected.end(),
+                                   [&](const auto& j) { return rig.logs[j.id].messages.size() >= 4; });
+            },
+            3s);
         alive = !c1.run_done && !c2.run_done && rig.disconnected.empty();
         rig.srv.stop();
         co_await eventually([&] { return c1.run_done && c2.run_done; }, 2s);
@@ -491,7 +515,9 @@ TEST_CASE("a pong with the wrong sequence number is not a pong, but still a sign
     rig.spawn([&]() -> asio::awaitable<void> {
         if (!co_await eventually([&] { return c.connect_done; }, 3s) || c.connect_ec)
             co_return;
-        co_await pause(600ms);
+        // Four rounds judged: each ping after the first comes only once the one before had
+        // its pong_timeout (80 ms of a 100 ms round) and the stale answer passed for life.
+        co_await eventually([&] { return c.pings >= 5 && c.messages.size() >= 4; }, 3s);
         alive = !c.run_done;
         rig.srv.stop();
         co_await eventually([&] { return c.run_done; }, 2s);

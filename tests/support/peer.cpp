@@ -90,6 +90,7 @@ struct peer::impl {
 
     std::atomic<peer_behaviour> behaviour_;
     std::atomic<std::size_t> connections_{0};
+    std::atomic<std::size_t> requests_{0};
     std::atomic<std::size_t> upgrades_{0};
     std::atomic<std::size_t> messages_{0};
     std::atomic<std::size_t> pings_{0};
@@ -407,6 +408,7 @@ asio::awaitable<void> peer::impl::serve(Stream stream)
     auto [ec, n] = co_await http::async_read(stream, buf, req, use_tuple);
     if (ec)
         co_return;
+    ++requests_;
 
     auto b = behaviour_.load();
     if (b == peer_behaviour::no_upgrade_answer) {
@@ -469,6 +471,11 @@ peer_behaviour peer::behaviour() const noexcept
 std::size_t peer::connections() const noexcept
 {
     return impl_->connections_.load();
+}
+
+std::size_t peer::requests() const noexcept
+{
+    return impl_->requests_.load();
 }
 
 std::size_t peer::upgrades() const noexcept

@@ -99,6 +99,9 @@ public:
 
     /// TCP connections accepted.
     std::size_t connections() const noexcept;
+    /// HTTP requests read in full (upgrade requests, whatever the answer: a `no_upgrade_answer`
+    /// peer counts the request it leaves unanswered).
+    std::size_t requests() const noexcept;
     /// WebSocket upgrades completed.
     std::size_t upgrades() const noexcept;
     /// Data messages received (text and binary).

@@ -12,8 +12,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <future>
 #include <thread>
 #include <vector>
@@ -34,9 +36,93 @@ void abort_socket(tcp::socket& s)
     s.close(ec);
 }
 
+// Ping and pong frames counted in one direction, over every connection.
+struct control_counts {
+    std::atomic<std::size_t> pings{0};
+    std::atomic<std::size_t> pongs{0};
+};
+
+// Follows the WebSocket frames of one direction of one connection as its bytes are
+// forwarded: the HTTP head (request or response) up to its blank line, then frame headers,
+// whose payloads it skips. Only headers are kept, so memory stays a few bytes whatever
+// passes. TLS records are taken for an HTTP head that never ends: nothing is counted.
+class frame_counter {
+public:
+    explicit frame_counter(control_counts& counts) : counts_(counts) {}
+
+    void feed(const unsigned char* p, std::size_t n)
+    {
+        while (n > 0) {
+            if (in_http_) {
+                // Looks for "\r\n\r\n", keeping the last four bytes seen.
+                tail_ = (tail_ << 8) | *p++;
+                --n;
+                if (tail_ == 0x0d0a0d0a)
+                    in_http_ = false;
+                continue;
+            }
+            if (skip_ > 0) {
+                const auto k = static_cast<std::size_t>(std::min<std::uint64_t>(skip_, n));
+                p += k;
+                n -= k;
+                skip_ -= k;
+                if (skip_ == 0)
+                    frame_done();
+                continue;
+            }
+            head_[have_++] = *p++;
+            --n;
+            if (have_ < head_size())
+                continue;
+            std::uint64_t len = head_[1] & 0x7f;
+            if (len == 126)
+                len = (std::uint64_t(head_[2]) << 8) | head_[3];
+            else if (len == 127) {
+                len = 0;
+                for (std::size_t i = 2; i < 10; ++i)
+                    len = (len << 8) | head_[i];
+            }
+            op_ = head_[0] & 0x0f;
+            have_ = 0;
+            skip_ = len;
+            if (skip_ == 0)
+                frame_done();
+        }
+    }
+
+private:
+    // Two bytes, then the extended length and the mask key as the second byte announces.
+    std::size_t head_size() const
+    {
+        if (have_ < 2)
+            return 2;
+        const auto len7 = head_[1] & 0x7f;
+        const std::size_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
+        return 2 + ext + ((head_[1] & 0x80) ? 4 : 0);
+    }
+
+    void frame_done()
+    {
+        if (op_ == 0x9)
+            ++counts_.pings;
+        else if (op_ == 0xA)
+            ++counts_.pongs;
+    }
+
+    control_counts& counts_;
+    bool in_http_ = true;
+    std::uint32_t tail_ = 0;
+    std::array<unsigned char, 14> head_{};
+    std::size_t have_ = 0;
+    std::uint64_t skip_ = 0;
+    unsigned op_ = 0;
+};
+
 struct link {
-    link(tcp::socket client, std::atomic<std::size_t>& active)
-        : client_(std::move(client)), server_(client_.get_executor()), active_(active)
+    link(tcp::socket client, std::atomic<std::size_t>& active, control_counts& to_target,
+         control_counts& to_client)
+        : client_(std::move(client)), server_(client_.get_executor()), active_(active),
+          to_target_(to_target), to_client_(to_client)
     {
         ++active_;
     }
@@ -53,6 +139,8 @@ struct link {
     tcp::socket server_;
     int open_directions_ = 2;
     std::atomic<std::size_t>& active_;
+    frame_counter to_target_;
+    frame_counter to_client_;
 };
 
 }  // namespace
@@ -63,7 +151,8 @@ struct relay::impl {
 
     asio::awaitable<void> accept_loop();
     asio::awaitable<void> serve(tcp::socket client);
-    asio::awaitable<void> pump(std::shared_ptr<link> l, tcp::socket& from, tcp::socket& to);
+    asio::awaitable<void> pump(std::shared_ptr<link> l, tcp::socket& from, tcp::socket& to,
+                               frame_counter& frames);
     asio::awaitable<void> wait_thawed();
 
     template <class F>
@@ -88,6 +177,8 @@ struct relay::impl {
     asio::steady_timer thawed_{ioc_};
     std::atomic<std::size_t> connections_{0};
     std::atomic<std::size_t> active_{0};
+    control_counts to_target_;
+    control_counts to_client_;
     std::vector<std::weak_ptr<link>> links_;
     std::thread thread_;
 };
@@ -135,7 +226,7 @@ asio::awaitable<void> relay::impl::accept_loop()
 
 asio::awaitable<void> relay::impl::serve(tcp::socket client)
 {
-    auto l = std::make_shared<link>(std::move(client), active_);
+    auto l = std::make_shared<link>(std::move(client), active_, to_target_, to_client_);
     auto [ec] = co_await l->server_.async_connect(target_, use_tuple);
     if (ec) {
         abort_socket(l->client_);
@@ -147,8 +238,8 @@ asio::awaitable<void> relay::impl::serve(tcp::socket client)
     l->server_.set_option(tcp::no_delay(true), ignored);
     std::erase_if(links_, [](const std::weak_ptr<link>& w) { return w.expired(); });
     links_.push_back(l);
-    asio::co_spawn(ioc_, pump(l, l->client_, l->server_), asio::detached);
-    asio::co_spawn(ioc_, pump(l, l->server_, l->client_), asio::detached);
+    asio::co_spawn(ioc_, pump(l, l->client_, l->server_, l->to_target_), asio::detached);
+    asio::co_spawn(ioc_, pump(l, l->server_, l->client_, l->to_client_), asio::detached);
 }
 
 asio::awaitable<void> relay::impl::wait_thawed()
@@ -158,7 +249,7 @@ asio::awaitable<void> relay::impl::wait_thawed()
 }
 
 asio::awaitable<void> relay::impl::pump(std::shared_ptr<link> l, tcp::socket& from,
-                                        tcp::socket& to)
+                                        tcp::socket& to, frame_counter& frames)
 {
     std::array<char, 16 * 1024> buf;
     for (;;) {
@@ -184,6 +275,7 @@ asio::awaitable<void> relay::impl::pump(std::shared_ptr<link> l, tcp::socket& fr
             l->close_both();
             co_return;
         }
+        frames.feed(reinterpret_cast<const unsigned char*>(buf.data()), n);
     }
 }
 
@@ -235,6 +327,26 @@ std::size_t relay::connections() const noexcept
 std::size_t relay::active() const noexcept
 {
     return impl_->active_.load();
+}
+
+std::size_t relay::pings_to_client() const noexcept
+{
+    return impl_->to_client_.pings.load();
+}
+
+std::size_t relay::pongs_to_client() const noexcept
+{
+    return impl_->to_client_.pongs.load();
+}
+
+std::size_t relay::pings_to_target() const noexcept
+{
+    return impl_->to_target_.pings.load();
+}
+
+std::size_t relay::pongs_to_target() const noexcept
+{
+    return impl_->to_target_.pongs.load();
 }
 
 void relay::reset_all()

@@ -41,6 +41,16 @@ public:
 
     /// Client connections accepted.
     std::size_t connections() const noexcept;
+
+    /// WebSocket ping and pong frames forwarded whole, summed over every connection: to the
+    /// client (sent by the target) or to the target (sent by the client). For counting the
+    /// heartbeat rounds of a plain ws:// connection ("the server pinged 3 times and was
+    /// answered 3 times"); TLS bytes are forwarded but not understood, so a wss:// relay
+    /// counts nothing. Frames held while frozen count once a thaw delivers them.
+    std::size_t pings_to_client() const noexcept;
+    std::size_t pongs_to_client() const noexcept;
+    std::size_t pings_to_target() const noexcept;
+    std::size_t pongs_to_target() const noexcept;
     /// Connections currently relayed.
     std::size_t active() const noexcept;
 

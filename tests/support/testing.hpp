@@ -2,9 +2,16 @@
 // SPDX-License-Identifier: BSL-1.0
 #pragma once
 
-// Small helpers the integration test files share: naming error codes in failure messages,
-// elapsed times, and bounded waits on a test's own io_context. Header-only, for test files
-// (it includes doctest).
+// Small helpers the integration test files share: the timing tolerance, naming error codes
+// in failure messages, elapsed times, and bounded waits on a test's own io_context.
+// Header-only, for test files (it includes doctest).
+//
+// How the cases wait: for counted events ("3 pongs seen", "the peer counted 4 pings", "the
+// end marker came back"), each wait with a bound that only says when to give up
+// (`eventually`, `wait_until`), never a sleep that hopes things have happened meanwhile. A
+// check that something did not happen holds over a window that other events define ("while
+// 60 messages streamed in, no ping was sent"). Sleeps that remain are the scenario itself (a
+// publisher's pace, a wait that must be under way) and say so.
 
 #include <vigil/error.hpp>
 
@@ -17,10 +24,21 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <string>
 
 namespace vigil::test {
+
+/// Slack on the upper bound of every timing assertion of the integration suites: the
+/// scheduling noise of a loaded 2-core CI machine running the TSan and ASan builds (a timer
+/// that fires late, a thread waiting for a core, a sanitizer slowing every handler). The TSan
+/// build on 2 cores, with two busy loops competing for them, overshot a bound by 51 ms at
+/// most (most by 10 to 20 ms: the timekeeper's 10 ms grid); this is three times that. The
+/// bounds under test (ping_interval + pong_timeout, a handshake or close deadline, a retry
+/// delay, "at once") are still far tighter than what a broken deadline shows, which is
+/// "never": a session that hangs runs into the case's own bounded wait, seconds later.
+inline constexpr std::chrono::milliseconds tolerance{150};
 
 /// "pong_timeout (vigil:10)": the name and the raw code.
 inline std::string describe(const error_code& ec)
@@ -55,7 +73,8 @@ inline boost::asio::awaitable<bool> eventually(std::function<bool()> pred, std::
     co_return true;
 }
 
-/// Lets the calling coroutine's io_context run for `d`.
+/// Lets the calling coroutine's io_context run for `d`. Only where the passing of time is
+/// itself the scenario; to let something happen, wait for it with `eventually`.
 inline boost::asio::awaitable<void> pause(std::chrono::milliseconds d)
 {
     boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
@@ -63,6 +82,20 @@ inline boost::asio::awaitable<void> pause(std::chrono::milliseconds d)
 }
 
 }  // namespace vigil::test
+
+// doctest prints what it cannot stream as {?}: a failed timing check shows its milliseconds
+// instead ("CHECK( 412.3 ms <= 380.0 ms )").
+namespace doctest {
+template <class Rep, class Period>
+struct StringMaker<std::chrono::duration<Rep, Period>> {
+    static String convert(const std::chrono::duration<Rep, Period>& d)
+    {
+        char text[48];
+        std::snprintf(text, sizeof text, "%.1f ms", std::chrono::duration<double, std::milli>(d).count());
+        return text;
+    }
+};
+}  // namespace doctest
 
 // doctest would print both sides of `ec == error::x` as numbers; this names them.
 #define CHECK_CODE(ec, expected)                                                                  \
