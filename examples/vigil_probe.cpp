@@ -99,9 +99,10 @@ constexpr std::string_view usage_text =
     "SIGUSR1 cuts a pending retry delay short.\n"
     "\n"
     "exit status: 0 after --duration, a signal or a clean close; 1 when the single session of\n"
-    "--no-reconnect failed transiently; 2 on a permanent failure (bad URL or config, upgrade\n"
-    "rejected with 401/403/404..., untrusted certificate, close code 1003/1008) or when\n"
-    "--max-attempts ran out; 64 for bad arguments.\n";
+    "--no-reconnect failed transiently; 2 on a permanent failure as vigil::is_permanent\n"
+    "classifies it (bad URL or config, upgrade rejected with 401/403/404..., untrusted\n"
+    "certificate, close code 1002/1003/1007/1008/1010) or when --max-attempts ran out; 64 for\n"
+    "bad arguments.\n";
 
 struct options {
     vigil::supervisor_config cfg;

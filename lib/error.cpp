@@ -3,6 +3,8 @@
 
 #include <vigil/error.hpp>
 
+#include "detail/tls_codes.hpp"
+
 #include <boost/asio/error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/beast/core/error.hpp>
@@ -10,10 +12,6 @@
 #include <boost/beast/websocket/error.hpp>
 #include <boost/beast/zlib/error.hpp>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
-#include <cstring>
 #include <span>
 #include <string>
 
@@ -31,7 +29,6 @@ namespace beast_zlib = boost::beast::zlib;
 constexpr unsigned long long vigil_category_id = 0xa6f3'1c2e'9d40'5b17ULL;
 constexpr unsigned long long http_status_category_id = 0xa6f3'1c2e'9d40'5b18ULL;
 constexpr unsigned long long close_code_category_id = 0xa6f3'1c2e'9d40'5b19ULL;
-constexpr unsigned long long condition_category_id = 0xa6f3'1c2e'9d40'5b1aULL;
 
 const char* vigil_error_name(int value) noexcept
 {
@@ -99,90 +96,6 @@ public:
         return "closed by peer with code " + std::to_string(value);
     }
 };
-
-class condition_category_impl final : public boost::system::error_category {
-public:
-    constexpr condition_category_impl() noexcept : error_category(condition_category_id) {}
-
-    const char* name() const noexcept override { return "vigil.condition"; }
-
-    std::string message(int value) const override
-    {
-        switch (static_cast<condition>(value)) {
-        case condition::transient: return "transient";
-        case condition::permanent: return "permanent";
-        }
-        return "vigil_condition_" + std::to_string(value);
-    }
-
-    bool equivalent(const error_code& ec, int value) const noexcept override
-    {
-        switch (static_cast<condition>(value)) {
-        case condition::permanent:
-            return is_permanent(ec);
-        case condition::transient:
-            return ec.failed() && !is_permanent(ec)
-                && ec != boost::system::errc::operation_canceled;
-        }
-        return false;
-    }
-};
-
-// Asio's categories are function-local statics of inline functions and carry no identifier,
-// so a code made in another shared object may hold a different instance: match by name too.
-bool in_category(const error_code& ec, const boost::system::error_category& cat) noexcept
-{
-    return ec.category() == cat || std::strcmp(ec.category().name(), cat.name()) == 0;
-}
-
-bool is_ssl_code(const error_code& ec) noexcept
-{
-    return in_category(ec, asio_error::get_ssl_category());
-}
-
-bool is_ssl_stream_code(const error_code& ec) noexcept
-{
-    return in_category(ec, boost::asio::ssl::error::get_stream_category());
-}
-
-bool is_certificate_verify_failure(const error_code& ec) noexcept
-{
-    if (!is_ssl_code(ec))
-        return false;
-    const auto packed = static_cast<unsigned long>(static_cast<unsigned int>(ec.value()));
-    return ERR_GET_LIB(packed) == ERR_LIB_SSL
-        && ERR_GET_REASON(packed) == SSL_R_CERTIFICATE_VERIFY_FAILED;
-}
-
-bool http_status_is_permanent(int status) noexcept
-{
-    // 101 is the upgrade succeeding; it never arrives as an error, but is not a refusal.
-    if (status == 101)
-        return false;
-    // Timeouts and rate limiting say "come back later"; 5xx is the server's trouble.
-    if (status == 408 || status == 429 || (status >= 500 && status <= 599))
-        return false;
-    // Other 4xx reject the request itself, and we send the same request again. Redirects
-    // (3xx) are final too: a WebSocket client does not follow them, and retrying will be
-    // redirected the same way.
-    return true;
-}
-
-bool close_code_is_permanent(int code) noexcept
-{
-    switch (code) {
-    // The peer judged what we send, not the connection: another connection would send the
-    // same frames, data or extension offer and be closed the same way.
-    case 1002:  // protocol error
-    case 1003:  // unsupported data type
-    case 1007:  // invalid payload data
-    case 1008:  // policy violation (authentication, authorization, banned client)
-    case 1010:  // a mandatory extension was not negotiated
-        return true;
-    default:
-        return false;
-    }
-}
 
 // One table per category, each listing every value of its enum. Each is a function-local
 // static so that error_name works when called from another file's static initialisation.
@@ -439,20 +352,9 @@ const boost::system::error_category& close_code_category() noexcept
     return instance;
 }
 
-const boost::system::error_category& condition_category() noexcept
-{
-    static const condition_category_impl instance;
-    return instance;
-}
-
 error_code make_error_code(error e) noexcept
 {
     return {static_cast<int>(e), error_category()};
-}
-
-boost::system::error_condition make_error_condition(condition c) noexcept
-{
-    return {static_cast<int>(c), condition_category()};
 }
 
 error_code make_http_status_error(unsigned status) noexcept
@@ -479,32 +381,6 @@ unsigned close_code_of(const error_code& ec) noexcept
     return static_cast<unsigned>(ec.value());
 }
 
-bool is_permanent(const error_code& ec) noexcept
-{
-    if (!ec.failed())
-        return false;
-    const auto& cat = ec.category();
-    if (cat == error_category()) {
-        switch (static_cast<error>(ec.value())) {
-        case error::invalid_url:
-        case error::unsupported_scheme:
-        case error::invalid_host:
-        case error::invalid_port:
-        case error::invalid_config:
-            return true;
-        default:
-            return false;
-        }
-    }
-    if (cat == http_status_category())
-        return http_status_is_permanent(ec.value());
-    if (cat == close_code_category())
-        return close_code_is_permanent(ec.value());
-    // An untrusted or mismatched certificate stays untrusted until someone changes the
-    // server or the trust store.
-    return is_certificate_verify_failure(ec);
-}
-
 std::string error_name(const error_code& ec)
 {
     if (!ec.failed())
@@ -519,14 +395,14 @@ std::string error_name(const error_code& ec)
         return "handshake_rejected";
     if (cat == close_code_category())
         return "closed_by_peer";
-    if (is_certificate_verify_failure(ec))
+    if (detail::is_certificate_verify_failure(ec))
         return "tls_certificate_verify_failed";
-    if (is_ssl_stream_code(ec)) {
+    if (detail::is_ssl_stream_code(ec)) {
         if (ec.value() == boost::asio::ssl::error::stream_truncated)
             return "tls_stream_truncated";
         return "tls_error";
     }
-    if (is_ssl_code(ec))
+    if (detail::is_ssl_code(ec))
         return "tls_error";
     if (const char* n = mapped_name(ec))
         return n;

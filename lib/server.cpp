@@ -106,7 +106,8 @@ error_code validate(const server_config& cfg, std::string* detail)
     if (!cfg.tls.context) {
         // The contents are checked by listen(), which loads them; here only what can be
         // said without OpenSSL.
-        for (auto [field, path] : {std::pair{"tls.cert_file", &cfg.tls.cert_file}, {"tls.key_file", &cfg.tls.key_file}}) {
+        for (auto [field, path] :
+             {std::pair{"tls.cert_file", &cfg.tls.cert_file}, {"tls.key_file", &cfg.tls.key_file}}) {
             if (path->empty())
                 continue;
             std::error_code fs_ec;
@@ -179,7 +180,9 @@ struct connection::impl {
     outcome handler = outcome::running;
 };
 
-connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
+connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p))
+{
+}
 connection::~connection() = default;
 
 std::uint64_t connection::id() const noexcept
@@ -295,7 +298,7 @@ struct server::impl {
 
     enum class activity { idle, running };
 
-    asio::any_io_executor ex_;      // each connection gets a strand of its own over this
+    asio::any_io_executor ex_;  // each connection gets a strand of its own over this
     asio::any_io_executor strand_;  // the accept loop and shutdown
     server_config cfg_;
     std::shared_ptr<const session_config> session_cfg_;  // one copy for every connection
@@ -308,8 +311,8 @@ struct server::impl {
 
     // On strand_.
     activity activity_ = activity::idle;
-    std::size_t live_ = 0;      // connection coroutines alive, refusals included
-    std::size_t open_ = 0;      // of which counted against max_connections
+    std::size_t live_ = 0;  // connection coroutines alive, refusals included
+    std::size_t open_ = 0;  // of which counted against max_connections
     std::size_t refusing_ = 0;  // of which answering 503
     std::uint64_t next_id_ = 0;
     detail::wakeup<asio::any_io_executor> all_done_;
@@ -317,7 +320,7 @@ struct server::impl {
     // Shared with the connections' executors and with callers on any thread.
     mutable std::mutex mu_;
     enum class accepting { yes, stopping } state_ = accepting::yes;
-    std::map<std::uint64_t, connection_ptr> conns_;    // upgraded
+    std::map<std::uint64_t, connection_ptr> conns_;  // upgraded
     std::map<std::uint64_t, connection_ptr> pending_;  // still in their handshake
     server_counters counters_;
     std::exception_ptr handler_exception_;
@@ -653,7 +656,8 @@ asio::awaitable<void> server::impl::handler_grace(connection_ptr c)
 asio::awaitable<void> server::impl::shutdown_one(connection_ptr c)
 {
     auto& s = c->impl_->s;
-    detail::session_access::end_as(s, error::server_shutdown, "the server is shutting down (close code 1001 sent)");
+    detail::session_access::report_end_as(s, error::server_shutdown,
+                                          "the server is shutting down (close code 1001 sent)");
     co_await detail::with_deadline(
         [](session& s) -> asio::awaitable<error_code> { co_return co_await s.close(1001, "server shutting down"); }(s),
         cfg_.session.close_timeout, error::close_timeout, [&s] { s.cancel(); });

@@ -53,12 +53,9 @@ std::chrono::milliseconds ms_since(time_point t)
 }  // namespace
 
 session_core::session_core(asio::any_io_executor ex, std::shared_ptr<const session_config> cfg)
-    : strand_(serialized(std::move(ex))),
-      cfg_(cfg ? std::move(cfg) : std::make_shared<const session_config>()),
-      timer_(strand_, &session_core::on_tick, &session_core::on_timer_settled, this),
-      seed_(draw_seed()),
-      heartbeat_stop_(strand_),
-      watchdog_done_(strand_)
+    : strand_(serialized(std::move(ex))), cfg_(cfg ? std::move(cfg) : std::make_shared<const session_config>()),
+      timer_(strand_, &session_core::on_tick, &session_core::on_timer_settled, this), seed_(draw_seed()),
+      heartbeat_stop_(strand_), watchdog_done_(strand_)
 {
 }
 
@@ -385,7 +382,7 @@ asio::awaitable<received> session_core::receive_op()
     co_return co_await inbox_->receive();
 }
 
-void session_core::end_as(error_code as, std::string detail)
+void session_core::report_end_as(error_code as, std::string detail)
 {
     if (phase_ == phase::open || phase_ == phase::running)
         conn_.end.record(end_reason::kind::goodbye, as, std::move(detail));
@@ -404,8 +401,8 @@ void session_core::track_writes(std::function<void(std::uint64_t)> on_confirmed)
 // The public face: every operation hops onto the strand, so callers may be anywhere.
 
 session::session(boost::asio::any_io_executor ex, session_config cfg)
-    : core_(std::make_unique<detail::session_core>(std::move(ex),
-                                                   std::make_shared<const session_config>(std::move(cfg))))
+    : core_(
+          std::make_unique<detail::session_core>(std::move(ex), std::make_shared<const session_config>(std::move(cfg))))
 {
 }
 
@@ -498,10 +495,10 @@ void detail::session_access::send_shared(session& s, std::shared_ptr<void> owner
                                          std::shared_ptr<const std::string> data, message_type type)
 {
     // A broadcast reaches connections that may end (and be freed) before this step runs.
-    boost::asio::dispatch(s.core_->strand(), [p = s.core_.get(), owner = std::move(owner), data = std::move(data),
-                                              type]() mutable {
-        p->send(outgoing{.type = type, .from = outgoing::owner::internal, .shared = std::move(data)});
-    });
+    boost::asio::dispatch(
+        s.core_->strand(), [p = s.core_.get(), owner = std::move(owner), data = std::move(data), type]() mutable {
+            p->send(outgoing{.type = type, .from = outgoing::owner::internal, .shared = std::move(data)});
+        });
 }
 
 bool detail::session_access::begin_run(session& s)
@@ -535,9 +532,9 @@ std::uint64_t detail::session_access::writes(const session& s) noexcept
     return s.core_->writes();
 }
 
-void detail::session_access::end_as(session& s, error_code ec, std::string detail)
+void detail::session_access::report_end_as(session& s, error_code ec, std::string detail)
 {
-    s.core_->end_as(ec, std::move(detail));
+    s.core_->report_end_as(ec, std::move(detail));
 }
 
 }  // namespace vigil

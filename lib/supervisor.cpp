@@ -73,18 +73,12 @@ detail::reconnect_settings reconnect_settings_of(const supervisor_config& cfg)
 
 struct supervisor::impl {
     impl(asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy)
-        : strand_(detail::serialized(std::move(ex))),
-          url_(std::move(url)),
-          cfg_(std::move(cfg)),
-          policy_(std::move(policy)),
-          fsm_(reconnect_settings_of(cfg_), policy_),
+        : strand_(detail::serialized(std::move(ex))), url_(std::move(url)), cfg_(std::move(cfg)),
+          policy_(std::move(policy)), fsm_(reconnect_settings_of(cfg_), policy_),
           // The session shares our executor (see detail::serialized() for why). Its writer may
           // then resume our outbox pump inline when a send completes; its teardown posts.
-          session_(strand_, cfg_.session),
-          outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
-          delivery_(cfg_.delivery, completer()),
-          outbox_wake_(strand_),
-          backoff_timer_(strand_)
+          session_(strand_, cfg_.session), outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
+          delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_)
     {
     }
 
@@ -136,7 +130,7 @@ struct supervisor::impl {
     asio::steady_timer outbox_wake_;  // the pump waits on it while the outbox is empty
     asio::steady_timer backoff_timer_;
     activity activity_ = activity::idle;
-    error_code last_result_;               // what the last run() returned: sends fail with it
+    error_code last_result_;  // what the last run() returned: sends fail with it
     std::exception_ptr handler_exception_;  // an event handler threw: run() rethrows it
 
     mutable std::mutex counters_mutex_;
@@ -283,7 +277,8 @@ error_code supervisor::impl::finish_run(const reconnect_action& a)
     const error_code result = a.reason;
     if (a.what == kind::give_up)
         emit(events_.on_gave_up, result, std::as_const(last_));
-    last_result_ = (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
+    last_result_ =
+        (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
     outbox_.fail_all(last_result_);
     if (session_.is_open())
         session_.cancel();  // cancelled between connect() and run(): nothing else would close it

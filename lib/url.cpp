@@ -81,18 +81,46 @@ private:
         return e;
     }
 
+    error_code check_characters();
+    error_code read_scheme(bool& tls, std::string_view& after_slashes);
+    error_code parse_uri(std::string_view after_slashes, boost::urls::url_view& out);
+    error_code take_host(const boost::urls::url_view& u, endpoint& ep);
+    error_code take_name(const boost::urls::url_view& u, endpoint& ep);
+    error_code take_port_and_target(const boost::urls::url_view& u, endpoint& ep);
     error_code diagnose(std::string_view after_slashes, const std::string& why);
     error_code check_port(std::string_view port, std::uint16_t& value);
 
     std::string_view url_;
     std::string* detail_;
+    std::string respelled_;  // the URL re-spelled around a Boost.URL 1.81 bug (parse_uri)
 };
 
 error_code parser::parse(endpoint& out)
 {
     if (url_.empty())
         return fail(error::invalid_url, "empty URL (expected ws://host[:port][/path])");
+    if (auto ec = check_characters())
+        return ec;
+    endpoint ep;
+    std::string_view after_slashes;
+    if (auto ec = read_scheme(ep.tls, after_slashes))
+        return ec;
+    boost::urls::url_view u;
+    if (auto ec = parse_uri(after_slashes, u))
+        return ec;
+    if (u.has_userinfo())
+        return fail(error::invalid_url, "URL " + quote(url_)
+                + " contains user info; credentials are never sent in URLs (pass them in a header)");
+    if (auto ec = take_host(u, ep))
+        return ec;
+    if (auto ec = take_port_and_target(u, ep))
+        return ec;
+    out = std::move(ep);
+    return {};
+}
 
+error_code parser::check_characters()
+{
     // Boost.URL rejects these too, but "contains a control character" helps more than
     // "syntax error", and they are what header injection attempts look like.
     for (std::size_t i = 0; i < url_.size(); ++i) {
@@ -102,7 +130,11 @@ error_code parser::parse(endpoint& out)
                 "URL " + quote(url_) + " contains a space, control or non-ASCII character at offset "
                     + std::to_string(i) + " (percent-encode it)");
     }
+    return {};
+}
 
+error_code parser::read_scheme(bool& tls, std::string_view& after_slashes)
+{
     // Read the scheme before Boost.URL so that "http://x" is named a wrong scheme, not a
     // generic parse failure.
     std::size_t colon = 0;
@@ -114,10 +146,8 @@ error_code parser::parse(endpoint& out)
     const auto scheme = url_.substr(0, colon);
     const auto rest = url_.substr(colon + 1);
     const bool has_slashes = rest.substr(0, 2) == "//";
-    bool tls = false;
-    if (iequals(scheme, "wss")) {
-        tls = true;
-    } else if (!iequals(scheme, "ws")) {
+    tls = iequals(scheme, "wss");
+    if (!tls && !iequals(scheme, "ws")) {
         // "localhost:8080" parses as scheme "localhost": without "//" it is more likely a
         // missing scheme than a real one.
         if (!has_slashes)
@@ -128,8 +158,12 @@ error_code parser::parse(endpoint& out)
     if (!has_slashes)
         return fail(error::invalid_host, "URL " + quote(url_) + " has no host (expected "
                 + std::string(scheme) + "://host)");
-    const auto after_slashes = rest.substr(2);
+    after_slashes = rest.substr(2);
+    return {};
+}
 
+error_code parser::parse_uri(std::string_view after_slashes, boost::urls::url_view& out)
+{
     // RFC 3986 requires the path after an authority to be empty or start with '/'. Boost.URL
     // 1.81 accepts "ws://[::1]x/" and "ws://[::1]:80x" with a rootless path; the text after
     // the host or port is then garbage, not a path.
@@ -141,58 +175,37 @@ error_code parser::parse(endpoint& out)
     // Boost.URL 1.81 also takes the dotted quad at the start of "127.0.0.1.nip.io" for the
     // host and the rest for a path (fixed in 1.83). With its first digit percent-encoded the
     // host is the same reg-name to RFC 3986, and parses as one.
-    std::string respelled;
     if ((!parsed || rootless(*parsed)) && !after_slashes.empty() && is_digit(after_slashes.front())
         && authority_of(after_slashes).find('@') == std::string_view::npos) {
-        respelled.append(url_.substr(0, url_.size() - after_slashes.size()));
-        respelled += "%3";
-        respelled.append(after_slashes);
-        if (auto again = boost::urls::parse_uri(respelled); again && !rootless(*again))
+        respelled_.append(url_.substr(0, url_.size() - after_slashes.size()));
+        respelled_ += "%3";
+        respelled_.append(after_slashes);
+        if (auto again = boost::urls::parse_uri(respelled_); again && !rootless(*again))
             parsed = again;
     }
     if (!parsed)
         return diagnose(after_slashes, parsed.error().message());
-    const boost::urls::url_view& u = *parsed;
-    if (rootless(u))
+    if (rootless(*parsed))
         return diagnose(after_slashes, "the path must start with '/'");
+    out = *parsed;
+    return {};
+}
 
-    if (u.has_userinfo())
-        return fail(error::invalid_url, "URL " + quote(url_)
-                + " contains user info; credentials are never sent in URLs (pass them in a header)");
-
-    endpoint ep;
-    ep.tls = tls;
+error_code parser::take_host(const boost::urls::url_view& u, endpoint& ep)
+{
     switch (u.host_type()) {
     case boost::urls::host_type::ipv4:
         ep.host = u.host_address();
         ep.host_header = ep.host;
         ep.host_is_ip = true;
-        break;
+        return {};
     case boost::urls::host_type::ipv6:
         ep.host = u.host_address();
         ep.host_header = "[" + ep.host + "]";
         ep.host_is_ip = true;
-        break;
-    case boost::urls::host_type::name: {
-        ep.host = u.host();
-        if (ep.host.empty())
-            return fail(error::invalid_host, "URL " + quote(url_) + " has an empty host");
-        // Percent-decoding may produce anything; only DNS-safe characters go to the resolver,
-        // the certificate check and the Host header.
-        for (char c : ep.host) {
-            if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.' && c != '_')
-                return fail(error::invalid_host, "host " + quote(ep.host) + " in " + quote(url_)
-                        + " is not a valid host name");
-        }
-        // RFC 1035 limit; a longer name can only fail in the resolver, less clearly.
-        if (ep.host.size() > 253)
-            return fail(error::invalid_host, "host " + quote(ep.host) + " is longer than 253 characters");
-        // A percent-encoded address ("1.%32.3.4") is a name to Boost.URL but an address to
-        // the resolver and the certificate check.
-        ep.host_is_ip = static_cast<bool>(boost::urls::parse_ipv4_address(ep.host));
-        ep.host_header = ep.host;
-        break;
-    }
+        return {};
+    case boost::urls::host_type::name:
+        return take_name(u, ep);
     case boost::urls::host_type::ipvfuture:
         return fail(error::invalid_host, "host " + quote(std::string_view(u.encoded_host())) + " in "
                 + quote(url_) + " is an IPvFuture literal, which cannot be connected to");
@@ -200,17 +213,45 @@ error_code parser::parse(endpoint& out)
     default:
         return fail(error::invalid_host, "URL " + quote(url_) + " has no host");
     }
+}
 
-    const std::uint16_t default_port = tls ? 443 : 80;
+error_code parser::take_name(const boost::urls::url_view& u, endpoint& ep)
+{
+    ep.host = u.host();
+    if (ep.host.empty())
+        return fail(error::invalid_host, "URL " + quote(url_) + " has an empty host");
+    // Percent-decoding may produce anything; only DNS-safe characters go to the resolver,
+    // the certificate check and the Host header.
+    for (char c : ep.host) {
+        if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.' && c != '_')
+            return fail(error::invalid_host, "host " + quote(ep.host) + " in " + quote(url_)
+                    + " is not a valid host name");
+    }
+    // RFC 1035 limit; a longer name can only fail in the resolver, less clearly.
+    if (ep.host.size() > 253)
+        return fail(error::invalid_host, "host " + quote(ep.host) + " is longer than 253 characters");
+    // A percent-encoded address ("1.%32.3.4") is a name to Boost.URL but an address to the
+    // resolver and the certificate check.
+    ep.host_is_ip = static_cast<bool>(boost::urls::parse_ipv4_address(ep.host));
+    ep.host_header = ep.host;
+    return {};
+}
+
+error_code parser::take_port_and_target(const boost::urls::url_view& u, endpoint& ep)
+{
+    const std::uint16_t default_port = ep.tls ? 443 : 80;
     ep.port = default_port;
     if (u.has_port()) {
         const auto port = u.port();
         if (auto ec = check_port(std::string_view(port.data(), port.size()), ep.port))
             return ec;
     }
-    if (ep.port != default_port)
-        ep.host_header += ":" + std::to_string(ep.port);
-
+    if (ep.port != default_port) {
+        // Appended in two steps: g++ 12 at -O3 misreads `":" + std::string` as an overlapping
+        // copy (-Wrestrict).
+        ep.host_header += ':';
+        ep.host_header += std::to_string(ep.port);
+    }
     const auto path = u.encoded_path();
     ep.target.assign(path.data(), path.size());
     if (ep.target.empty())
@@ -220,8 +261,6 @@ error_code parser::parse(endpoint& out)
         ep.target += '?';
         ep.target.append(query.data(), query.size());
     }
-
-    out = std::move(ep);
     return {};
 }
 

@@ -105,15 +105,23 @@ const boost::system::error_category& condition_category() noexcept;
 error_code make_error_code(error e) noexcept;
 boost::system::error_condition make_error_condition(condition c) noexcept;
 
-/// True when retrying cannot help: malformed URL, invalid configuration, an upgrade
-/// rejected with a 4xx status other than 408/429, TLS certificate verification failure,
-/// close code 1003 or 1008. Everything else that is a failure (refused, reset, DNS,
-/// every timeout, 5xx, 408, 429, close codes 1001/1006/1011-1014) is transient.
+/// True when retrying cannot help. This is the classification, and the one place it is
+/// written down (the README and vigil-probe refer here):
 ///
-/// HTTP statuses and close codes travel inside the code (`http_status_category`,
-/// `close_code_category`), so this one function sees them. `operation_aborted` is neither
-/// transient nor permanent: it means the caller cancelled, and a supervisor stops without
-/// retrying. `ec == condition::transient` / `condition::permanent` compare the same way.
+/// | permanent: stop | transient: retry later |
+/// |---|---|
+/// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
+/// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
+/// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1008 (policy violation), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1009, 1011-1014, 3000-4999 |
+/// | TLS certificate verification failure | every other network or TLS failure: refused, reset, eof, unreachable, DNS ... |
+///
+/// Why: a permanent failure judged what we send (the request, the frames, our credentials,
+/// the server's certificate), so another attempt would send the same and fail the same way;
+/// a transient one is about the path or the server's state. HTTP statuses and close codes
+/// travel inside the code (`http_status_category`, `close_code_category`), so this one
+/// function sees them. `operation_aborted` is neither transient nor permanent: it means the
+/// caller cancelled, and a supervisor stops without retrying. `ec == condition::transient` /
+/// `condition::permanent` compare the same way; an empty code is neither.
 bool is_permanent(const error_code& ec) noexcept;
 
 /// A stable name for any error code, for logs and JSON output. An empty code gives `"ok"`.

@@ -52,8 +52,8 @@ accept_result session_core::accept_failed(accept_result& result, error_code ec)
     return result;
 }
 
-asio::awaitable<error_code> session_core::refuse_upgrade(const accept_params& params, unsigned status,
-                                                         std::string body, std::string retry_after)
+asio::awaitable<error_code> session_core::refuse_upgrade(const accept_params& params, unsigned status, std::string body,
+                                                         std::string retry_after)
 {
     http::response<http::string_body> res{static_cast<http::status>(status), 11};
     res.set(http::field::server, params.server_name);
@@ -128,10 +128,10 @@ asio::awaitable<accept_result> session_core::accept_op(asio::ip::tcp::socket soc
         auto ec = co_await with_deadline(tls_handshake(asio::ssl::stream_base::server), cfg_->tls_handshake_timeout,
                                          error::tls_handshake_timeout, [this] { close_socket(); });
         if (ec) {
-            result.detail = ec == error::tls_handshake_timeout
-                                ? "no TLS handshake within " + ms_text(cfg_->tls_handshake_timeout) +
-                                      " (tls_handshake_timeout)"
-                                : with_context("TLS handshake", ec);
+            result.detail =
+                ec == error::tls_handshake_timeout
+                    ? "no TLS handshake within " + ms_text(cfg_->tls_handshake_timeout) + " (tls_handshake_timeout)"
+                    : with_context("TLS handshake", ec);
             co_return accept_failed(result, ec);
         }
     }
@@ -140,7 +140,8 @@ asio::awaitable<accept_result> session_core::accept_op(asio::ip::tcp::socket soc
     auto ec = co_await with_deadline(read_upgrade(params, result), cfg_->handshake_timeout, error::handshake_timeout,
                                      [this] { close_socket(); });
     if (ec == error::handshake_timeout)
-        result.detail = "no complete upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
+        result.detail =
+            "no complete upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
     if (ec)
         co_return accept_failed(result, ec);
     if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state)) {

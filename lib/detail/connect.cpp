@@ -50,12 +50,12 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
     auto state = std::make_shared<lookup>(strand_);
     client_->dns = state;
     client_->resolver->async_resolve(ep.host, std::to_string(ep.port),
-                             [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
-                                 state->ec = ec;
-                                 state->results = std::move(results);
-                                 state->status = lookup::state::finished;
-                                 state->done.cancel();
-                             });
+                                     [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
+                                         state->ec = ec;
+                                         state->results = std::move(results);
+                                         state->status = lookup::state::finished;
+                                         state->done.cancel();
+                                     });
     co_await state->done.async_wait(asio::as_tuple(asio::use_awaitable));
     client_->dns.reset();
     if (state->status != lookup::state::finished)
@@ -64,8 +64,8 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
         last_.detail = with_context("resolving \"" + ep.host + "\"", state->ec);
         co_return state->ec;
     }
-    auto [ec, peer] = co_await asio::async_connect(ws_->next_layer().socket(), state->results,
-                                                   asio::as_tuple(asio::use_awaitable));
+    auto [ec, peer] =
+        co_await asio::async_connect(ws_->next_layer().socket(), state->results, asio::as_tuple(asio::use_awaitable));
     if (ec)
         last_.detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), ec);
     co_return ec;
@@ -144,8 +144,8 @@ void session_core::prepare_stream(websocket::stream_base::decorator decorator)
 {
     // Beast's own timer and keep-alive pings stay off: every wait has a deadline of ours
     // (the handshake's, then the watchdog's), and two timers for one rule would race.
-    ws_->set_option(websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(),
-                                                    false});
+    ws_->set_option(
+        websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(), false});
     ws_->set_option(std::move(decorator));
     ws_->read_message_max(cfg_->max_message_size);
     ws_->control_callback(
@@ -207,25 +207,45 @@ asio::awaitable<error_code> session_core::connect_op(std::string url)
     if (auto stale = std::exchange(conn_.end.exception, nullptr))
         std::rethrow_exception(stale);  // on_disconnected threw after a cancel(); see end_connection()
     begin_connection();
+    endpoint ep;
+    if (auto ec = prepare_connect(url, ep))
+        co_return ec;
+    if (auto ec = co_await open_transport(ep))
+        co_return ec;
+    if (auto ec = co_await open_websocket(ep))
+        co_return ec;
+    opened(clock_type::now());
+    emit(&session_events::on_connected);
+    if (auto e = std::exchange(conn_.end.exception, nullptr)) {
+        end_connection();  // recorded as handler_exception by emit()
+        std::rethrow_exception(e);
+    }
+    co_return error_code{};
+}
+
+error_code session_core::prepare_connect(const std::string& url, endpoint& ep)
+{
     if (!client_)
         client_ = std::make_unique<client_side>();
-
-    endpoint ep;
     std::string detail;
     if (auto ec = parse_url(url, ep, &detail))
-        co_return fail_connect(ec, std::move(detail));
+        return fail_connect(ec, std::move(detail));
     if (auto ec = validate(*cfg_, &detail))
-        co_return fail_connect(ec, std::move(detail));
+        return fail_connect(ec, std::move(detail));
     if (ep.tls) {
         if (auto ec = setup_tls_context(detail))
-            co_return fail_connect(ec, std::move(detail));
+            return fail_connect(ec, std::move(detail));
     }
     ws_.reset();
     ws_.emplace(strand_, ep.tls ? client_->tls_ctx.get() : nullptr);
     if (!client_->resolver)
         client_->resolver = std::make_unique<asio::ip::tcp::resolver>(strand_);
+    return {};
+}
 
-    // 1. DNS + TCP.
+asio::awaitable<error_code> session_core::open_transport(const endpoint& ep)
+{
+    // DNS + TCP within connect_timeout.
     auto ec = co_await with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,
                                      [this] { abort_connect(); });
     if (ec == error::connect_timeout)
@@ -234,38 +254,35 @@ asio::awaitable<error_code> session_core::connect_op(std::string url)
     if (ec)
         co_return fail_connect(ec, last_.detail);
     set_no_delay();
+    if (!ep.tls)
+        co_return error_code{};
+    // TLS, verifying the certificate against the URL's host, within tls_handshake_timeout.
+    verify_host(ws_->next_layer().tls()->native_handle(), ep, cfg_->tls.insecure_skip_verify);
+    ec = co_await with_deadline(tls_handshake(asio::ssl::stream_base::client), cfg_->tls_handshake_timeout,
+                                error::tls_handshake_timeout, [this] { close_socket(); });
+    if (ec)
+        co_return fail_connect(ec, explain_tls_failure(ec, ep));
+    co_return error_code{};
+}
 
-    // 2. TLS, verifying the certificate against the URL's host.
-    if (ep.tls) {
-        verify_host(ws_->next_layer().tls()->native_handle(), ep, cfg_->tls.insecure_skip_verify);
-        ec = co_await with_deadline(tls_handshake(asio::ssl::stream_base::client), cfg_->tls_handshake_timeout,
-                                    error::tls_handshake_timeout, [this] { close_socket(); });
-        if (ec)
-            co_return fail_connect(ec, explain_tls_failure(ec, ep));
-    }
-
-    // 3. The upgrade.
+asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
+{
+    // The upgrade, within handshake_timeout.
     prepare_stream(websocket::stream_base::decorator([cfg = cfg_](websocket::request_type& req) {
         req.set(beast::http::field::user_agent, cfg->user_agent);
         for (const auto& [name, value] : cfg->headers)
             req.set(name, value);
     }));
     websocket::response_type res;
-    ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
-                                [this] { close_socket(); });
+    auto ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
+                                     [this] { close_socket(); });
     if (ec) {
         auto why = explain_upgrade_failure(ec, res, ep);
         co_return fail_connect(ec, std::move(why));
     }
+    // cancel() came while the handshake finished, or the caller's cancellation did.
     if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state))
         co_return fail_connect(asio::error::operation_aborted, "cancelled");
-
-    opened(clock_type::now());
-    emit(&session_events::on_connected);
-    if (auto e = std::exchange(conn_.end.exception, nullptr)) {
-        end_connection();  // recorded as handler_exception by emit()
-        std::rethrow_exception(e);
-    }
     co_return error_code{};
 }
 

@@ -59,7 +59,7 @@ private:
     state state_ = state::open;
     error_code ended_with_;
     wakeup<boost::asio::any_io_executor> receiver_;  // receive() waits here
-    wakeup<boost::asio::any_io_executor> room_;      // a paused reader waits here
+    wakeup<boost::asio::any_io_executor> room_;  // a paused reader waits here
 };
 
 }  // namespace vigil::detail

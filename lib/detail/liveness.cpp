@@ -87,7 +87,8 @@ void liveness::ping_sent(time_point now, ping_carrier carrier) noexcept
         ping_write_ = ping_write::in_flight;
     ping_covers_ = written_;
     if (cfg_->ping == ping_mode::fixed)
-        next_fixed_ = next_fixed_ + cfg_->ping_interval > now ? next_fixed_ + cfg_->ping_interval : now + cfg_->ping_interval;
+        next_fixed_ =
+            next_fixed_ + cfg_->ping_interval > now ? next_fixed_ + cfg_->ping_interval : now + cfg_->ping_interval;
     early_ = draw_early();
 }
 
@@ -142,8 +143,8 @@ time_point liveness::ping_due() const noexcept
     // idle: once nothing has arrived for the interval since the later of the last frame
     // and the last ping; fixed: on a steady schedule. Either way `early_` (ping_jitter)
     // spreads the pings of connections that started together.
-    const time_point base = cfg_->ping == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + cfg_->ping_interval
-                                                       : next_fixed_;
+    const time_point base =
+        cfg_->ping == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + cfg_->ping_interval : next_fixed_;
     time_point due = base - early_;
     // Confirming delivery: a ping soon after writes, one in flight at a time, whatever
     // arrives meanwhile (only its pong proves the peer read them).

@@ -37,8 +37,8 @@ enum class write_confirmation { off, on };
 /// The deadline that passed, as `liveness::expired()` reports it (the first in this order).
 enum class expiry {
     none,
-    pong,   ///< nothing at all arrived within pong_timeout of a ping
-    idle,   ///< no data message for idle_timeout: say goodbye (the close deadline follows)
+    pong,  ///< nothing at all arrived within pong_timeout of a ping
+    idle,  ///< no data message for idle_timeout: say goodbye (the close deadline follows)
     write,  ///< one message write took longer than write_timeout
     close,  ///< the close handshake took longer than close_timeout
 };
@@ -49,7 +49,7 @@ enum class ping_carrier { control_frame, message };
 
 /// What a pong that answers our last ping tells.
 struct pong_news {
-    duration rtt{};             ///< from the ping's send to its pong
+    duration rtt{};  ///< from the ping's send to its pong
     std::uint64_t confirmed{};  ///< application messages written before that ping
 };
 
@@ -123,17 +123,17 @@ private:
     write_confirmation confirm_ = write_confirmation::off;
     std::uint64_t rng_ = 0;
 
-    time_point last_rx_{};    // any frame
+    time_point last_rx_{};  // any frame
     time_point last_data_{};  // data messages only
 
-    time_point ping_due_at_{};    // when the last ping was due (not rounded, not late)
-    time_point ping_sent_at_{};   // when it was handed over
-    time_point next_fixed_{};     // ping_mode::fixed: the next ping's slot
-    duration early_{};            // ping_jitter: how early the next ping goes
+    time_point ping_due_at_{};  // when the last ping was due (not rounded, not late)
+    time_point ping_sent_at_{};  // when it was handed over
+    time_point next_fixed_{};  // ping_mode::fixed: the next ping's slot
+    duration early_{};  // ping_jitter: how early the next ping goes
     pong_wait pong_ = pong_wait::none;
     ping_write ping_write_ = ping_write::idle;
 
-    std::uint64_t written_ = 0;      // application messages written, this connection
+    std::uint64_t written_ = 0;  // application messages written, this connection
     std::uint64_t ping_covers_ = 0;  // written_ when the last ping was sent
 
     reading reading_ = reading::on;

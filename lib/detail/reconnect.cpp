@@ -94,8 +94,9 @@ reconnect_action reconnect_fsm::time_up(time_point now)
 reconnect_action reconnect_fsm::cancelled()
 {
     // Cancelled while a stop() was under way: the stop is what the caller asked for.
-    return finish(reconnect_state::stopped,
-                  state_ == reconnect_state::stopping ? error_code{} : error_code(boost::asio::error::operation_aborted));
+    return finish(reconnect_state::stopped, state_ == reconnect_state::stopping
+                                                ? error_code{}
+                                                : error_code(boost::asio::error::operation_aborted));
 }
 
 reconnect_interrupt reconnect_fsm::stop()

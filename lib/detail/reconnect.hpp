@@ -27,36 +27,36 @@ struct reconnect_settings {
 };
 
 enum class reconnect_state {
-    idle,          ///< run() is not in progress
-    connecting,    ///< an attempt's connect() is in progress
+    idle,  ///< run() is not in progress
+    connecting,  ///< an attempt's connect() is in progress
     running_hook,  ///< connected; the on_connected hook runs beside the session
-    up,            ///< the hook succeeded; messages flow
-    waiting,       ///< between attempts, until `wait_until()`
-    stopping,      ///< stop() came during an attempt (or before run()): stop at the next step
-    stopped,       ///< run() ended by stop() or cancellation
-    gave_up,       ///< run() ended by a permanent failure or max_attempts
+    up,  ///< the hook succeeded; messages flow
+    waiting,  ///< between attempts, until `wait_until()`
+    stopping,  ///< stop() came during an attempt (or before run()): stop at the next step
+    stopped,  ///< run() ended by stop() or cancellation
+    gave_up,  ///< run() ended by a permanent failure or max_attempts
 };
 
 /// What the supervisor's coroutine does next.
 struct reconnect_action {
     enum class kind {
-        connect,        ///< start an attempt
-        run,            ///< the handshake succeeded: run the session and the hook
+        connect,  ///< start an attempt
+        run,  ///< the handshake succeeded: run the session and the hook
         close_session,  ///< stop() raced the handshake: close what was just opened
-        wait,           ///< wait `delay` (or until retry_now()) before the next attempt
-        stop,           ///< end run() with `reason`: empty after stop(), operation_aborted when cancelled
-        give_up,        ///< end run() with `reason`: the permanent failure or retries_exhausted
+        wait,  ///< wait `delay` (or until retry_now()) before the next attempt
+        stop,  ///< end run() with `reason`: empty after stop(), operation_aborted when cancelled
+        give_up,  ///< end run() with `reason`: the permanent failure or retries_exhausted
     };
     kind what = kind::connect;
     std::chrono::milliseconds delay{0};  ///< for wait: policy, floor and Retry-After applied
-    std::size_t attempt = 0;             ///< for wait: 1 for the first retry of a failure streak
-    error_code reason;                   ///< for wait: the failure; for stop and give_up: the result
+    std::size_t attempt = 0;  ///< for wait: 1 for the first retry of a failure streak
+    error_code reason;  ///< for wait: the failure; for stop and give_up: the result
 };
 
 /// What stop() and retry_now() ask of the operation in progress, at once.
 enum class reconnect_interrupt {
     none,
-    cancel_wait,    ///< end the wait between attempts now
+    cancel_wait,  ///< end the wait between attempts now
     abort_attempt,  ///< cancel the connect() in progress
     close_session,  ///< close the live session with a close handshake
 };

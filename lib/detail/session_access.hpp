@@ -72,7 +72,7 @@ struct session_access {
     static std::uint64_t writes(const session& s) noexcept;
     /// From now on the session's end is reported as `ec` (unless it ended already). Call on
     /// the session's strand.
-    static void end_as(session& s, error_code ec, std::string detail);
+    static void report_end_as(session& s, error_code ec, std::string detail);
 };
 
 }  // namespace vigil::detail

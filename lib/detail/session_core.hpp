@@ -51,24 +51,24 @@ using ws_stream = websocket::stream<any_stream>;
 
 /// Where a session's connection is in its life.
 enum class phase {
-    idle,        ///< no connection
+    idle,  ///< no connection
     connecting,  ///< connect(), or the server's accept, in progress
-    open,        ///< the handshake succeeded; run() has not started (sends are queued)
-    running,     ///< run() is in progress
-    ending,      ///< run() has its verdict; its arms are winding down
+    open,  ///< the handshake succeeded; run() has not started (sends are queued)
+    running,  ///< run() is in progress
+    ending,  ///< run() has its verdict; its arms are winding down
 };
 
 /// The close handshake of the connection.
 enum class close_state {
-    none,       ///< not closing
-    queued,     ///< our close frame waits behind the messages sent before it
-    sent,       ///< our close frame is out (or being written): the peer's answer and the TCP teardown remain
+    none,  ///< not closing
+    queued,  ///< our close frame waits behind the messages sent before it
+    sent,  ///< our close frame is out (or being written): the peer's answer and the TCP teardown remain
     answering,  ///< the peer closed first, or broke the protocol, and Beast answers: the TCP teardown remains
 };
 
 /// What the writer is doing.
 enum class writer_state {
-    idle,     ///< nothing in flight
+    idle,  ///< nothing in flight
     writing,  ///< a message is being written
     closing,  ///< our close frame is being written and the handshake finished
 };
@@ -155,12 +155,12 @@ public:
 
     // ---- the operations behind the public API; each runs on strand_ ----
 
-    asio::awaitable<error_code> connect_op(std::string url);                         // connect.cpp
+    asio::awaitable<error_code> connect_op(std::string url);  // connect.cpp
     asio::awaitable<accept_result> accept_op(asio::ip::tcp::socket, accept_params);  // accept.cpp
-    asio::awaitable<error_code> run_op(bool own_coroutine);                          // session.cpp
-    asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);    // session.cpp
-    void send(outgoing msg);                                                         // writer.cpp
-    void cancel_now();                                                               // session.cpp
+    asio::awaitable<error_code> run_op(bool own_coroutine);  // session.cpp
+    asio::awaitable<error_code> close_op(std::uint16_t code, std::string reason);  // session.cpp
+    void send(outgoing msg);  // writer.cpp
+    void cancel_now();  // session.cpp
     void set_config(std::shared_ptr<const session_config> cfg);
 
     // ---- run()'s arms: each returns why it ended and never throws ----
@@ -168,9 +168,9 @@ public:
     /// `reader() || heartbeat() || watchdog()`: what run() awaits between begin_run() and
     /// finish_run(). The server spawns it the same way, without run()'s own frame.
     asio::awaitable<std::variant<error_code, error_code, error_code>> arms();
-    asio::awaitable<error_code> reader();     // reader.cpp
+    asio::awaitable<error_code> reader();  // reader.cpp
     asio::awaitable<error_code> heartbeat();  // heartbeat.cpp
-    asio::awaitable<error_code> watchdog();   // watchdog.cpp
+    asio::awaitable<error_code> watchdog();  // watchdog.cpp
     /// Before the arms: an open connection starts running. False when it is not open.
     bool begin_run();
     /// After the arms: the end is reported, everything pending completes, and the reason
@@ -183,7 +183,7 @@ public:
     /// goes (idle_timeout, slow_consumer); only `as` when the connection is not live.
     void say_goodbye(error_code as, std::string detail, websocket::close_reason why);
     /// From now on the end is reported as `as` (server_shutdown), without sending anything.
-    void end_as(error_code as, std::string detail);
+    void report_end_as(error_code as, std::string detail);
     /// Delivery confirmation: with a callback, the heartbeat pings soon after writes and
     /// `on_confirmed(n)` runs when a pong proves the first n messages were read.
     void track_writes(std::function<void(std::uint64_t)> on_confirmed);
@@ -217,6 +217,9 @@ private:
     void emit(Handler session_events::*event, Args&&... args);
 
     // connect.cpp and accept.cpp
+    error_code prepare_connect(const std::string& url, endpoint& ep);
+    asio::awaitable<error_code> open_transport(const endpoint& ep);
+    asio::awaitable<error_code> open_websocket(const endpoint& ep);
     asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
     asio::awaitable<error_code> tls_handshake(asio::ssl::stream_base::handshake_type role);
     asio::awaitable<error_code> upgrade(websocket::response_type& res, const endpoint& ep);
@@ -268,15 +271,15 @@ private:
     struct close_done;
     struct ping_done;
 
-    asio::any_io_executor strand_;               // see detail::serialized()
+    asio::any_io_executor strand_;  // see detail::serialized()
     std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
-    std::unique_ptr<session_events> events_;     // made on first use: a server's connections have none
+    std::unique_ptr<session_events> events_;  // made on first use: a server's connections have none
     disconnect_info last_;
-    std::atomic<phase> phase_{phase::idle};      // atomic only so that is_open() may peek from any thread
+    std::atomic<phase> phase_{phase::idle};  // atomic only so that is_open() may peek from any thread
 
     std::optional<ws_stream> ws_;
-    std::array<char, 64> first_read_;   // where each message's first bytes are read (reader.cpp)
-    beast::flat_buffer rx_;             // the rest of a longer message
+    std::array<char, 64> first_read_;  // where each message's first bytes are read (reader.cpp)
+    beast::flat_buffer rx_;  // the rest of a longer message
     session_timer timer_;
     liveness live_;
     connection_state conn_;
@@ -286,19 +289,19 @@ private:
     using send_queue = boost::container::deque<outgoing>;
     std::unique_ptr<send_queue> queue_;
     send_queue& queue();
-    std::uint32_t seed_;                         // this session's jitter draws
+    std::uint32_t seed_;  // this session's jitter draws
 
     // The arms that wait rather than loop park their completion here.
     wakeup<asio::any_io_executor> heartbeat_stop_;  // completed when the heartbeat ends
-    wakeup<asio::any_io_executor> watchdog_done_;   // completed with the verdict, once drained
+    wakeup<asio::any_io_executor> watchdog_done_;  // completed with the verdict, once drained
 
     // Parts only some sessions have: a server connection's inbox, a client's means to
     // connect (made by its first connect()), a supervisor's delivery confirmation.
     struct lookup;
     struct client_side {
-        std::shared_ptr<asio::ssl::context> tls_ctx;    // for wss://
+        std::shared_ptr<asio::ssl::context> tls_ctx;  // for wss://
         std::unique_ptr<asio::ip::tcp::resolver> resolver;
-        std::shared_ptr<lookup> dns;                    // a DNS lookup in progress
+        std::shared_ptr<lookup> dns;  // a DNS lookup in progress
         std::function<void(std::uint64_t)> on_confirmed;  // a supervisor confirming delivery
     };
     std::unique_ptr<inbox> inbox_;

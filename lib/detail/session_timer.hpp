@@ -53,7 +53,7 @@ private:
         }
         boost::asio::steady_timer timer;
         time_point armed_at = time_point::max();  // what the newest wait waits for
-        unsigned waits = 0;                       // pending waits, all but the newest cancelled
+        unsigned waits = 0;  // pending waits, all but the newest cancelled
         callback fire;
         callback settled;
     };
@@ -66,8 +66,8 @@ private:
     enum class state { running, stopped };
 
     // On the wheel, the entry's `fire` and `arg` are the owner's callback and the owner.
-    timer_wheel* wheel_ = nullptr;    // single-threaded io_context
-    wheel_entry entry_;               // ... this session's place in it
+    timer_wheel* wheel_ = nullptr;  // single-threaded io_context
+    wheel_entry entry_;  // ... this session's place in it
     std::unique_ptr<own_timer> own_;  // otherwise
     void* owner_;
     state state_ = state::running;
