@@ -50,10 +50,16 @@ struct settings {
     std::string only;
     std::string only_mode;
     std::size_t only_size = 0;
+    // The vigil client hands each send a copy of the payload (std::string by value), as an
+    // application that does not keep its messages does, instead of sharing one.
+    bool copy = false;
 };
 
 // Messages echoed in all (both clients, warm-up included), for per-message profiles.
 std::size_t echoed_messages = 0;
+
+// --copy: the vigil client sends a fresh copy of the payload each time.
+bool copy_payload = false;
 
 // One measurement kind: what it measures for one message size.
 struct scenario {
@@ -167,10 +173,10 @@ public:
 
     // Send one message, wait for its echo, send the next one from on_message, until `length`
     // has passed. Round trips per second.
-    asio::awaitable<double> round_trip(std::uint16_t port, std::string payload,
-                                       duration<double> length)
+    asio::awaitable<double> round_trip(std::uint16_t port, std::string text, duration<double> length)
     {
         co_await open(port);
+        const auto payload = std::make_shared<const std::string>(std::move(text));
         const auto end = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(length);
         session_.events().on_message = [this, &payload, end](std::string_view data,
                                                              vigil::message_type) {
@@ -187,16 +193,17 @@ public:
         send_one(payload);
         co_await drive();
         echoed_messages += messages_;
-        if (bytes_ != messages_ * payload.size()) {
+        if (bytes_ != messages_ * payload->size()) {
             throw std::runtime_error("vigil: echoes of the wrong size");
         }
         co_return static_cast<double>(messages_) / duration<double>(last_echo_ - start_).count();
     }
 
     // Send `n` messages back to back while on_message counts the echoes. Echoed MB/s.
-    asio::awaitable<double> bulk(std::uint16_t port, std::string payload, std::size_t n)
+    asio::awaitable<double> bulk(std::uint16_t port, std::string text, std::size_t n)
     {
         co_await open(port);
+        const auto payload = std::make_shared<const std::string>(std::move(text));
         session_.events().on_message = [this, n](std::string_view data, vigil::message_type) {
             ++messages_;
             bytes_ += data.size();
@@ -209,7 +216,7 @@ public:
         asio::co_spawn(session_.get_executor(), write_all(payload, n), asio::detached);
         co_await drive();
         echoed_messages += messages_;
-        if (bytes_ != n * payload.size()) {
+        if (bytes_ != n * payload->size()) {
             throw std::runtime_error("vigil: echoed byte count is off");
         }
         co_return static_cast<double>(bytes_) / 1e6 /
@@ -234,20 +241,28 @@ private:
         }
     }
 
-    void send_one(const std::string& payload)
+    // The payload is shared, not copied per send, as the raw client writes its buffer
+    // without copying it.
+    void send_one(const std::shared_ptr<const std::string>& payload)
     {
-        session_.async_send(payload, vigil::message_type::binary, [this](vigil::error_code ec) {
+        auto done = [this](vigil::error_code ec) {
             if (ec && !send_error_) {
                 send_error_ = ec;
                 session_.cancel();
             }
-        });
+        };
+        if (copy_payload)
+            session_.async_send(std::string(*payload), vigil::message_type::binary, done);
+        else
+            session_.async_send(payload, vigil::message_type::binary, done);
     }
 
-    asio::awaitable<void> write_all(std::string payload, std::size_t n)
+    asio::awaitable<void> write_all(std::shared_ptr<const std::string> payload, std::size_t n)
     {
         for (std::size_t i = 0; i < n; ++i) {
-            if (auto ec = co_await session_.send(payload, vigil::message_type::binary)) {
+            auto ec = copy_payload ? co_await session_.send(std::string(*payload), vigil::message_type::binary)
+                                   : co_await session_.send(payload, vigil::message_type::binary);
+            if (ec) {
                 send_error_ = ec;
                 session_.cancel();
                 co_return;
@@ -341,13 +356,15 @@ settings parse_args(int argc, char** argv)
             s.only_mode = std::string(next());
         } else if (arg == "--size") {
             s.only_size = static_cast<std::size_t>(number(next()));
+        } else if (arg == "--copy") {
+            s.copy = true;
         } else if (arg == "--csv") {
             s.csv_path = std::string(next());
         } else {
             throw std::invalid_argument(
                 "usage: vigil-bench-echo [--rounds N] [--seconds S] [--bulk-small N] "
                 "[--bulk-large N] [--csv FILE] [--only raw|vigil] [--mode round_trip|bulk] "
-                "[--size BYTES]");
+                "[--size BYTES] [--copy]");
         }
     }
     return s;
@@ -365,6 +382,7 @@ int main(int argc, char** argv)
         return 64;
     }
 
+    copy_payload = s.copy;
     try {
         vigil::test::peer server;
         asio::io_context ioc(1);

@@ -220,7 +220,20 @@ void connection::start_send(std::string data, message_type type, detail::send_ha
                    });
 }
 
+void connection::start_send(std::shared_ptr<const std::string> data, message_type type, detail::send_handler handler)
+{
+    asio::dispatch(impl_->s.get_executor(),
+                   [keep = impl_, data = std::move(data), type, h = std::move(handler)]() mutable {
+                       keep->s.async_send(std::move(data), type, std::move(h));
+                   });
+}
+
 asio::awaitable<error_code> connection::send(std::string data, message_type type)
+{
+    co_return co_await impl_->s.send(std::move(data), type);
+}
+
+asio::awaitable<error_code> connection::send(std::shared_ptr<const std::string> data, message_type type)
 {
     co_return co_await impl_->s.send(std::move(data), type);
 }

@@ -456,9 +456,27 @@ boost::asio::awaitable<error_code> session::send(std::string data, message_type 
     co_return ec;
 }
 
+boost::asio::awaitable<error_code> session::send(std::shared_ptr<const std::string> data, message_type type)
+{
+    auto [ec] = co_await async_send(std::move(data), type, boost::asio::as_tuple(boost::asio::use_awaitable));
+    co_return ec;
+}
+
 void session::start_send(std::string data, message_type type, detail::send_handler handler)
 {
     detail::outgoing msg{.data = std::move(data), .type = type, .handler = std::move(handler)};
+    boost::asio::dispatch(core_->strand(),
+                          [p = core_.get(), msg = std::move(msg)]() mutable { p->send(std::move(msg)); });
+}
+
+void session::start_send(std::shared_ptr<const std::string> data, message_type type, detail::send_handler handler)
+{
+    if (!data) {
+        boost::asio::post(core_->strand(), boost::asio::append(std::move(handler),
+                                                               error_code(boost::asio::error::invalid_argument)));
+        return;
+    }
+    detail::outgoing msg{.type = type, .handler = std::move(handler), .shared = std::move(data)};
     boost::asio::dispatch(core_->strand(),
                           [p = core_.get(), msg = std::move(msg)]() mutable { p->send(std::move(msg)); });
 }

@@ -32,7 +32,7 @@ struct retry_context {
 ///
 /// The supervisor applies its floor (`supervisor_config::min_delay`) and the server's
 /// `Retry-After` on top of what the policy returns, so a policy cannot cause a tight loop.
-/// Policies are used from one strand at a time and need no locking.
+/// Policies are used from one thread at a time (the supervisor's executor) and need no locking.
 template <class P>
 concept backoff_policy = std::move_constructible<P> && requires(P& p, const retry_context& c) {
     { p.next_delay(c) } -> std::convertible_to<std::chrono::milliseconds>;

@@ -69,9 +69,10 @@ struct session_config {
     /// How long after a ping the connection may stay silent before it is declared dead
     /// with `error::pong_timeout`. Any frame counts, not just the pong. Default 10 s. Must be
     /// positive and shorter than `ping_interval`, so that one ping is judged before the next.
-    /// A dead peer is therefore detected at most `ping_interval + pong_timeout` after the
-    /// last frame received (plus up to 10 ms: deadlines are rounded up to a 10 ms grid so
-    /// that the timers of many connections expire together).
+    /// A dead peer is therefore detected at most `ping_interval + pong_timeout + 10 ms` after
+    /// the last frame received (the session looks at its deadlines on a 10 ms grid), plus
+    /// however late the event loop itself runs. A ping sent late because the loop was busy
+    /// still leaves the peer at least half of `pong_timeout` to answer.
     std::chrono::milliseconds pong_timeout = std::chrono::seconds(10);
 
     /// When pings are sent. Default `ping_mode::idle`.

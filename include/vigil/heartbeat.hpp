@@ -68,7 +68,7 @@ private:
 /// - `answer(data)`: if this incoming text message is the *peer's* ping, the reply to send
 ///   (also consumed); nullopt for anything else.
 ///
-/// The functions run on the session's strand for every incoming text message, so they must
+/// The functions run on the session's executor for every incoming text message, so they must
 /// be cheap. An exception from them ends the session with `error::handler_exception`.
 template <class P>
 concept heartbeat_policy = std::copy_constructible<P> && requires(P& p, std::string_view data) {

@@ -98,8 +98,9 @@ struct received {
     message_type type = message_type::text;
 };
 
-/// One accepted client, run by the server as a vigil session (reader, timekeeper for the
-/// heartbeat and deadlines, writer) while the application's handler coroutine talks to it.
+/// One accepted client, run by the server as a vigil session (the same reading, heartbeat,
+/// deadlines and bounded send queue as a client's) while the application's handler coroutine
+/// talks to it.
 ///
 /// **Thread safety:** `send`, `async_send`, `close` and `cancel` are safe from any thread;
 /// `receive` is for one coroutine at a time. `id`, `remote` and `target` never change.
@@ -116,7 +117,8 @@ public:
     /// The request target of the upgrade ("/chat?room=1").
     const std::string& target() const noexcept;
 
-    /// The strand this connection's I/O runs on; await `receive()` from it where you can.
+    /// The executor this connection's work runs on (see `session::get_executor`); await
+    /// `receive()` from it where you can.
     boost::asio::any_io_executor get_executor() const noexcept;
 
     /// The next data message, in order of arrival; heartbeat messages are not included
@@ -142,8 +144,23 @@ public:
             std::move(data), type);
     }
 
+    /// The same for shared bytes, copied nowhere (see `session::async_send`): for one message
+    /// sent to chosen connections. A null `data` completes with `boost::asio::error::invalid_argument`.
+    template <class CompletionToken>
+    auto async_send(std::shared_ptr<const std::string> data, message_type type, CompletionToken&& token)
+    {
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this](std::shared_ptr<const std::string> d, message_type t, detail::send_handler h) {
+                start_send(std::move(d), t, std::move(h));
+            },
+            std::move(data), type);
+    }
+
     /// `async_send` as an awaitable returning the code.
     boost::asio::awaitable<error_code> send(std::string data, message_type type = message_type::text);
+    boost::asio::awaitable<error_code> send(std::shared_ptr<const std::string> data,
+                                            message_type type = message_type::text);
 
     /// Closes with `code` and `reason` after the messages already queued, bounded by
     /// `close_timeout`. Errors as `session::close()`.
@@ -169,6 +186,7 @@ private:
     struct impl;
     explicit connection(std::shared_ptr<impl> p);
     void start_send(std::string data, message_type type, detail::send_handler handler);
+    void start_send(std::shared_ptr<const std::string> data, message_type type, detail::send_handler handler);
     std::shared_ptr<impl> impl_;
 };
 
@@ -209,18 +227,18 @@ struct server_counters {
 /// handshake, write and close deadlines, bounds every queue, and shuts down gracefully.
 ///
 /// For each client that completes the upgrade, `handler(conn)` runs as a coroutine on the
-/// connection's strand. When it returns, the connection is closed (1000) if still open;
+/// connection's executor. When it returns, the connection is closed (1000) if still open;
 /// if it throws, the connection is closed with 1011. The connection ending (the client
 /// left, was evicted, or the server stops) shows in `conn->receive()`.
 ///
 /// An empty `handler` makes a server that only keeps its connections honest and broadcasts
 /// (a feed): received messages are dropped as they arrive, `receive()` reports only the
-/// end, and a connection costs no coroutine beyond its session's (see bench/scale).
+/// end, and a connection costs less memory (no handler coroutine, no receive queue).
 ///
 /// **Thread safety:** `stop`, `broadcast`, `counters`, `connections` and `port` are safe
-/// from any thread; the io_context may run on several threads (each connection has its own
-/// strand). On an io_context constructed with concurrency hint 1 (one thread runs it) no
-/// strands are made: everything runs on its executor, which is cheaper per completion.
+/// from any thread; the io_context may run on several threads (each connection then has a
+/// strand of its own). On an io_context constructed with concurrency hint 1 (Asio's promise
+/// that one thread runs it) everything runs on its executor, without strands.
 ///
 /// **Lifetime:** the server must outlive `run()`.
 class server {

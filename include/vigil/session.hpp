@@ -195,8 +195,25 @@ public:
             std::move(data), type);
     }
 
+    /// The same for bytes the caller shares instead of handing over: nothing is copied, and
+    /// the session holds a reference until the send completes. For sending one prepared
+    /// message many times, or to many sessions. A null `data` completes with
+    /// `boost::asio::error::invalid_argument`.
+    template <class CompletionToken>
+    auto async_send(std::shared_ptr<const std::string> data, message_type type, CompletionToken&& token)
+    {
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this](std::shared_ptr<const std::string> d, message_type t, detail::send_handler h) {
+                start_send(std::move(d), t, std::move(h));
+            },
+            std::move(data), type);
+    }
+
     /// `async_send` as an awaitable that returns the error code instead of throwing.
     boost::asio::awaitable<error_code> send(std::string data, message_type type = message_type::text);
+    boost::asio::awaitable<error_code> send(std::shared_ptr<const std::string> data,
+                                            message_type type = message_type::text);
 
     /// Starts the close handshake with `code` and `reason` and completes when it is done:
     /// the peer's close frame arrived and the socket is closed, or `close_timeout` passed
@@ -221,6 +238,7 @@ public:
 private:
     friend struct detail::session_access;
     void start_send(std::string data, message_type type, detail::send_handler handler);
+    void start_send(std::shared_ptr<const std::string> data, message_type type, detail::send_handler handler);
 
     std::unique_ptr<detail::session_core> core_;
 };

@@ -79,7 +79,7 @@ struct supervisor_config {
     delivery_guarantee delivery = delivery_guarantee::written;
 
     /// Overrides `is_permanent()` for deciding whether to stop: return true to give up on
-    /// `ec`. Called on the supervisor's strand. Empty (default): `vigil::is_permanent`.
+    /// `ec`. Called on the supervisor's executor. Empty (default): `vigil::is_permanent`.
     std::function<bool(const error_code& ec)> is_permanent;
 };
 
@@ -143,12 +143,10 @@ struct supervisor_counters {
 /// saw it: it stays at the head of the outbox for the next connection.
 ///
 /// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
-/// The supervisor and its session share one strand (the executor given to the constructor if
-/// it is a strand, else a strand made over it; no strand on an io_context with concurrency
-/// hint 1, as for `session`): the supervisor's events, the hook and the
-/// sessions' events never run concurrently with each other. Await `run()` and `send()` from
-/// coroutines on that strand (`get_executor()`) where you can (see `session` on Boost 1.81's cross-executor
-/// cancellation).
+/// The supervisor and its session share one executor, chosen as `session` chooses its own
+/// (see `session`'s Thread safety): the supervisor's events, the hook and the sessions'
+/// events never run concurrently with each other. Await `run()` and `send()` from coroutines
+/// on that executor (`get_executor()`) where you can, as for `session`.
 ///
 /// **Object lifetimes:** the supervisor must outlive `run()` and every send.
 class supervisor {
@@ -170,7 +168,7 @@ public:
     supervisor& operator=(const supervisor&) = delete;
 
     using executor_type = boost::asio::any_io_executor;
-    /// The strand the supervisor and its sessions run on.
+    /// The executor the supervisor and its sessions run on.
     executor_type get_executor() const noexcept;
 
     /// Set before `run()`.

@@ -1,8 +1,8 @@
 // vigil: WebSocket connections that always find out they are dead.
 // SPDX-License-Identifier: BSL-1.0
 
-// The parts of <vigil/session.hpp> that need no socket: Retry-After parsing, and the
-// errors connect(), run(), send() and close() give before any I/O happens.
+// The parts of <vigil/session.hpp> that need no socket: the errors connect(), run(), send()
+// and close() give before any I/O happens.
 
 #include <vigil/session.hpp>
 
@@ -13,64 +13,19 @@
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
-#include <ctime>
 #include <memory>
 #include <string>
 
 namespace {
 
 using namespace std::chrono_literals;
-using std::chrono::milliseconds;
 using vigil::error;
 using vigil::error_code;
-
-std::chrono::system_clock::time_point at(int year, int mon, int day, int h, int m, int s)
-{
-    std::tm tm{};
-    tm.tm_year = year - 1900;
-    tm.tm_mon = mon - 1;
-    tm.tm_mday = day;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = s;
-    return std::chrono::system_clock::from_time_t(::timegm(&tm));
-}
 
 }  // namespace
 
 TEST_SUITE("session")
 {
-    TEST_CASE("Retry-After: delay-seconds")
-    {
-        CHECK(vigil::parse_retry_after("1") == milliseconds(1000));
-        CHECK(vigil::parse_retry_after("0") == milliseconds(0));
-        CHECK(vigil::parse_retry_after(" 120 ") == milliseconds(120000));
-        // Absurd values are clamped to a day, never overflowed.
-        CHECK(vigil::parse_retry_after("99999999999999999999") == milliseconds(std::chrono::hours(24)));
-        CHECK(vigil::parse_retry_after("172800") == milliseconds(std::chrono::hours(24)));
-    }
-
-    TEST_CASE("Retry-After: HTTP dates in all three forms")
-    {
-        const auto now = at(2015, 10, 21, 7, 27, 0);
-        CHECK(vigil::parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == milliseconds(60000));
-        CHECK(vigil::parse_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT", now) == milliseconds(60000));
-        CHECK(vigil::parse_retry_after("Wed Oct 21 07:28:00 2015", now) == milliseconds(60000));
-        // A date in the past means "now".
-        CHECK(vigil::parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now) == milliseconds(0));
-    }
-
-    TEST_CASE("Retry-After: garbage is rejected, not guessed")
-    {
-        for (const char* bad : {"", " ", "-1", "1.5", "soon", "1s", "Wed, 21 Oct 2015 07:28:00 PST",
-                                "Wed, 21 Oct 2015 07:28:00 GMT trailing", "0x10"}) {
-            CAPTURE(bad);
-            CHECK_FALSE(vigil::parse_retry_after(bad).has_value());
-        }
-        CHECK_FALSE(vigil::parse_retry_after(std::string(1000, '9') + "x").has_value());
-        CHECK_FALSE(vigil::parse_retry_after(std::string("1\0" "0", 3)).has_value());
-    }
-
     TEST_CASE("errors that need no socket: bad URL, bad config, not connected")
     {
         boost::asio::io_context ioc;
