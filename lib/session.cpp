@@ -87,7 +87,8 @@ bool session_core::is_open() const noexcept
 void session_core::begin_connection()
 {
     phase_ = phase::connecting;
-    last_ = disconnect_info{};
+    if (last_)
+        *last_ = disconnect_info{};
     conn_ = {};
     conn_.app_heartbeat = cfg_->heartbeat;  // a stateful policy starts afresh
     if (queue_)
@@ -224,8 +225,8 @@ std::string session_core::default_detail(const error_code& ec) const
     if (!ec)
         return "closed by the application";
     if (close_code_of(ec))
-        return "peer closed with code " + std::to_string(last_.close_code) +
-               (last_.close_reason.empty() ? std::string() : " \"" + last_.close_reason + "\"");
+        return "peer closed with code " + std::to_string(last().close_code) +
+               (last().close_reason.empty() ? std::string() : " \"" + last().close_reason + "\"");
     if (ec == asio::error::operation_aborted)
         return "cancelled";
     return with_context("connection lost", ec);
@@ -238,9 +239,9 @@ void session_core::end_connection()
     ws_.reset();
     timer_.stop();
     const error_code ec = conn_.end.code();
-    last_.reason = ec;
-    last_.detail = conn_.end.detail().empty() ? default_detail(ec) : std::move(conn_.end.detail());
-    last_.silent_for = ms_since(live_.last_received());
+    record().reason = ec;
+    record().detail = conn_.end.detail().empty() ? default_detail(ec) : std::move(conn_.end.detail());
+    record().silent_for = ms_since(live_.last_received());
     phase_ = phase::idle;
     // An application's clean close must still read as an end, never as a message.
     if (inbox_)
@@ -261,7 +262,7 @@ void session_core::end_connection()
     // Nothing is left to end if it throws: the operation that ended the connection (run(),
     // connect(), close()) rethrows it, or, after cancel() of a session open but not
     // running, the next connect().
-    if (auto e = events_ ? notify(events_->on_disconnected, std::as_const(last_)) : nullptr; e && !conn_.end.exception)
+    if (auto e = events_ ? notify(events_->on_disconnected, std::as_const(record())) : nullptr; e && !conn_.end.exception)
         conn_.end.exception = std::move(e);
 }
 
@@ -377,7 +378,7 @@ asio::awaitable<received> session_core::receive_op()
         // reports the end, which may have come already.
         inbox_ = std::make_unique<inbox>(strand_, 0);
         if (phase_ == phase::idle)
-            inbox_->end(last_.reason ? last_.reason : error_code(error::not_connected));
+            inbox_->end(last().reason ? last().reason : error_code(error::not_connected));
     }
     co_return co_await inbox_->receive();
 }

@@ -61,13 +61,13 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
     if (state->status != lookup::state::finished)
         co_return asio::error::operation_aborted;
     if (state->ec) {
-        last_.detail = with_context("resolving \"" + ep.host + "\"", state->ec);
+        record().detail = with_context("resolving \"" + ep.host + "\"", state->ec);
         co_return state->ec;
     }
     auto [ec, peer] =
         co_await asio::async_connect(ws_->next_layer().socket(), state->results, asio::as_tuple(asio::use_awaitable));
     if (ec)
-        last_.detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), ec);
+        record().detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), ec);
     co_return ec;
 }
 
@@ -168,13 +168,13 @@ std::string session_core::explain_upgrade_failure(error_code& ec, const websocke
                                                   const endpoint& ep)
 {
     if (ec == websocket::error::upgrade_declined) {
-        last_.http_status = res.result_int();
-        ec = make_http_status_error(last_.http_status);
+        record().http_status = res.result_int();
+        ec = make_http_status_error(record().http_status);
         if (auto it = res.find(beast::http::field::retry_after); it != res.end()) {
             if (auto delay = parse_retry_after(it->value()))
-                last_.retry_after = *delay;
+                record().retry_after = *delay;
         }
-        return "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(last_.http_status) + " " +
+        return "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(record().http_status) + " " +
                std::string(res.reason());
     }
     if (ec == error::handshake_timeout)
@@ -249,10 +249,10 @@ asio::awaitable<error_code> session_core::open_transport(const endpoint& ep)
     auto ec = co_await with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,
                                      [this] { abort_connect(); });
     if (ec == error::connect_timeout)
-        last_.detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
+        record().detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
                        ms_text(cfg_->connect_timeout) + " (connect_timeout)";
     if (ec)
-        co_return fail_connect(ec, last_.detail);
+        co_return fail_connect(ec, record().detail);
     set_no_delay();
     if (!ep.tls)
         co_return error_code{};

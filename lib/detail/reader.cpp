@@ -89,9 +89,9 @@ error_code session_core::read_failed(error_code ec)
             ec = {};  // the answer to our own close: a clean end
         } else {
             const auto& why = ws_->reason();
-            last_.close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
-            last_.close_reason.assign(why.reason.data(), why.reason.size());
-            ec = make_close_error(last_.close_code);
+            record().close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
+            record().close_reason.assign(why.reason.data(), why.reason.size());
+            ec = make_close_error(record().close_code);
         }
     } else if (ec.category() == websocket::make_error_code(websocket::error::closed).category()) {
         // Beast failed the connection for something the peer sent, and sent a close frame

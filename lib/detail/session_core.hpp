@@ -194,7 +194,12 @@ public:
     const asio::any_io_executor& strand() const noexcept { return strand_; }
     const session_config& config() const noexcept { return *cfg_; }
     session_events& events();
-    const disconnect_info& last() const noexcept { return last_; }
+    /// The record of how the last connection ended (an empty one before any ended).
+    const disconnect_info& last() const noexcept
+    {
+        static const disconnect_info none;
+        return last_ ? *last_ : none;
+    }
     bool is_open() const noexcept;
 
 private:
@@ -274,7 +279,14 @@ private:
     asio::any_io_executor strand_;  // see detail::serialized()
     std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
     std::unique_ptr<session_events> events_;  // made on first use: a server's connections have none
-    disconnect_info last_;
+    // Made when a connection ends (or a connect fails): a live connection holds no record.
+    std::unique_ptr<disconnect_info> last_;
+    disconnect_info& record()
+    {
+        if (!last_)
+            last_ = std::make_unique<disconnect_info>();
+        return *last_;
+    }
     std::atomic<phase> phase_{phase::idle};  // atomic only so that is_open() may peek from any thread
 
     std::optional<ws_stream> ws_;

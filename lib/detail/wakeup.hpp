@@ -13,15 +13,12 @@
 
 #include <vigil/error.hpp>
 
-#include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/append.hpp>
+#include "parked_handler.hpp"
+
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/post.hpp>
 
-#include <optional>
 #include <utility>
 
 namespace vigil::detail {
@@ -44,10 +41,7 @@ public:
     {
         return boost::asio::async_initiate<CompletionToken, void(error_code)>(
             [this, hook, arg](auto handler) {
-                waiter_.emplace(std::move(handler));
-                // any_completion_handler takes over the handler's slot with a cancellation
-                // state of its own; listen on that state's slot, not the original one.
-                slot_ = waiter_->get_cancellation_slot();
+                slot_ = waiter_.park(std::move(handler));
                 if (!slot_.is_connected())
                     return;
                 if (hook)
@@ -66,28 +60,21 @@ public:
     /// Completes the waiter, if any, through the executor.
     void notify_later(error_code ec = {}) { finish(ec, false); }
 
-    bool waiting() const noexcept { return waiter_.has_value(); }
+    bool waiting() const noexcept { return !waiter_.empty(); }
 
 private:
     void finish(error_code ec, bool inline_ok)
     {
-        if (!waiter_)
+        if (waiter_.empty())
             return;
-        // Move the handler out before running it: it may wait again.
         if (slot_.is_connected())
             slot_.clear();
         slot_ = {};
-        handler_type h(std::move(*waiter_));
-        waiter_.reset();
-        if (inline_ok)
-            boost::asio::dispatch(*ex_, boost::asio::append(std::move(h), ec));
-        else
-            boost::asio::post(*ex_, boost::asio::append(std::move(h), ec));
+        waiter_.complete(*ex_, ec, inline_ok);
     }
 
-    using handler_type = boost::asio::any_completion_handler<void(error_code)>;
     const Executor* ex_;
-    std::optional<handler_type> waiter_;
+    parked_handler<Executor> waiter_;
     boost::asio::cancellation_slot slot_;
 };
 

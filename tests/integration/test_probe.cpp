@@ -455,6 +455,31 @@ TEST_SUITE("probe")
         CHECK(last["status"] == 403);
     }
 
+    TEST_CASE("probe --close-timeout bounds a server that breaks the protocol and keeps its socket open")
+    {
+        // A frame header claiming 2^63 + 5 bytes, then silence with the socket open: the
+        // probe's close frame (1009) is never answered. Heartbeat off, so that only
+        // close_timeout can end the connection, and the reason must stay the violation.
+        peer_options po;
+        po.behaviour = peer_behaviour::send_raw;
+        po.raw_bytes = std::string("\x82\x7f\x80\0\0\0\0\0\0\x05hello", 15);
+        peer server(po);
+        probe_options opts;
+        opts.limit = 4s;
+        auto run = run_probe({"--no-reconnect", "--ping-interval", "0", "--close-timeout", "1", server.url()}, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 1);
+        const auto* connected = find_event(run, "connected");
+        REQUIRE(connected != nullptr);
+        auto last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "message_too_big");
+        const double held = last["t"].get<double>() - (*connected)["t"].get<double>();
+        CHECK(held <= 1.0 + tolerance.count() / 1000.0);
+    }
+
     TEST_CASE("probe exits on SIGTERM with a clean close")
     {
         peer server;

@@ -127,6 +127,11 @@ public:
             co_return;
         upgraded_ = true;
         ++owner_.upgrades_;
+        if (owner_.behaviour_.load() == peer_behaviour::send_raw) {
+            co_await asio::async_write(ws_.next_layer(), asio::buffer(owner_.opts_.raw_bytes), use_tuple);
+            park(false);
+            co_return;
+        }
         apply(owner_.behaviour_.load());
         if (parked_ || closing_)
             co_return;
@@ -412,6 +417,11 @@ asio::awaitable<void> peer::impl::serve(Stream stream)
 
     auto b = behaviour_.load();
     if (b == peer_behaviour::no_upgrade_answer) {
+        park(beast::get_lowest_layer(stream).socket(), false);
+        co_return;
+    }
+    if (b == peer_behaviour::raw_upgrade_answer) {
+        co_await asio::async_write(stream, asio::buffer(opts_.raw_bytes), use_tuple);
         park(beast::get_lowest_layer(stream).socket(), false);
         co_return;
     }

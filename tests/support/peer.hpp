@@ -40,6 +40,14 @@ enum class peer_behaviour {
     /// Right after the upgrade, sends a close frame with `close_code` and `close_reason`.
     /// A live connection switched to it is closed the same way.
     close_with,
+    /// Right after the upgrade, writes `peer_options::raw_bytes` below the WebSocket layer
+    /// (a malformed frame, say), then behaves as `silent`: the socket stays open and nothing
+    /// more is read or written, so a client's close frame goes unanswered. Affects new
+    /// connections only.
+    send_raw,
+    /// Answers the upgrade request with `peer_options::raw_bytes` instead of an HTTP
+    /// response, then behaves as `silent`. Affects new connections only.
+    raw_upgrade_answer,
 };
 
 /// How a `peer` starts. Every member has an initializer, so designated initializers
@@ -63,6 +71,9 @@ struct peer_options {
     /// For `close_with`: what the close frame carries.
     std::uint16_t close_code = 1008;
     std::string close_reason = "policy";
+
+    /// For `send_raw` and `raw_upgrade_answer`: the bytes written as they are.
+    std::string raw_bytes{};
 
     /// The port to listen on; 0 (default) picks an ephemeral one. The listener sets
     /// SO_REUSEADDR, so a test can destroy a peer and start another on the same port at once
