@@ -65,7 +65,9 @@ constexpr std::string_view usage_text =
     "\n"
     "Keeps a WebSocket connection to URL (ws:// or wss://) open, reconnecting after transient\n"
     "failures, and prints one JSON object per line on stdout for each event: connecting,\n"
-    "connected, ping, pong, message, disconnected, retry, retry_now, gave_up.\n"
+    "connected, ping, pong, message, stall, suspect, disconnected, retry, retry_now, gave_up.\n"
+    "A disconnected event after a liveness verdict says whose fault it was: \"diagnosis\" is\n"
+    "network, peer_unresponsive, local_stall or unknown (see vigil::diagnosis).\n"
     "\n"
     "options (S = seconds, fractions allowed):\n"
     "  --ping-interval S      ping after S seconds without traffic (0: no heartbeat)\n"
@@ -74,6 +76,10 @@ constexpr std::string_view usage_text =
     "  --connect-timeout S    bound on DNS resolution plus TCP connect\n"
     "  --handshake-timeout S  bound on the WebSocket upgrade\n"
     "  --close-timeout S      bound on the close handshake\n"
+    "  --stall-threshold S    report our own loop running later than S (event stall;\n"
+    "                         default a quarter of the pong timeout)\n"
+    "  --end-on-suspect       end as soon as TCP retransmits our ping unacknowledged (event\n"
+    "                         suspect) instead of waiting for the pong timeout\n"
     "  --ping-mode idle|fixed ping only when idle (default), or every interval\n"
     "  --app-ping TEXT        application-level heartbeat: ping with the text message TEXT\n"
     "                         instead of ping frames (needs --app-pong or --app-pong-field)\n"
@@ -208,6 +214,11 @@ options parse_args(int argc, char** argv)
             cfg.handshake_timeout = parse_seconds(flag, value());
         } else if (flag == "--close-timeout") {
             cfg.close_timeout = parse_seconds(flag, value());
+        } else if (flag == "--stall-threshold") {
+            cfg.stall_threshold = parse_seconds(flag, value());
+        } else if (flag == "--end-on-suspect") {
+            no_value();
+            cfg.end_on_suspect = true;
         } else if (flag == "--ping-mode") {
             auto mode = value();
             if (mode == "idle") {
@@ -327,6 +338,12 @@ public:
                 emit({{"event", "message"}, {"bytes", data.size()}});
             }
         };
+        ev->on_stall = [this](milliseconds lateness) {
+            emit({{"event", "stall"}, {"late_ms", lateness.count()}});
+        };
+        ev->on_suspect = [this](vigil::diagnosis why) {
+            emit({{"event", "suspect"}, {"diagnosis", vigil::diagnosis_name(why)}});
+        };
         ev->on_disconnected = [this](const vigil::disconnect_info& info) { report(info); };
     }
 
@@ -426,6 +443,9 @@ private:
                   {"detail", info.detail}};
         if (connected_) {
             j["silent_ms"] = info.silent_for.count();
+        }
+        if (info.diagnosis != vigil::diagnosis::none) {
+            j["diagnosis"] = vigil::diagnosis_name(info.diagnosis);
         }
         add_status(j, info);
         if (!info.close_reason.empty()) {

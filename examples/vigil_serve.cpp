@@ -51,7 +51,9 @@ constexpr std::string_view usage_text =
     "A WebSocket server that echoes or broadcasts what clients send, pings idle clients and\n"
     "evicts the ones that stop answering. Prints one JSON object per line on stdout for each\n"
     "event: listening (first, with the port), client_connected, message, client_disconnected,\n"
-    "rejected, accept_error, stopped.\n"
+    "rejected, accept_error, stall, stopped. A client_disconnected event after a liveness\n"
+    "verdict says whose fault it was: \"diagnosis\" is network, peer_unresponsive, local_stall\n"
+    "or unknown; stall (with late_ms) says our own loop ran late.\n"
     "\n"
     "options (S = seconds, fractions allowed):\n"
     "  --port P               port to listen on (default 0: the system picks one)\n"
@@ -60,6 +62,8 @@ constexpr std::string_view usage_text =
     "  --ping-interval S      ping a client after S seconds without traffic (default 20;\n"
     "                         0: no heartbeat)\n"
     "  --pong-timeout S       evict a client S seconds after an unanswered ping (default 10)\n"
+    "  --stall-threshold S    report our own loop running later than S (event stall;\n"
+    "                         default a quarter of the pong timeout)\n"
     "  --idle-timeout S       evict a client that sends no data message for S seconds\n"
     "                         (default 0: off)\n"
     "  --handshake-timeout S  bound on a client's TLS handshake and upgrade request (default 10)\n"
@@ -166,6 +170,8 @@ options parse_args(int argc, char** argv)
             session.ping_interval = parse_seconds(flag, value());
         } else if (flag == "--pong-timeout") {
             session.pong_timeout = positive(flag, parse_seconds(flag, value()));
+        } else if (flag == "--stall-threshold") {
+            session.stall_threshold = parse_seconds(flag, value());
         } else if (flag == "--idle-timeout") {
             session.idle_timeout = parse_seconds(flag, value());
         } else if (flag == "--handshake-timeout") {
@@ -250,6 +256,9 @@ public:
                       {"reason", vigil::error_name(info.reason)},
                       {"detail", info.detail},
                       {"silent_ms", info.silent_for.count()}};
+            if (info.diagnosis != vigil::diagnosis::none) {
+                j["diagnosis"] = vigil::diagnosis_name(info.diagnosis);
+            }
             if (info.close_code != 0) {
                 j["close_code"] = info.close_code;
             }
@@ -268,6 +277,9 @@ public:
                 j["status"] = status;
             }
             emit(std::move(j));
+        };
+        ev.on_stall = [this](milliseconds lateness) {
+            emit({{"event", "stall"}, {"late_ms", lateness.count()}});
         };
         ev.on_accept_error = [this](const error_code& ec) {
             emit({{"event", "accept_error"}, {"reason", vigil::error_name(ec)}});

@@ -131,6 +131,7 @@ error_code validate(const session_config& cfg, std::string* detail)
     if (cfg.ping != ping_mode::idle && cfg.ping != ping_mode::fixed)
         check.fail("ping (" + std::to_string(static_cast<int>(cfg.ping)) + ") is not a ping_mode");
 
+    check.not_negative("stall_threshold", cfg.stall_threshold, "means a quarter of pong_timeout");
     check.not_negative("idle_timeout", cfg.idle_timeout, "disables it");
     // A quiet but healthy feed gets pinged and answers; if the idle deadline came first it
     // would end connections the heartbeat was about to prove alive.

@@ -14,6 +14,8 @@
 #include "detail/wakeup.hpp"
 #include "detail/with_deadline.hpp"
 
+#include <algorithm>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -261,7 +263,7 @@ const disconnect_info& connection::last_disconnect() const noexcept
 // ---------------------------------------------------------------------------------------
 // server
 
-struct server::impl {
+struct server::impl final : detail::stall_listener {
     impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
         : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)),
           session_cfg_(std::make_shared<const session_config>(cfg_.session)), handler_(std::move(handler)),
@@ -309,6 +311,21 @@ struct server::impl {
         asio::dispatch(strand_, [this] { stop_now(); });
     }
 
+    // A stall of the event loop shows at every connection whose timer was due meanwhile:
+    // reported once, by the first that saw it. From any connection's executor.
+    void stalled(std::chrono::steady_clock::duration lateness, std::chrono::steady_clock::time_point now) noexcept override
+    {
+        {
+            std::lock_guard lock(mu_);
+            const bool seen = now - lateness < stall_reported_until_;
+            stall_reported_until_ = std::max(stall_reported_until_, now);
+            if (seen)
+                return;
+            ++counters_.stalls;
+        }
+        emit(events_.on_stall, std::chrono::duration_cast<std::chrono::milliseconds>(lateness));
+    }
+
     enum class activity { idle, running };
 
     asio::any_io_executor ex_;  // each connection gets a strand of its own over this
@@ -337,6 +354,7 @@ struct server::impl {
     std::map<std::uint64_t, connection_ptr> pending_;  // still in their handshake
     server_counters counters_;
     std::exception_ptr handler_exception_;
+    std::chrono::steady_clock::time_point stall_reported_until_{};
 };
 
 error_code server::impl::load_tls(std::string* detail)
@@ -551,6 +569,7 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
     params.server_name = cfg_.server_name;
     params.verdict = refuse ? detail::accept_params::answer::refuse : detail::accept_params::answer::accept;
     params.retry_after = cfg_.retry_after;
+    detail::session_access::listen_for_stalls(ci.s, this);
     auto accepted = co_await detail::session_access::accept(ci.s, std::move(sock), std::move(params));
     if (accepted.ec) {
         {

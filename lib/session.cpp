@@ -26,13 +26,14 @@ namespace vigil {
 
 namespace detail {
 
-bool end_reason::record(kind k, error_code code, std::string detail)
+bool end_reason::record(kind k, error_code code, std::string detail, diagnosis why)
 {
     if (k <= kind_)
         return false;
     kind_ = k;
     code_ = code;
     detail_ = std::move(detail);
+    fault_ = why;
     return true;
 }
 
@@ -100,7 +101,11 @@ void session_core::begin_connection()
 void session_core::opened(time_point now)
 {
     const auto confirm = client_ && client_->on_confirmed ? write_confirmation::on : write_confirmation::off;
-    live_.start(*cfg_, confirm, now, seed_++);
+    // Reading the kernel's view while a pong is awaited costs a wake-up per ping: only for
+    // a session that listens for the early warning or acts on it.
+    const auto watch =
+        cfg_->end_on_suspect || (events_ && events_->on_suspect) ? path_watch::on : path_watch::off;
+    live_.start(*cfg_, confirm, watch, now, seed_++);
     rx_.clear();
     ws_->next_layer().watch_closing(&session_core::on_transport_closing, this);
     phase_ = phase::open;
@@ -180,9 +185,9 @@ error_code session_core::finish_run(bool caller_cancelled)
 // ---------------------------------------------------------------------------------------
 // A connection ends
 
-void session_core::conclude(end_reason::kind k, error_code ec, std::string detail)
+void session_core::conclude(end_reason::kind k, error_code ec, std::string detail, diagnosis fault)
 {
-    conn_.end.record(k, ec, std::move(detail));
+    conn_.end.record(k, ec, std::move(detail), fault);
     if (phase_ != phase::running)
         return;
     phase_ = phase::ending;
@@ -242,6 +247,7 @@ void session_core::end_connection()
     record().reason = ec;
     record().detail = conn_.end.detail().empty() ? default_detail(ec) : std::move(conn_.end.detail());
     record().silent_for = ms_since(live_.last_received());
+    record().diagnosis = conn_.end.fault();
     phase_ = phase::idle;
     // An application's clean close must still read as an end, never as a message.
     if (inbox_)
@@ -289,9 +295,20 @@ void session_core::on_tick(void* self)
     if (s.phase_ != phase::running)
         return;
     const auto now = clock_type::now();
+    if (const auto late = s.live_.woke(s.timer_.due(), now)) {
+        s.emit(&session_events::on_stall, std::chrono::duration_cast<std::chrono::milliseconds>(*late));
+        if (s.stall_sink_)
+            s.stall_sink_->stalled(*late, now);
+        if (s.phase_ != phase::running)
+            return;  // on_stall threw
+    }
     s.heartbeat_tick(now);
     s.watchdog_tick(now);
-    s.reschedule();
+    // A deadline still passed (its verdict waits for a read or for one turn of the loop) is
+    // looked at again on the next grid point, not now: the wheel would fire it again at
+    // once, before anything else could run.
+    if (s.phase_ == phase::running)
+        s.timer_.arm(std::max(s.live_.next_wakeup(), now + std::chrono::nanoseconds(1)));
 }
 
 void session_core::on_transport_closing(void* self)
@@ -549,6 +566,11 @@ void detail::session_access::track_writes(session& s, std::function<void(std::ui
 std::uint64_t detail::session_access::writes(const session& s) noexcept
 {
     return s.core_->writes();
+}
+
+void detail::session_access::listen_for_stalls(session& s, stall_listener* l) noexcept
+{
+    s.core_->stall_sink_ = l;
 }
 
 void detail::session_access::report_end_as(session& s, error_code ec, std::string detail)

@@ -291,7 +291,11 @@ reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time
         const auto up_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - up_at);
         count([&](supervisor_counters& c) { c.time_connected += up_for; });
     }
-    count([&](supervisor_counters& c) { ++c.disconnects[error_name(ec)]; });
+    count([&](supervisor_counters& c) {
+        ++c.disconnects[error_name(ec)];
+        if (last_.diagnosis != diagnosis::none)
+            ++c.diagnoses[std::string(diagnosis_name(last_.diagnosis))];
+    });
     return fsm_.attempt_ended({ec, last_.retry_after}, clock_type::now());
 }
 

@@ -75,6 +75,19 @@ struct session_config {
     /// still leaves the peer at least half of `pong_timeout` to answer.
     std::chrono::milliseconds pong_timeout = std::chrono::seconds(10);
 
+    /// How late a timer wake-up may run before it is reported as a stall of our own event
+    /// loop (`session_events::on_stall`) and before a verdict that falls at such a wake-up is
+    /// diagnosed `diagnosis::local_stall`. Zero (default): a quarter of `pong_timeout`.
+    /// Must not be negative.
+    std::chrono::milliseconds stall_threshold{0};
+    /// Declares the path dead as soon as the kernel shows that what we sent after a ping was
+    /// retransmitted and still not acknowledged (`session_events::on_suspect`), instead of
+    /// waiting for `pong_timeout`: the session ends with `error::pong_timeout`, diagnosis
+    /// `network`. A dead path is then detected within `ping_interval` + the first TCP
+    /// retransmission timeout (200 ms at least on Linux, more on slow paths) +
+    /// `max(pong_timeout / 10, 50 ms)` + 10 ms, and never later than without it. Linux only.
+    /// Default false: a retransmission is a warning, the verdict waits for `pong_timeout`.
+    bool end_on_suspect = false;
     /// When pings are sent. Default `ping_mode::idle`.
     ping_mode ping = ping_mode::idle;
 

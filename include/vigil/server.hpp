@@ -211,6 +211,12 @@ struct server_events {
     /// accept() itself failed (out of file descriptors ...); the server pauses 100 ms and
     /// goes on accepting.
     std::function<void(const error_code&)> on_accept_error;
+    /// Our own event loop was late: a connection's timer wake-up ran `lateness` after its
+    /// time, more than `session.stall_threshold` (default a quarter of `pong_timeout`).
+    /// Something blocked a thread that runs the server (a handler that blocks, a stopped
+    /// process). Reported once per stall, however many connections it delayed. No client is
+    /// evicted for that time: what clients sent meanwhile is read before any verdict.
+    std::function<void(std::chrono::milliseconds lateness)> on_stall;
 };
 
 /// Counters readable at any time (a consistent snapshot).
@@ -220,6 +226,7 @@ struct server_counters {
     std::size_t open = 0;          ///< connections open now (handshakes included)
     std::size_t rejected = 0;      ///< turned away before the upgrade completed
     std::size_t disconnected = 0;  ///< connections that ended
+    std::size_t stalls = 0;        ///< stalls of our own event loop (server_events::on_stall)
 };
 
 /// A WebSocket server whose every connection is a vigil session: it answers every ping,

@@ -4,6 +4,7 @@
 
 #include <vigil/config.hpp>
 #include <vigil/detail/async_send.hpp>
+#include <vigil/diagnosis.hpp>
 #include <vigil/error.hpp>
 #include <vigil/message_type.hpp>
 #include <vigil/retry_after.hpp>
@@ -45,6 +46,10 @@ struct disconnect_info {
     /// the detection latency: at most `ping_interval + pong_timeout` plus 10 ms (see
     /// `session_config::pong_timeout`), plus however late the event loop itself was.
     std::chrono::milliseconds silent_for{0};
+    /// Whose fault a liveness verdict (`pong_timeout`, `idle_timeout`, `write_timeout`,
+    /// `close_timeout`) was: `network`, `peer_unresponsive`, `local_stall`, or `unknown`
+    /// where the platform cannot tell. `none` for every other end. See `vigil::diagnosis`.
+    vigil::diagnosis diagnosis = vigil::diagnosis::none;
 };
 
 /// Observers for what a session does. Each may be left empty: an empty one costs a branch.
@@ -72,6 +77,19 @@ struct session_events {
     std::function<void(std::string_view data, message_type type)> on_message;
     /// The connection ended (also after a failed `connect()`).
     std::function<void(const disconnect_info&)> on_disconnected;
+    /// Our own event loop was late: one of this session's timer wake-ups ran `lateness`
+    /// after its time, more than `session_config::stall_threshold`. Something blocked the
+    /// thread (a slow handler, a stopped process, an overloaded machine). No deadline is
+    /// held against the peer for that time: what the peer sent meanwhile is read before any
+    /// verdict falls.
+    std::function<void(std::chrono::milliseconds lateness)> on_stall;
+    /// Early warning, before `pong_timeout` runs out: the kernel retransmitted what we sent
+    /// after our last ping and nothing acknowledged it, so the path looks dead (`why` is
+    /// `diagnosis::network`). Called at most once per ping, and only while a handler is set
+    /// or `session_config::end_on_suspect` is on (the session then looks at the kernel's
+    /// view of the connection every `pong_timeout / 10`, at least 50 ms, while a pong is
+    /// awaited). Linux only: elsewhere it never fires.
+    std::function<void(diagnosis why)> on_suspect;
 };
 
 /// A client WebSocket connection that always finds out when it is dead.

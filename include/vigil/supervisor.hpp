@@ -117,6 +117,9 @@ struct supervisor_counters {
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
+    /// Liveness verdicts (pong, idle, write and close timeouts) by diagnosis_name() of
+    /// whose fault they were: "network", "peer_unresponsive", "local_stall", "unknown".
+    std::map<std::string, std::size_t> diagnoses;
     std::chrono::milliseconds time_connected{0};     ///< time sessions were up (added as each ends)
     std::size_t messages_sent = 0;    ///< sends completed without error (written, or confirmed)
     std::size_t messages_failed = 0;  ///< sends completed with an error

@@ -34,11 +34,13 @@ time_point on_grid(time_point t) noexcept
     return rest == duration::zero() ? t : t - rest + grain;
 }
 
-void liveness::start(const session_config& cfg, write_confirmation confirm, time_point now, std::uint64_t seed) noexcept
+void liveness::start(const session_config& cfg, write_confirmation confirm, path_watch watch, time_point now,
+                     std::uint64_t seed) noexcept
 {
     *this = liveness{};
     cfg_ = &cfg;
     confirm_ = confirm;
+    watch_ = watch;
     rng_ = seed;
     last_rx_ = last_data_ = now;
     ping_due_at_ = ping_sent_at_ = now;
@@ -86,6 +88,8 @@ void liveness::ping_sent(time_point now, ping_carrier carrier) noexcept
     if (carrier == ping_carrier::control_frame)
         ping_write_ = ping_write::in_flight;
     ping_covers_ = written_;
+    path_checks_ = 0;
+    suspect_ = suspicion::none;
     if (cfg_->ping == ping_mode::fixed)
         next_fixed_ =
             next_fixed_ + cfg_->ping_interval > now ? next_fixed_ + cfg_->ping_interval : now + cfg_->ping_interval;
@@ -203,7 +207,80 @@ time_point liveness::next_deadline() const noexcept
 
 time_point liveness::next_wakeup() const noexcept
 {
-    return std::min(ping_due(), next_deadline());
+    return std::min({ping_due(), next_deadline(), path_check_due()});
+}
+
+duration liveness::stall_threshold() const noexcept
+{
+    return cfg_->stall_threshold > duration::zero() ? duration(cfg_->stall_threshold) : duration(cfg_->pong_timeout) / 4;
+}
+
+duration liveness::path_step() const noexcept
+{
+    return std::max(duration(cfg_->pong_timeout) / 10, duration(std::chrono::milliseconds(50)));
+}
+
+std::optional<duration> liveness::woke(time_point due, time_point now) noexcept
+{
+    duration late{};
+    if (due <= last_wake_) {
+        // A deadline looked at again (something was unread): late only by what passed since
+        // the last wake-up, and the lateness of that one still stands for the verdict.
+        late = now > last_wake_ ? now - last_wake_ : duration::zero();
+        late_ = std::max(late_, late);
+    } else {
+        late = now > due ? now - due : duration::zero();
+        late_ = late;
+    }
+    last_wake_ = std::max(last_wake_, now);
+    if (late > stall_threshold())
+        return late;
+    return std::nullopt;
+}
+
+time_point liveness::path_check_due() const noexcept
+{
+    if (watch_ == path_watch::off || suspect_ == suspicion::reported || closing_ == closing::yes || !awaiting_proof())
+        return never;
+    // The pong deadline's own wake-up looks at the path then: no look is due at or after it.
+    const auto due = ping_sent_at_ + path_step() * static_cast<duration::rep>(path_checks_ + 1);
+    return due < pong_deadline() ? due : never;
+}
+
+path_news liveness::path_checked(time_point now, const tcp_view& view) noexcept
+{
+    if (now < ping_sent_at_ || path_check_due() == never)
+        return path_news::quiet;
+    // Counted from the ping, so that a late wake-up does not bring a burst of looks.
+    path_checks_ = static_cast<std::uint64_t>((now - ping_sent_at_) / path_step());
+    if (!path_unanswered(now, view))
+        return path_news::quiet;
+    suspect_ = suspicion::reported;
+    return cfg_->end_on_suspect ? path_news::dead : path_news::suspect;
+}
+
+bool liveness::path_unanswered(time_point now, const tcp_view& view) const noexcept
+{
+    if (view.from != tcp_view::source::kernel)
+        return false;
+    // Retransmitted and still unacknowledged: what TCP itself calls a lost segment.
+    if (view.unacked > 0 && view.retransmits > 0)
+        return true;
+    // Something waits to be sent or acknowledged and no ACK at all came since the ping, for
+    // longer than TCP's shortest retransmission timeout: our own host cannot send (its
+    // packets dropped on the way out count as neither sent nor retransmitted), or the first
+    // retransmission is still to come on a slow path.
+    const auto since_ping = now - ping_sent_at_;
+    return (view.unacked > 0 || view.queued > 0) && since_ping >= shortest_rto && view.since_ack >= since_ping;
+}
+
+vigil::diagnosis liveness::diagnose(time_point now, const tcp_view& view) const noexcept
+{
+    if (late_ > stall_threshold())
+        return vigil::diagnosis::local_stall;
+    if (view.from != tcp_view::source::kernel)
+        return vigil::diagnosis::unknown;
+    return path_unanswered(now, view) ? vigil::diagnosis::network : vigil::diagnosis::peer_unresponsive;
 }
 
 }  // namespace vigil::detail

@@ -7,7 +7,10 @@
 // happened and when (`now` is always an argument), and asks what is due; unit tests step it
 // with a fake clock (tests/unit/test_liveness.cpp). docs/design.md shows where it sits.
 
+#include "tcp_view.hpp"
+
 #include <vigil/config.hpp>
+#include <vigil/diagnosis.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -43,6 +46,21 @@ enum class expiry {
     close,  ///< the close handshake took longer than close_timeout
 };
 
+/// Whether the session reads the kernel's view of the path while a pong is awaited, to warn
+/// early (on_suspect) or end early (end_on_suspect) when what we sent is being retransmitted.
+enum class path_watch { off, on };
+
+/// Linux's lower bound on TCP's retransmission timeout (TCP_RTO_MIN): before it, silence
+/// after a ping says nothing about the path.
+inline constexpr std::chrono::milliseconds shortest_rto{200};
+
+/// What a look at the kernel's view of the path found (see `liveness::path_checked`).
+enum class path_news {
+    quiet,  ///< nothing wrong, or already reported for this ping
+    suspect,  ///< what we sent was retransmitted and is still unacknowledged: warn
+    dead,  ///< the same, and end_on_suspect is on: end the connection now
+};
+
 /// How a ping travels: a control frame written on its own (no second one is stacked
 /// behind it while it is in flight), or a data message through the send queue.
 enum class ping_carrier { control_frame, message };
@@ -58,7 +76,8 @@ public:
     /// A connection that opened at `now`; forgets the previous one. `cfg` gives the
     /// intervals and deadlines and must outlive the connection; `seed` seeds the draws of
     /// `ping_jitter`.
-    void start(const session_config& cfg, write_confirmation confirm, time_point now, std::uint64_t seed) noexcept;
+    void start(const session_config& cfg, write_confirmation confirm, path_watch watch, time_point now,
+               std::uint64_t seed) noexcept;
 
     // ---- what happened ----
 
@@ -87,6 +106,13 @@ public:
     void reading_paused() noexcept;
     void reading_resumed(time_point now) noexcept;
 
+    /// A wake-up meant for `due` ran at `now`. Returns how late it ran when that is more
+    /// than the stall threshold (a stall of our own loop, to report).
+    std::optional<duration> woke(time_point due, time_point now) noexcept;
+    /// The kernel's view of the path, read at `path_check_due()`: whether it shows trouble
+    /// (reported once per ping).
+    path_news path_checked(time_point now, const tcp_view& view) noexcept;
+
     // ---- what is due ----
 
     /// When the heartbeat should send the next ping; `time_point::max()` for never (no
@@ -96,8 +122,24 @@ public:
     expiry expired(time_point now) const noexcept;
     /// The earliest deadline still running (`time_point::max()` for none).
     time_point next_deadline() const noexcept;
-    /// When the session must look again: the earlier of the two above.
+    /// When to read the kernel's view of the path next: every `path_step()` after a ping
+    /// while its pong is awaited, if watching; else `time_point::max()`.
+    time_point path_check_due() const noexcept;
+    /// When the session must look again: the earliest of the three above.
     time_point next_wakeup() const noexcept;
+
+    // ---- whose fault ----
+
+    /// Whose fault a verdict falling at `now` is, given the kernel's view then: our own
+    /// loop when the wake-up that found it ran later than the stall threshold; else the
+    /// path when what we sent is unacknowledged and was retransmitted, or waits to be sent
+    /// or acknowledged with no ACK at all since our last ping (for at least shortest_rto);
+    /// else the peer's process; `unknown` without a view.
+    vigil::diagnosis diagnose(time_point now, const tcp_view& view) const noexcept;
+    /// `session_config::stall_threshold`, or a quarter of `pong_timeout` when zero.
+    duration stall_threshold() const noexcept;
+    /// Time between two looks at the path: a tenth of `pong_timeout`, at least 50 ms.
+    duration path_step() const noexcept;
 
     // ---- what it knows ----
 
@@ -113,8 +155,10 @@ private:
     enum class ping_write { idle, in_flight };
     enum class writing { idle, busy };
     enum class closing { no, yes };
+    enum class suspicion { none, reported };  // for the ping awaiting its pong
 
     duration draw_early() noexcept;
+    bool path_unanswered(time_point now, const tcp_view& view) const noexcept;
     bool heartbeat_on() const noexcept { return cfg_ && cfg_->ping_interval > duration::zero(); }
     bool awaiting_proof() const noexcept;
     bool idle_watched() const noexcept;
@@ -141,6 +185,12 @@ private:
     time_point write_started_at_{};
     closing closing_ = closing::no;
     time_point close_started_at_{};
+
+    duration late_{};  // how late the last wake-up ran
+    time_point last_wake_{};  // lateness counts from no earlier than this
+    path_watch watch_ = path_watch::off;
+    std::uint64_t path_checks_ = 0;  // looks at the path since the last ping
+    suspicion suspect_ = suspicion::none;
 };
 
 }  // namespace vigil::detail

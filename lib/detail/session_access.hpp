@@ -43,6 +43,16 @@ struct accept_result {
     std::string target;  // the request target
 };
 
+/// Where a server hears of its connections' stalls (a client session reports its own
+/// through session_events::on_stall). Called on the connection's strand.
+struct stall_listener {
+    virtual void stalled(std::chrono::steady_clock::duration lateness,
+                         std::chrono::steady_clock::time_point now) noexcept = 0;
+
+protected:
+    ~stall_listener() = default;
+};
+
 struct session_access {
     /// Runs the server side of the handshake on `sock` (TLS within tls_handshake_timeout,
     /// then the upgrade within handshake_timeout) and leaves the session open, ready for
@@ -70,6 +80,9 @@ struct session_access {
     /// Application messages written so far on this connection (the count a send's
     /// completion leaves behind, read on the session's strand).
     static std::uint64_t writes(const session& s) noexcept;
+    /// Tells `l` of every stall of the session's timers, from now on (null: no one). `l`
+    /// must outlive the session's operations. Call while the session is idle.
+    static void listen_for_stalls(session& s, stall_listener* l) noexcept;
     /// From now on the session's end is reported as `ec` (unless it ended already). Call on
     /// the session's strand.
     static void report_end_as(session& s, error_code ec, std::string detail);

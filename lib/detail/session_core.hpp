@@ -81,10 +81,12 @@ class end_reason {
 public:
     enum class kind { none, failure, cancelled, goodbye };
 
-    /// Records `code` and `detail` as `k` if `k` outranks what is recorded; returns whether.
-    bool record(kind k, error_code code, std::string detail);
+    /// Records `code`, `detail` and whose fault it was as `k` if `k` outranks what is
+    /// recorded; returns whether.
+    bool record(kind k, error_code code, std::string detail, diagnosis why = diagnosis::none);
     kind decided() const noexcept { return kind_; }
     const error_code& code() const noexcept { return code_; }
+    diagnosis fault() const noexcept { return fault_; }
     std::string& detail() noexcept { return detail_; }
 
     /// An event handler's exception (code `handler_exception`), rethrown by run().
@@ -94,6 +96,7 @@ private:
     kind kind_ = kind::none;
     error_code code_;
     std::string detail_;
+    diagnosis fault_ = diagnosis::none;
 };
 
 /// A message (or the close frame) waiting for the writer. Built with its handler in place
@@ -131,6 +134,9 @@ struct connection_state {
     std::optional<outgoing> inflight;
     std::optional<any_heartbeat> app_heartbeat;  // this connection's copy of the policy
     std::uint64_t ping_seq = 0;  // the last protocol ping's number, its payload
+    /// A pong or idle verdict found nothing unread and waits one turn of the event loop for
+    /// completions already queued (a read that has the pong) before it falls.
+    enum class verdict_check { none, queued } verdict = verdict_check::none;
 };
 
 /// The payload of protocol ping number `seq`: its decimal digits. A session keeps the
@@ -181,7 +187,8 @@ public:
 
     /// Says goodbye with a close handshake through the writer and reports `as` however it
     /// goes (idle_timeout, slow_consumer); only `as` when the connection is not live.
-    void say_goodbye(error_code as, std::string detail, websocket::close_reason why);
+    void say_goodbye(error_code as, std::string detail, websocket::close_reason why,
+                     diagnosis fault = diagnosis::none);
     /// From now on the end is reported as `as` (server_shutdown), without sending anything.
     void report_end_as(error_code as, std::string detail);
     /// Delivery confirmation: with a callback, the heartbeat pings soon after writes and
@@ -206,7 +213,7 @@ private:
     // session.cpp: a connection's beginning and end.
     void begin_connection();
     void opened(time_point now);
-    void conclude(end_reason::kind k, error_code ec, std::string detail);
+    void conclude(end_reason::kind k, error_code ec, std::string detail, diagnosis fault = diagnosis::none);
     void handler_threw(std::exception_ptr e);
     void settle_if_drained();
     void op_done() noexcept;
@@ -258,6 +265,11 @@ private:
 
     // watchdog.cpp
     void watchdog_tick(time_point now);
+    void liveness_verdict(expiry e, time_point now);
+    bool unread_waiting() noexcept;
+    void confirm_verdict();
+    void look_at_path(time_point now);
+    tcp_view kernel_view() noexcept;
     void close_deadline_passed();
     static void on_watchdog_cancelled(void* self);
 
@@ -279,6 +291,7 @@ private:
     asio::any_io_executor strand_;  // see detail::serialized()
     std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
     std::unique_ptr<session_events> events_;  // made on first use: a server's connections have none
+    stall_listener* stall_sink_ = nullptr;  // a server's connection: the server
     // Made when a connection ends (or a connect fails): a live connection holds no record.
     std::unique_ptr<disconnect_info> last_;
     disconnect_info& record()

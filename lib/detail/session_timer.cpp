@@ -62,6 +62,7 @@ void session_timer::stop() noexcept
 
 void session_timer::on_wait(error_code ec)
 {
+    own_->fired_for = own_->timer.expiry();
     --own_->waits;
     if (own_->waits == 0)
         own_->armed_at = time_point::max();

@@ -41,6 +41,8 @@ public:
     void arm(time_point when);
     /// No more wake-ups.
     void stop() noexcept;
+    /// During `fire`: the time the wake-up was meant for (how late it runs is now - due()).
+    time_point due() const noexcept { return wheel_ ? entry_.when : own_->fired_for; }
     /// Waits still to complete (steady_timer only).
     unsigned pending() const noexcept { return own_ ? own_->waits : 0; }
 
@@ -54,6 +56,7 @@ private:
         boost::asio::steady_timer timer;
         time_point armed_at = time_point::max();  // what the newest wait waits for
         unsigned waits = 0;  // pending waits, all but the newest cancelled
+        time_point fired_for{};  // what the wait completing now waited for
         callback fire;
         callback settled;
     };

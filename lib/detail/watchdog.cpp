@@ -9,6 +9,11 @@
 // while one of them could touch the session. It is also the arm that hears run()'s
 // cancellation of any kind and turns it into a teardown.
 //
+// Before a pong or idle verdict falls it makes sure that nothing the peer sent waits unread
+// (our own loop may have been late), and every verdict carries whose fault it was, from the
+// kernel's view of the connection (liveness::diagnose). While a pong is awaited it may look
+// at that view early, to warn (on_suspect) or end at once (end_on_suspect).
+//
 // Like the heartbeat, it waits rather than loops: the session's timer wakes it
 // (watchdog_tick), and a deadline that moves later costs nothing until it comes.
 
@@ -16,6 +21,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/post.hpp>
 
 namespace vigil::detail {
 
@@ -24,6 +30,25 @@ namespace {
 std::string ms_text(std::chrono::milliseconds d)
 {
     return std::to_string(d.count()) + " ms";
+}
+
+// What a verdict's detail adds about whose fault it was.
+std::string fault_text(diagnosis d, const liveness& live)
+{
+    switch (d) {
+    case diagnosis::network:
+        return "; what we sent is not acknowledged by the peer's TCP: the path is dead (network)";
+    case diagnosis::peer_unresponsive:
+        return "; the peer's TCP acknowledges what we send but its application is silent (peer_unresponsive)";
+    case diagnosis::local_stall:
+        return "; our own event loop ran late by more than " +
+               ms_text(std::chrono::duration_cast<std::chrono::milliseconds>(live.stall_threshold())) +
+               " (local_stall)";
+    case diagnosis::none:
+    case diagnosis::unknown:
+        break;
+    }
+    return {};
 }
 
 }  // namespace
@@ -55,28 +80,91 @@ void session_core::watchdog_tick(time_point now)
 {
     if (phase_ != phase::running)
         return;
-    switch (live_.expired(now)) {
+    if (live_.path_check_due() <= now)
+        look_at_path(now);
+    switch (phase_ == phase::running ? live_.expired(now) : expiry::none) {
     case expiry::none:
         return;
     case expiry::pong:
-        conclude(end_reason::kind::failure, error::pong_timeout,
-                 "nothing received for " + ms_text(cfg_->pong_timeout) + " after a ping (pong_timeout)");
-        return;
     case expiry::idle:
-        // The peer still answers pings; it is the data that went stale. Say goodbye
-        // properly (close_timeout bounds it), so that the peer does not log an abnormal close.
-        say_goodbye(error::idle_timeout, "no data message for " + ms_text(cfg_->idle_timeout) + " (idle_timeout)",
-                    websocket::close_reason(websocket::close_code::normal, "idle_timeout"));
+        // The silence is the peer's only if nothing it sent waits unread: after our own loop
+        // was late, the pong may be in the socket, or in a completion queued behind this
+        // one. Read first (the next wake-up looks again); else give the queue one turn.
+        if (unread_waiting() || conn_.verdict == connection_state::verdict_check::queued)
+            return;
+        conn_.verdict = connection_state::verdict_check::queued;
+        ++conn_.pending_ops;
+        asio::post(strand_, [this] { confirm_verdict(); });
         return;
     case expiry::write:
         conclude(end_reason::kind::failure, error::write_timeout,
                  "a message write made no progress for " + ms_text(cfg_->write_timeout) +
-                     ": the peer stopped reading (write_timeout)");
+                     ": the peer stopped reading (write_timeout)",
+                 live_.diagnose(now, kernel_view()));
         return;
     case expiry::close:
         close_deadline_passed();
         return;
     }
+}
+
+void session_core::confirm_verdict()
+{
+    conn_.verdict = connection_state::verdict_check::none;
+    if (phase_ == phase::running) {
+        const auto now = clock_type::now();
+        const auto e = live_.expired(now);
+        if ((e == expiry::pong || e == expiry::idle) && !unread_waiting())
+            liveness_verdict(e, now);
+        else
+            reschedule();
+    }
+    op_done();
+}
+
+void session_core::liveness_verdict(expiry e, time_point now)
+{
+    const auto fault = live_.diagnose(now, kernel_view());
+    if (e == expiry::pong) {
+        conclude(end_reason::kind::failure, error::pong_timeout,
+                 "nothing received for " + ms_text(cfg_->pong_timeout) + " after a ping (pong_timeout)" +
+                     fault_text(fault, live_),
+                 fault);
+        return;
+    }
+    // The peer still answers pings; it is the data that went stale. Say goodbye properly
+    // (close_timeout bounds it), so that the peer does not log an abnormal close.
+    say_goodbye(error::idle_timeout,
+                "no data message for " + ms_text(cfg_->idle_timeout) + " (idle_timeout)" + fault_text(fault, live_),
+                websocket::close_reason(websocket::close_code::normal, "idle_timeout"), fault);
+}
+
+void session_core::look_at_path(time_point now)
+{
+    switch (live_.path_checked(now, kernel_view())) {
+    case path_news::quiet:
+        return;
+    case path_news::suspect:
+        emit(&session_events::on_suspect, diagnosis::network);
+        return;
+    case path_news::dead:
+        emit(&session_events::on_suspect, diagnosis::network);
+        conclude(end_reason::kind::failure, error::pong_timeout,
+                 "TCP retransmitted what we sent after our ping and nothing acknowledged it: the path is dead "
+                 "(end_on_suspect)",
+                 diagnosis::network);
+        return;
+    }
+}
+
+bool session_core::unread_waiting() noexcept
+{
+    return ws_ && unread_bytes(ws_->next_layer().socket().native_handle()) > 0;
+}
+
+tcp_view session_core::kernel_view() noexcept
+{
+    return ws_ ? read_tcp_view(ws_->next_layer().socket().native_handle()) : tcp_view{};
 }
 
 void session_core::close_deadline_passed()
@@ -92,7 +180,8 @@ void session_core::close_deadline_passed()
              conn_.close == close_state::answering
                  ? "the close handshake the peer started did not finish within " + ms_text(cfg_->close_timeout) +
                        " (close_timeout)"
-                 : "no answer to our close frame within " + ms_text(cfg_->close_timeout) + " (close_timeout)");
+                 : "no answer to our close frame within " + ms_text(cfg_->close_timeout) + " (close_timeout)",
+             live_.diagnose(clock_type::now(), kernel_view()));
 }
 
 }  // namespace vigil::detail

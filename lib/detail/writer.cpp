@@ -146,12 +146,12 @@ void session_core::on_closed(error_code ec)
     op_done();
 }
 
-void session_core::say_goodbye(error_code as, std::string detail, websocket::close_reason why)
+void session_core::say_goodbye(error_code as, std::string detail, websocket::close_reason why, diagnosis fault)
 {
     const auto p = phase_.load();
     if (p != phase::open && p != phase::running)
         return;
-    conn_.end.record(end_reason::kind::goodbye, as, std::move(detail));
+    conn_.end.record(end_reason::kind::goodbye, as, std::move(detail), fault);
     if (p == phase::open) {
         end_connection();  // nobody runs it, so nobody would hear the answer
         return;

@@ -11,12 +11,17 @@
 //   vigil-fault-peer exec PROGRAM ARGS...
 //     Runs PROGRAM so that it dies with the test process (nginx has no such option).
 //
-//   vigil-fault-peer client --url URL [--ping-interval MS --pong-timeout MS
+//   vigil-fault-peer client --url URL [--ping-interval MS --pong-timeout MS --end-on-suspect 0|1
 //                    --connect-timeout MS --handshake-timeout MS --max-delay MS
 //                    --send-every MS --ttl MS --delivery written|confirmed]
 //     A vigil::supervisor that sends the numbers 1, 2, 3 ... as text messages, one every
 //     --send-every ms whether connected or not, and reports how each send completed. SIGUSR1
 //     stops the numbering; once every send has completed it prints "done". SIGTERM stops.
+//
+// Both roles also take --block-at MS --block-for MS: MS after start, the event loop is
+// blocked (a handler that sleeps) for --block-for ms, between a "blocking" and an
+// "unblocked" line. Disconnections carry "diagnosis" after a liveness verdict; "stall"
+// (late_ms) and, on the client, "suspect" (diagnosis) report what vigil reports.
 //
 // Every line carries "t" (seconds since start) and "mono_ms" (CLOCK_MONOTONIC in ms, the
 // same clock in every process, so a test can measure from the instant it cut the network).
@@ -51,6 +56,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 namespace {
@@ -114,6 +120,34 @@ milliseconds ms(const std::map<std::string, std::string>& flags, const std::stri
     return milliseconds(static_cast<milliseconds::rep>(number(flags, name, fallback)));
 }
 
+// --block-at / --block-for: blocks the thread that runs everything, as a slow handler would.
+void schedule_block(asio::io_context& ioc, const std::map<std::string, std::string>& flags,
+                    std::unique_ptr<asio::steady_timer>& timer)
+{
+    if (!flags.count("block-for"))
+        return;
+    const auto length = ms(flags, "block-for", 0);
+    timer = std::make_unique<asio::steady_timer>(ioc, ms(flags, "block-at", 0));
+    timer->async_wait([length](error_code ec) {
+        if (ec)
+            return;
+        emit({{"event", "blocking"}, {"for_ms", length.count()}});
+        std::this_thread::sleep_for(length);
+        emit({{"event", "unblocked"}});
+    });
+}
+
+void add_diagnosis(json& j, const vigil::disconnect_info& info)
+{
+    if (info.diagnosis != vigil::diagnosis::none)
+        j["diagnosis"] = vigil::diagnosis_name(info.diagnosis);
+}
+
+void report_stall(milliseconds lateness)
+{
+    emit({{"event", "stall"}, {"late_ms", lateness.count()}});
+}
+
 int run_server(const std::map<std::string, std::string>& flags)
 {
     vigil::server_config cfg;
@@ -139,12 +173,15 @@ int run_server(const std::map<std::string, std::string>& flags)
     };
     ev.on_disconnected = [](vigil::connection& c) {
         const auto& info = c.last_disconnect();
-        emit({{"event", "disconnected"},
-              {"id", c.id()},
-              {"reason", vigil::error_name(info.reason)},
-              {"detail", info.detail},
-              {"silent_ms", info.silent_for.count()}});
+        json j = {{"event", "disconnected"},
+                  {"id", c.id()},
+                  {"reason", vigil::error_name(info.reason)},
+                  {"detail", info.detail},
+                  {"silent_ms", info.silent_for.count()}};
+        add_diagnosis(j, info);
+        emit(std::move(j));
     };
+    ev.on_stall = report_stall;
     ev.on_rejected = [](const std::string& remote, const error_code& why, const std::string& detail) {
         emit({{"event", "rejected"}, {"remote", remote}, {"reason", vigil::error_name(why)}, {"detail", detail}});
     };
@@ -162,12 +199,15 @@ int run_server(const std::map<std::string, std::string>& flags)
             server.stop();
         }
     });
+    std::unique_ptr<asio::steady_timer> block;
+    schedule_block(ioc, flags, block);
     int status = 1;
     asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
         auto ec = co_await server.run();
         status = ec ? 1 : 0;
         emit({{"event", "stopped"}});
         signals.cancel();
+        block.reset();
     }, asio::detached);
     ioc.run();
     return status;
@@ -197,11 +237,17 @@ public:
             emit({{"event", "message"}, {"text", data}});
         };
         s.on_disconnected = [](const vigil::disconnect_info& info) {
-            emit({{"event", "disconnected"},
-                  {"reason", vigil::error_name(info.reason)},
-                  {"transient", !vigil::is_permanent(info.reason)},
-                  {"detail", info.detail},
-                  {"silent_ms", info.silent_for.count()}});
+            json j = {{"event", "disconnected"},
+                      {"reason", vigil::error_name(info.reason)},
+                      {"transient", !vigil::is_permanent(info.reason)},
+                      {"detail", info.detail},
+                      {"silent_ms", info.silent_for.count()}};
+            add_diagnosis(j, info);
+            emit(std::move(j));
+        };
+        s.on_stall = report_stall;
+        s.on_suspect = [](vigil::diagnosis why) {
+            emit({{"event", "suspect"}, {"diagnosis", vigil::diagnosis_name(why)}});
         };
         auto& e = supervisor_.events();
         e.on_up = [this] { emit({{"event", "up"}, {"epoch", ++epoch_}}); };
@@ -259,6 +305,7 @@ private:
             else if (it->second != "written")
                 throw std::invalid_argument("--delivery: '" + it->second + "' is neither written nor confirmed");
         }
+        cfg.session.end_on_suspect = number(flags, "end-on-suspect", 0) != 0;
         cfg.outbox_limit = 100000;
         return cfg;
     }
@@ -322,6 +369,8 @@ int run_client(const std::map<std::string, std::string>& flags)
     asio::io_context ioc(1);
     client c(ioc, flags);
     c.start();
+    std::unique_ptr<asio::steady_timer> block;
+    schedule_block(ioc, flags, block);
     ioc.run();
     return 0;
 }

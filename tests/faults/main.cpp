@@ -28,6 +28,7 @@ struct group {
 
 const group groups[] = {
     {"netns", vigil::faults::netns_unavailable},
+    {"diagnosis", vigil::faults::netns_unavailable},
     {"nginx", vigil::faults::nginx_unavailable},
 };
 
@@ -71,7 +72,7 @@ int main(int argc, char** argv)
             ctx.addFilter("test-suite", g.name);
     }
     if (!known) {
-        std::cerr << "vigil-faults: unknown group '" << only << "' (netns, nginx)\n";
+        std::cerr << "vigil-faults: unknown group '" << only << "' (netns, diagnosis, nginx)\n";
         return 64;
     }
     if (runnable == 0)

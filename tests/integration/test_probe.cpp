@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 extern char** environ;
@@ -362,10 +363,46 @@ TEST_SUITE("probe")
         CHECK(last["event"] == "disconnected");
         CHECK(last["reason"] == "pong_timeout");
         CHECK(last.contains("detail"));
+        // The peer's process stopped answering; its kernel still acknowledges our pings.
+        CHECK(last["diagnosis"] == "peer_unresponsive");
         REQUIRE(last["silent_ms"].is_number_integer());
         // ping_interval + pong_timeout, plus slack for a loaded machine.
         CHECK(last["silent_ms"].get<long long>() >= 250);
         CHECK(last["silent_ms"].get<long long>() <= 300 + tolerance.count());
+    }
+
+    TEST_CASE("probe stopped longer than its pong timeout: a stall event, and no verdict against a live peer")
+    {
+        peer server;
+        probe_options opts;
+        bool stopped = false;
+        opts.on_event = [&](const json& e, pid_t pid) {
+            if (!stopped && e.value("event", "") == "pong") {
+                // A deliberate outage of the probe's own loop, several pong timeouts long,
+                // while the peer (its own thread) keeps answering.
+                stopped = true;
+                ::kill(pid, SIGSTOP);
+                std::this_thread::sleep_for(std::chrono::milliseconds(600));
+                ::kill(pid, SIGCONT);
+            }
+        };
+        auto run = run_probe({"--no-reconnect", "--ping-interval", "0.2", "--pong-timeout", "0.1", "--duration", "1.5",
+                              server.url()},
+                             opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(stopped);
+        CHECK(run.exit_code == 0);
+        auto stalls = events_named(run, "stall");
+        REQUIRE(stalls.size() >= 1);
+        // The first wake-up due in the outage came at most ping_interval into it.
+        CHECK(stalls[0]["late_ms"].get<long long>() >= 600 - 200 - tolerance.count());
+        CHECK(stalls[0]["late_ms"].get<long long>() <= 600 + tolerance.count());
+        auto last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "ok");  // --duration, not pong_timeout
+        CHECK_FALSE(last.contains("diagnosis"));
     }
 
     TEST_CASE("probe reports the close code and reason a peer sends")

@@ -626,6 +626,8 @@ TEST_SUITE("serve")
         REQUIRE(evicted.has_value());
         CHECK((*evicted)["id"] == 1);
         CHECK((*evicted)["reason"] == "pong_timeout");
+        // The frozen relay's kernel still acknowledges the server's pings.
+        CHECK((*evicted)["diagnosis"] == "peer_unresponsive");
         REQUIRE((*evicted)["silent_ms"].is_number_integer());
         const auto silent = milliseconds((*evicted)["silent_ms"].get<long long>());
         // ping_interval + pong_timeout is the bound (jitter only makes pings earlier).

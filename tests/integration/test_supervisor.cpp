@@ -1211,6 +1211,11 @@ TEST_CASE("delivery resend_unconfirmed: what a dead connection left unconfirmed 
 
     REQUIRE(!h.retries.empty());
     CHECK_CODE(h.retries[0].last.reason, error::pong_timeout);
+    // The frozen relay's kernel still acknowledged what we sent: the far end, not the path.
+    CHECK(h.retries[0].last.diagnosis == vigil::diagnosis::peer_unresponsive);
+    const auto diagnoses = h.sup.counters().diagnoses;
+    CHECK(diagnoses.count("peer_unresponsive") == 1);
+    CHECK(diagnoses.count("network") == 0);
     REQUIRE(all_done);
     CHECK(h.messages == std::vector<std::string>{"again 0", "again 1", "again 2"});
     for (std::size_t i = 0; i < 3; ++i) {

@@ -94,6 +94,8 @@ TEST_CASE("each rule names its field")
                 c.pong_timeout = 150ms;
             },
             "pong_timeout (150 ms) must be shorter than ping_interval (100 ms)"},
+        {"negative stall_threshold", [](auto& c) { c.stall_threshold = -5ms; },
+            "stall_threshold (-5 ms) must not be negative (0 means a quarter of pong_timeout)"},
         {"negative idle_timeout", [](auto& c) { c.idle_timeout = -1s; },
             "idle_timeout (-1000 ms) must not be negative (0 disables it)"},
         {"idle_timeout equal to ping_interval",

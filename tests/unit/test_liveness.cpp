@@ -17,6 +17,9 @@ namespace {
 using namespace std::chrono_literals;
 using vigil::detail::expiry;
 using vigil::detail::liveness;
+using vigil::detail::path_news;
+using vigil::detail::path_watch;
+using vigil::detail::tcp_view;
 using vigil::detail::write_confirmation;
 using vigil::detail::on_grid;
 using vigil::detail::ping_carrier;
@@ -42,10 +45,10 @@ vigil::session_config settings(std::chrono::milliseconds interval = 1000ms, std:
 // event loop is), lets the heartbeat ping if one is due, then asks the watchdog.
 struct session_model {
     explicit session_model(vigil::session_config s, time_point start = t0, std::uint64_t seed = 1,
-                           write_confirmation confirm = write_confirmation::off)
+                           write_confirmation confirm = write_confirmation::off, path_watch watch = path_watch::off)
         : cfg(std::move(s))
     {
-        l.start(cfg, confirm, start, seed);
+        l.start(cfg, confirm, watch, start, seed);
         now = start;
     }
 
@@ -54,6 +57,8 @@ struct session_model {
         const auto wake = l.next_wakeup();
         REQUIRE(wake != time_point::max());
         now = on_grid(wake) + late;
+        if (auto stall = l.woke(on_grid(wake), now))
+            stalls.push_back(*stall);
         if (l.ping_due() <= now) {
             l.ping_sent(now, ping_carrier::control_frame);
             pings.push_back(now);
@@ -77,6 +82,7 @@ struct session_model {
     liveness l;
     time_point now;
     std::vector<time_point> pings;
+    std::vector<duration> stalls;
 };
 
 }  // namespace
@@ -365,9 +371,166 @@ TEST_SUITE("liveness")
         m.l.reading_paused();
         m.l.message_written();
         const auto again = t0 + 1h;
-        m.l.start(m.cfg, write_confirmation::off, again, 7);
+        m.l.start(m.cfg, write_confirmation::off, path_watch::off, again, 7);
         CHECK(m.l.next_deadline() == time_point::max());
         CHECK(m.l.ping_due() == again + 1000ms);
         CHECK(m.l.last_received() == again);
+    }
+}
+
+// What the kernel says of a connection, made up: `unacked` segments of ours unacknowledged,
+// the oldest retransmitted `retransmits` times, the last ACK `since_ack` ago.
+tcp_view kernel(std::uint32_t unacked, std::uint32_t retransmits, std::chrono::milliseconds since_ack = 0ms,
+                std::uint32_t queued = 0)
+{
+    tcp_view v;
+    v.from = tcp_view::source::kernel;
+    v.unacked = unacked;
+    v.retransmits = retransmits;
+    v.since_ack = since_ack;
+    v.queued = queued;
+    return v;
+}
+
+TEST_SUITE("diagnosis")
+{
+    using vigil::diagnosis;
+
+    TEST_CASE("diagnosis names are the ones the command-line tools print")
+    {
+        CHECK(vigil::diagnosis_name(diagnosis::none) == "none");
+        CHECK(vigil::diagnosis_name(diagnosis::network) == "network");
+        CHECK(vigil::diagnosis_name(diagnosis::peer_unresponsive) == "peer_unresponsive");
+        CHECK(vigil::diagnosis_name(diagnosis::local_stall) == "local_stall");
+        CHECK(vigil::diagnosis_name(diagnosis::unknown) == "unknown");
+    }
+
+    TEST_CASE("the stall threshold is a quarter of pong_timeout unless set")
+    {
+        session_model m(settings(1000ms, 500ms));
+        CHECK(m.l.stall_threshold() == 125ms);
+        auto cfg = settings(1000ms, 500ms);
+        cfg.stall_threshold = 40ms;
+        session_model n(cfg);
+        CHECK(n.l.stall_threshold() == 40ms);
+    }
+
+    TEST_CASE("a wake-up later than the threshold is a stall, reported once")
+    {
+        session_model m(settings(1000ms, 500ms));
+        CHECK(m.tick(125ms) == expiry::none);  // exactly the threshold: not a stall
+        CHECK(m.stalls.empty());
+        // The pong deadline, found 300 ms late: a stall of 300 ms.
+        CHECK(m.tick(300ms) == expiry::pong);
+        REQUIRE(m.stalls.size() == 1);
+        CHECK(m.stalls[0] == 300ms);
+        // Looked at again (the deadline is still in the past): the same stall, not a new one.
+        CHECK_FALSE(m.l.woke(on_grid(m.l.next_wakeup()), m.now + 5ms));
+        // ...whose lateness still stands for the verdict.
+        CHECK(m.l.diagnose(m.now + 5ms, kernel(1, 2)) == diagnosis::local_stall);
+    }
+
+    TEST_CASE("whose fault: the loop first, then the kernel's view")
+    {
+        session_model m(settings(1000ms, 500ms));
+        REQUIRE(m.run_until_verdict() == expiry::pong);
+        const auto ping = m.pings.at(0);
+        const auto since_ping = std::chrono::duration_cast<std::chrono::milliseconds>(m.now - ping);
+        // Our ping unacknowledged and retransmitted: the path.
+        CHECK(m.l.diagnose(m.now, kernel(1, 2, since_ping + 100ms)) == diagnosis::network);
+        // Unacknowledged, not yet retransmitted (a retransmission timeout longer than
+        // pong_timeout), but no ACK at all since the ping: the path still.
+        CHECK(m.l.diagnose(m.now, kernel(1, 0, since_ping)) == diagnosis::network);
+        // Something in flight but ACKs keep coming since the ping: the peer's kernel is there.
+        CHECK(m.l.diagnose(m.now, kernel(1, 0, 20ms)) == diagnosis::peer_unresponsive);
+        // Everything acknowledged: the peer's kernel answers, its application does not.
+        CHECK(m.l.diagnose(m.now, kernel(0, 0, 480ms)) == diagnosis::peer_unresponsive);
+        // Our own host's packets dropped on the way out: nothing counts as sent, the ping
+        // waits in the send queue, and no ACK came since: the path.
+        CHECK(m.l.diagnose(m.now, kernel(0, 0, since_ping + 300ms, 60)) == diagnosis::network);
+        // Queued behind a full window the peer keeps acknowledging: the peer.
+        CHECK(m.l.diagnose(m.now, kernel(0, 0, 30ms, 60)) == diagnosis::peer_unresponsive);
+        // No view (not Linux, not TCP).
+        CHECK(m.l.diagnose(m.now, tcp_view{}) == diagnosis::unknown);
+    }
+
+    TEST_CASE("a verdict found by a late wake-up is our own loop's, whatever the kernel says")
+    {
+        session_model m(settings(1000ms, 500ms));
+        CHECK(m.tick() == expiry::none);  // the ping
+        CHECK(m.tick(200ms) == expiry::pong);
+        CHECK(m.l.diagnose(m.now, kernel(1, 3)) == diagnosis::local_stall);
+        CHECK(m.l.diagnose(m.now, tcp_view{}) == diagnosis::local_stall);
+    }
+
+    TEST_CASE("no look at the path unless watching, and none when no pong is awaited")
+    {
+        session_model off(settings(1000ms, 500ms));
+        CHECK(off.tick() == expiry::none);
+        CHECK(off.l.path_check_due() == time_point::max());
+
+        session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::off, path_watch::on);
+        CHECK(m.l.path_check_due() == time_point::max());  // no ping yet
+        CHECK(m.tick() == expiry::none);
+        const auto ping = m.pings.at(0);
+        CHECK(m.l.path_step() == 50ms);
+        CHECK(m.l.path_check_due() == ping + 50ms);
+        CHECK(m.l.next_wakeup() == ping + 50ms);
+        // The pong: nothing more to look at until the next ping.
+        REQUIRE(m.l.pong_received(ping + 2ms));
+        CHECK(m.l.path_check_due() == time_point::max());
+    }
+
+    TEST_CASE("a retransmitted ping is a suspicion, once per ping; the verdict still waits")
+    {
+        session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::off, path_watch::on);
+        CHECK(m.tick() == expiry::none);
+        const auto ping = m.pings.at(0);
+        CHECK(m.l.path_checked(ping + 50ms, kernel(1, 0, 50ms)) == path_news::quiet);
+        CHECK(m.l.path_check_due() == ping + 100ms);
+        // A late wake-up looks once, not once per step missed.
+        CHECK(m.l.path_checked(ping + 260ms, kernel(1, 1, 260ms)) == path_news::suspect);
+        CHECK(m.l.path_check_due() == time_point::max());
+        CHECK(m.l.expired(ping + 260ms) == expiry::none);
+        CHECK(m.l.expired(m.l.pong_deadline()) == expiry::pong);
+        // The next ping is watched afresh.
+        m.l.ping_sent(ping + 1000ms, ping_carrier::control_frame);
+        CHECK(m.l.path_check_due() == ping + 1050ms);
+    }
+
+    TEST_CASE("a host that cannot send at all is suspected once TCP's shortest RTO has passed")
+    {
+        session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::off, path_watch::on);
+        CHECK(m.tick() == expiry::none);
+        const auto ping = m.pings.at(0);
+        // The ping never left (unacked 0, retransmits 0), still queued; no ACK since.
+        CHECK(m.l.path_checked(ping + 150ms, kernel(0, 0, 400ms, 60)) == path_news::quiet);
+        CHECK(m.l.path_checked(ping + 200ms, kernel(0, 0, 450ms, 60)) == path_news::suspect);
+    }
+
+    TEST_CASE("end_on_suspect: the first unacknowledged retransmission is the verdict")
+    {
+        auto cfg = settings(1000ms, 500ms);
+        cfg.end_on_suspect = true;
+        session_model m(cfg, t0, 1, write_confirmation::off, path_watch::on);
+        CHECK(m.tick() == expiry::none);
+        const auto ping = m.pings.at(0);
+        // TCP's first retransmission comes one RTO (200 ms at least) after the ping; the
+        // next look after it ends the connection: within RTO + one step.
+        for (auto at = ping + 50ms; at < ping + 200ms; at += 50ms)
+            CHECK(m.l.path_checked(at, kernel(1, 0, std::chrono::duration_cast<std::chrono::milliseconds>(at - ping))) ==
+                  path_news::quiet);
+        CHECK(m.l.path_checked(ping + 250ms, kernel(1, 1, 250ms)) == path_news::dead);
+    }
+
+    TEST_CASE("looks at the path stop before the pong deadline, which looks itself")
+    {
+        session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::off, path_watch::on);
+        CHECK(m.tick() == expiry::none);
+        const auto ping = m.pings.at(0);
+        for (auto at = ping + 50ms; at < ping + 500ms; at += 50ms)
+            CHECK(m.l.path_checked(at, kernel(0, 0)) == path_news::quiet);
+        CHECK(m.l.path_check_due() == time_point::max());
+        CHECK(m.l.next_wakeup() == m.l.pong_deadline());
     }
 }
