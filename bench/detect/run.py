@@ -176,6 +176,7 @@ class Client:
         self.flow_t = -math.inf         # when the server saw that flow connect
         self.last_ping_t = -math.inf    # last ping the server got on that flow
         self.unexpected = 0             # disconnects with no cut in force
+        self.proc = None                # its process, once started
 
 
 def fmt_s(x):
@@ -233,18 +234,20 @@ class Bench:
         self.listening = False
         self.busy_done = None
 
-    def start(self):
+    def start(self, server_args=()):
         env = dict(os.environ)
         env["NODE_PATH"] = str(REPO / "tests" / "peers" / "node_modules")
         ports = ",".join(str(c.port) for c in self.clients)
         self.server = Proc("server", self.netns.exec_prefix(self.netns.srv) +
-                           ["node", str(HERE / "server.js"), "--host", SRV_IP, "--ports", ports],
+                           ["node", str(HERE / "server.js"), "--host", SRV_IP, "--ports", ports,
+                            *server_args],
                            self.events, self.logdir, env=env, stdin=True)
         self.procs.append(self.server)
         self.wait_for(lambda: self.listening, 10, "the server to listen")
         for c in self.clients:
-            self.procs.append(Proc(c.name, self.netns.exec_prefix(self.netns.cli) + c.argv,
-                                   self.events, self.logdir, env=env))
+            c.proc = Proc(c.name, self.netns.exec_prefix(self.netns.cli) + c.argv,
+                          self.events, self.logdir, env=env)
+            self.procs.append(c.proc)
 
     def stop(self):
         for p in reversed(self.procs):
@@ -547,6 +550,72 @@ def measure(args, build, netns, logdir, interval, timeout, rng):
     return rows
 
 
+# ---------------------------------------------------------------------------------------
+# What every driver here (run.py, diagnose.py) shares
+
+
+def common_args(p, name):
+    """The options of every driver; `name` names its results under bench/results/."""
+    p.add_argument("--build", default="build", help="meson build directory (default: build)")
+    p.add_argument("--python", default="/usr/bin/python3",
+                   help="interpreter with Debian's websockets and websocket-client")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None,
+                   help="comma-separated libraries to run (vigil, websockets, websocket-client, ws)")
+    p.add_argument("--csv", default=str(REPO / "bench" / "results" / f"{name}.csv"))
+    p.add_argument("--png", default=str(REPO / "bench" / "results" / f"{name}.png"))
+    p.add_argument("--from-csv", action="store_true",
+                   help="measure nothing: redraw the plot and the table from --csv")
+
+
+def redraw(args, plot_fn, table_fn):
+    """--from-csv: redraws the plot and prints the table; False when measuring instead."""
+    if not args.from_csv:
+        return False
+    with open(args.csv) as f:
+        rows = list(csv.DictReader(f))
+    plot_fn(rows, args.png)
+    print(table_fn(rows))
+    return True
+
+
+def resolve_build(args):
+    build = Path(args.build)
+    if not build.is_absolute() and not build.exists():
+        build = REPO / build
+    build = build.resolve()
+    preflight(args, build)
+    return build
+
+
+def in_namespaces(prefix, body):
+    """Runs body(netns, logdir) between the namespaces' setup and their removal, which also
+    happens on Ctrl-C, kill or an error; the processes' stderr is kept only on failure."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    netns = Netns()
+    logdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        netns.setup()
+        result = body(netns, logdir)
+    except BaseException:
+        log(f"failed; the processes' stderr is kept in {logdir}")
+        raise
+    finally:
+        netns.teardown()
+    shutil.rmtree(logdir, ignore_errors=True)
+    return result
+
+
+def write_results(args, rows, fields, plot_fn, table_fn):
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    plot_fn(rows, args.png)
+    print(table_fn(rows))
+    log(f"wrote {args.csv} and {args.png}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=30, help="cuts per client and setting (default 30)")
@@ -562,22 +631,9 @@ def main():
                    help="heartbeat cycles between connecting and the random cut point (default 3)")
     p.add_argument("--cap", type=float, default=60, help="longest wait for one cut's outcome, s")
     p.add_argument("--seed", type=int, default=None, help="seed for the cut offsets")
-    p.add_argument("--build", default="build", help="meson build directory (default: build)")
-    p.add_argument("--python", default="/usr/bin/python3",
-                   help="interpreter with Debian's websockets and websocket-client")
-    p.add_argument("--only", type=lambda s: s.split(","), default=None,
-                   help="comma-separated libraries to run (vigil, websockets, websocket-client, ws)")
-    p.add_argument("--csv", default=str(REPO / "bench" / "results" / "detect.csv"))
-    p.add_argument("--png", default=str(REPO / "bench" / "results" / "detect.png"))
-    p.add_argument("--from-csv", action="store_true",
-                   help="measure nothing: redraw the plot and the table from --csv")
+    common_args(p, "detect")
     args = p.parse_args()
-
-    if args.from_csv:
-        with open(args.csv) as f:
-            rows = list(csv.DictReader(f))
-        plot(rows, args.png)
-        print(table(rows))
+    if redraw(args, plot, table):
         return
 
     if args.quick:
@@ -586,37 +642,17 @@ def main():
         if "--busy" not in sys.argv:
             args.busy = 20
     settings = parse_settings(args.settings)
-    build = Path(args.build)
-    if not build.is_absolute() and not build.exists():
-        build = REPO / build
-    build = build.resolve()
-    preflight(args, build)
-
-    # Ctrl-C and kill both unwind through the finally below: no namespace is left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    build = resolve_build(args)
     rng = random.Random(args.seed)
-    netns = Netns()
-    logdir = tempfile.mkdtemp(prefix="vigil-detect-")
-    rows = []
-    try:
-        netns.setup()
+
+    def body(netns, logdir):
+        rows = []
         for interval, timeout in settings:
             rows += measure(args, build, netns, logdir, interval, timeout, rng)
-    except BaseException:
-        log(f"failed; the processes' stderr is kept in {logdir}")
-        raise
-    finally:
-        netns.teardown()
-    shutil.rmtree(logdir, ignore_errors=True)
+        return rows
 
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    plot(rows, args.png)
-    print(table(rows))
-    log(f"wrote {args.csv} and {args.png}")
+    rows = in_namespaces("vigil-detect-", body)
+    write_results(args, rows, FIELDS, plot, table)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@
 // The vigil side of the detection benchmark (bench/detect/run.py): a vigil::supervisor with
 // the default backoff, reporting what the application is told as JSON lines on stdout:
 //   {"event":"connected","t":T}
-//   {"event":"disconnected","t":T,"reason":"pong_timeout","silent_ms":N}
+//   {"event":"disconnected","t":T,"reason":"pong_timeout","silent_ms":N,"diagnosis":"network"}
+//   {"event":"suspect","t":T,"diagnosis":"network"}     (on_suspect: the early warning)
+//   {"event":"stall","t":T,"late_ms":N}                 (on_stall: our own loop ran late)
 // T is CLOCK_MONOTONIC in seconds (std::chrono::steady_clock on Linux), the clock Python's
 // time.monotonic() and Node's process.hrtime() read too, so that the driver can subtract the
 // moment it cut the path from it.
 //
 //   vigil-bench-detect-client --ping-interval S --pong-timeout S [--close-timeout S] URL
 //
-// Runs until killed.
+// A text message "block S" from the server makes the message handler block the thread for S
+// seconds (bench/detect/diagnose.py: a handler that blocks the event loop). Runs until killed.
 
 #include <vigil/supervisor.hpp>
 
@@ -25,6 +28,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <thread>
 
 namespace {
 
@@ -94,10 +98,32 @@ int main(int argc, char** argv)
     };
     ev.on_disconnected = [](const vigil::disconnect_info& info) {
         double t = monotonic_now();
-        std::printf("{\"event\":\"disconnected\",\"t\":%.6f,\"reason\":\"%s\",\"silent_ms\":%lld}\n", t,
-                    std::string(vigil::error_name(info.reason)).c_str(),
-                    static_cast<long long>(info.silent_for.count()));
+        std::printf("{\"event\":\"disconnected\",\"t\":%.6f,\"reason\":\"%s\",\"silent_ms\":%lld,"
+                    "\"diagnosis\":\"%s\"}\n",
+                    t, std::string(vigil::error_name(info.reason)).c_str(),
+                    static_cast<long long>(info.silent_for.count()),
+                    std::string(vigil::diagnosis_name(info.diagnosis)).c_str());
         std::fflush(stdout);
+    };
+    ev.on_suspect = [](vigil::diagnosis why) {
+        double t = monotonic_now();
+        std::printf("{\"event\":\"suspect\",\"t\":%.6f,\"diagnosis\":\"%s\"}\n", t,
+                    std::string(vigil::diagnosis_name(why)).c_str());
+        std::fflush(stdout);
+    };
+    ev.on_stall = [](std::chrono::milliseconds late) {
+        double t = monotonic_now();
+        std::printf("{\"event\":\"stall\",\"t\":%.6f,\"late_ms\":%lld}\n", t,
+                    static_cast<long long>(late.count()));
+        std::fflush(stdout);
+    };
+    ev.on_message = [](std::string_view data, vigil::message_type) {
+        // The application's handler blocking the loop, as a slow synchronous call would.
+        if (data.starts_with("block ")) {
+            double s = std::strtod(std::string(data.substr(6)).c_str(), nullptr);
+            if (std::isfinite(s) && s > 0 && s < 60)
+                std::this_thread::sleep_for(std::chrono::duration<double>(s));
+        }
     };
     boost::asio::co_spawn(sup.get_executor(), sup.run(), boost::asio::detached);
     ioc.run();

@@ -13,6 +13,9 @@
 #
 # websocket-client refuses ping_timeout >= ping_interval.
 #
+# A text message "block S" makes on_message block run_forever's thread for S seconds
+# (bench/detect/diagnose.py: a handler that blocks the loop).
+#
 # JSON lines on stdout: {"event":"connected","t":T}, {"event":"disconnected","t":T,
 # "reason":...} (on_error, or on_close when no error came first), {"event":"closed","t":T}
 # (on_close). T is time.monotonic() (CLOCK_MONOTONIC), as the driver reads it.
@@ -49,8 +52,12 @@ def run(args):
                     emit("disconnected", reason=f"close {code}")
                 emit("closed")
 
+        def on_message(ws, message):
+            if isinstance(message, str) and message.startswith("block "):
+                time.sleep(float(message[6:]))
+
         app = websocket.WebSocketApp(args.url, on_open=on_open, on_error=on_error,
-                                     on_close=on_close)
+                                     on_close=on_close, on_message=on_message)
         app.run_forever(ping_interval=args.ping_interval, ping_timeout=args.ping_timeout)
         if not state["opened"]:
             # A refused attempt is retried after a pause, not in a tight loop.

@@ -11,6 +11,9 @@
 #   /usr/bin/python3 websockets_client.py --ping-interval S --ping-timeout S
 #                                         [--close-timeout S] URL
 #
+# A text message "block S" makes the receiving code block the event loop for S seconds
+# (time.sleep), as a slow synchronous call in a handler would (bench/detect/diagnose.py).
+#
 # JSON lines on stdout: {"event":"connected","t":T}, {"event":"disconnected","t":T,
 # "reason":...}. T is time.monotonic() (CLOCK_MONOTONIC), as the driver reads it.
 
@@ -27,6 +30,11 @@ def emit(event, **fields):
     print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
 
 
+def block(message):
+    if isinstance(message, str) and message.startswith("block "):
+        time.sleep(float(message[6:]))
+
+
 async def main(args):
     kwargs = {"ping_interval": args.ping_interval, "ping_timeout": args.ping_timeout}
     if args.close_timeout is not None:
@@ -35,7 +43,7 @@ async def main(args):
         emit("connected")
         try:
             while True:
-                await ws.recv()
+                block(await ws.recv())
         except websockets.ConnectionClosed as e:
             emit("disconnected", reason=f"{type(e).__name__}: {e}")
 

@@ -13,6 +13,9 @@
 //
 //   node ws_client.js --ping-interval S --ping-timeout S URL
 //
+// A text message "block S" makes the 'message' handler block the event loop for S seconds
+// (Atomics.wait), as a slow synchronous call would (bench/detect/diagnose.py).
+//
 // JSON lines on stdout: {"event":"connected","t":T}, {"event":"disconnected","t":T,
 // "reason":...}. T is CLOCK_MONOTONIC seconds (process.hrtime), as the driver reads it.
 'use strict';
@@ -69,6 +72,12 @@ function connect() {
                 }, timeout);
             }
         }, interval);
+    });
+    ws.on('message', (data, isBinary) => {
+        const text = isBinary ? '' : data.toString();
+        if (text.startsWith('block ')) {
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(text.slice(6)) * 1000);
+        }
     });
     ws.on('pong', () => {
         ws.isAlive = true;
