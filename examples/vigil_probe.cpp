@@ -65,7 +65,8 @@ constexpr std::string_view usage_text =
     "\n"
     "Keeps a WebSocket connection to URL (ws:// or wss://) open, reconnecting after transient\n"
     "failures, and prints one JSON object per line on stdout for each event: connecting,\n"
-    "connected, ping, pong, message, stall, suspect, disconnected, retry, retry_now, gave_up.\n"
+    "connected, ping, pong, message, stall, suspect, disconnected, retry, retry_now,\n"
+    "reconnect, gave_up.\n"
     "A disconnected event after a liveness verdict says whose fault it was: \"diagnosis\" is\n"
     "network, peer_unresponsive, local_stall or unknown (see vigil::diagnosis).\n"
     "\n"
@@ -99,15 +100,20 @@ constexpr std::string_view usage_text =
     "  --backoff-max S        cap on the delay ceiling (default 30)\n"
     "  --max-attempts N       give up after N failed attempts in a row (default 0: never)\n"
     "  --stable-after S       a connection up this long resets the backoff (default 5)\n"
+    "  --policy-violation-delay S  wait at least S before retrying after close code 1008\n"
+    "                         (default 30)\n"
+    "  --max-connection-age S replace a connection up about S seconds with a new one\n"
+    "                         (event reconnect; default 0: never)\n"
     "  --help                 show this text\n"
     "\n"
     "signals: SIGINT/SIGTERM close with a close handshake and exit (a second one: at once);\n"
-    "SIGUSR1 cuts a pending retry delay short.\n"
+    "SIGUSR1 cuts a pending retry delay short; SIGUSR2 replaces the live connection with a\n"
+    "new one (a planned reconnect, event reconnect).\n"
     "\n"
     "exit status: 0 after --duration, a signal or a clean close; 1 when the single session of\n"
     "--no-reconnect failed transiently; 2 on a permanent failure as vigil::is_permanent\n"
     "classifies it (bad URL or config, upgrade rejected with 401/403/404..., untrusted\n"
-    "certificate, close code 1002/1003/1007/1008/1010) or when --max-attempts ran out; 64 for\n"
+    "certificate, close code 1002/1003/1007/1010) or when --max-attempts ran out; 64 for\n"
     "bad arguments.\n";
 
 struct options {
@@ -260,6 +266,10 @@ options parse_args(int argc, char** argv)
             opts.cfg.max_attempts = parse_count(flag, value());
         } else if (flag == "--stable-after") {
             opts.cfg.stable_after = parse_seconds(flag, value());
+        } else if (flag == "--policy-violation-delay") {
+            opts.cfg.policy_violation_delay = parse_seconds(flag, value());
+        } else if (flag == "--max-connection-age") {
+            opts.cfg.max_connection_age = parse_seconds(flag, value());
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -309,6 +319,7 @@ public:
           start_(start),
           stop_signals_(ioc, SIGINT, SIGTERM),
           retry_signal_(ioc, SIGUSR1),
+          reconnect_signal_(ioc, SIGUSR2),
           duration_timer_(ioc),
           attempt_timer_(ioc),
           stdin_(ioc)
@@ -365,8 +376,10 @@ public:
                 });
             }
         });
-        // Installed without --no-reconnect too: SIGUSR1's default action would kill us.
+        // Installed without --no-reconnect too: the default action of SIGUSR1 and SIGUSR2
+        // would kill us.
         wait_retry_signal();
+        wait_reconnect_signal();
         if (opts_.duration) {
             duration_timer_.expires_after(*opts_.duration);
             duration_timer_.async_wait([this](error_code ec) {
@@ -452,6 +465,11 @@ private:
             j["close_reason"] = info.close_reason;
         }
         emit(std::move(j));
+        if (replacing_ && !finished_ && stop_cause_ == stop_cause::none) {
+            // A planned reconnect: the next attempt starts as soon as this one is closed.
+            replacing_ = false;
+            emit_connecting();
+        }
     }
 
     void watch_supervisor()
@@ -490,6 +508,10 @@ private:
                 }
             });
         };
+        ev.on_reconnect = [this](const std::string& reason) {
+            replacing_ = true;
+            emit({{"event", "reconnect"}, {"reason", reason}});
+        };
         ev.on_gave_up = [this](const error_code& reason, const vigil::disconnect_info& last) {
             if (!reported_) {
                 // Failed before any connection attempt (invalid configuration).
@@ -522,6 +544,19 @@ private:
                 }
             }
             wait_retry_signal();
+        });
+    }
+
+    void wait_reconnect_signal()
+    {
+        reconnect_signal_.async_wait([this](error_code ec, int) {
+            if (ec) {
+                return;
+            }
+            if (supervisor_ && !finished_) {
+                supervisor_->reconnect("SIGUSR2");
+            }
+            wait_reconnect_signal();
         });
     }
 
@@ -736,6 +771,7 @@ private:
         error_code ignored;
         stop_signals_.cancel(ignored);
         retry_signal_.cancel(ignored);
+        reconnect_signal_.cancel(ignored);
         duration_timer_.cancel();
         attempt_timer_.cancel();
         if (stdin_.is_open()) {
@@ -753,6 +789,7 @@ private:
     asio::cancellation_signal abort_;
     asio::signal_set stop_signals_;
     asio::signal_set retry_signal_;
+    asio::signal_set reconnect_signal_;
     asio::steady_timer duration_timer_;
     // Mirrors the supervisor's backoff wait, to report the start of the next attempt.
     asio::steady_timer attempt_timer_;
@@ -762,6 +799,7 @@ private:
     bool closing_ = false;
     bool reported_ = false;
     bool waiting_ = false;
+    bool replacing_ = false;  // a planned reconnect: "connecting" follows the disconnect
     bool finished_ = false;
     bool forced_ = false;
     int exit_code_ = exit_failed;

@@ -67,9 +67,10 @@ bool close_code_is_permanent(int code) noexcept
     case 1002:  // protocol error
     case 1003:  // unsupported data type
     case 1007:  // invalid payload data
-    case 1008:  // policy violation (authentication, authorization, banned client)
     case 1010:  // a mandatory extension was not negotiated
         return true;
+    // 1008 (policy violation) is not here: exchanges send it for "too many requests", which
+    // passes; the supervisor waits at least policy_violation_delay before the retry.
     default:
         return false;
     }

@@ -25,7 +25,9 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
+#include <random>
 #include <variant>
 
 namespace vigil {
@@ -51,6 +53,10 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
         return fail("max_retry_after (" + ms(cfg.max_retry_after) + ") must not be negative (0 ignores Retry-After)");
     if (cfg.message_ttl.count() < 0)
         return fail("message_ttl (" + ms(cfg.message_ttl) + ") must not be negative (0 means no limit)");
+    if (cfg.policy_violation_delay.count() < 0)
+        return fail("policy_violation_delay (" + ms(cfg.policy_violation_delay) + ") must not be negative (0: no floor)");
+    if (cfg.max_connection_age.count() < 0)
+        return fail("max_connection_age (" + ms(cfg.max_connection_age) + ") must not be negative (0: no limit)");
     if (cfg.outbox_limit == 0)
         return fail("outbox_limit must be positive");
     if (cfg.delivery != delivery_guarantee::written && cfg.delivery != delivery_guarantee::confirmed &&
@@ -66,7 +72,34 @@ namespace {
 
 detail::reconnect_settings reconnect_settings_of(const supervisor_config& cfg)
 {
-    return {cfg.stable_after, cfg.min_delay, cfg.max_retry_after, cfg.max_attempts, cfg.is_permanent};
+    return {cfg.stable_after, cfg.min_delay, cfg.max_retry_after, cfg.max_attempts, cfg.policy_violation_delay,
+            cfg.is_permanent};
+}
+
+// A close frame holds 123 bytes of reason, and it must stay valid UTF-8: cut at a character
+// boundary.
+std::string close_reason_of(std::string reason)
+{
+    if (reason.empty())
+        return "reconnect";
+    constexpr std::size_t max_reason = 123;
+    if (reason.size() > max_reason) {
+        std::size_t n = max_reason;
+        while (n > 0 && (static_cast<unsigned char>(reason[n]) & 0xC0) == 0x80)
+            --n;
+        reason.resize(n);
+    }
+    return reason;
+}
+
+// When a connection up since `up_at` is replaced: a moment drawn from the last tenth of
+// `age`, so that a fleet that connected together does not reconnect together.
+clock_type::time_point replace_at(clock_type::time_point up_at, std::chrono::milliseconds age)
+{
+    thread_local std::minstd_rand rng{std::random_device{}()};
+    const auto spread = std::max<std::int64_t>(age.count() / 10, 0);
+    std::uniform_int_distribution<std::int64_t> pick(0, spread);
+    return up_at + age - std::chrono::milliseconds(pick(rng));
 }
 
 }  // namespace
@@ -90,6 +123,8 @@ struct supervisor::impl {
     asio::awaitable<error_code> run_session();
     asio::awaitable<error_code> attempt_body(clock_type::time_point* up_at);
     asio::awaitable<error_code> pump_outbox();
+    asio::awaitable<error_code> replace_when_old(clock_type::time_point up_at);
+    asio::awaitable<error_code> until_cancelled();
     asio::awaitable<reconnect_action> close_opened();
     asio::awaitable<reconnect_action> wait_between(const reconnect_action& a);
     error_code finish_run(const reconnect_action& a);
@@ -99,6 +134,7 @@ struct supervisor::impl {
     void enqueue(detail::pending_message msg);
     void request_retry_now();
     void request_stop();
+    void request_reconnect(std::string reason);
 
     detail::completer completer() { return {&impl::complete_send, this}; }
     static void complete_send(void* self, detail::send_handler h, error_code ec);
@@ -164,6 +200,7 @@ bool supervisor::impl::active() const noexcept
     case detail::reconnect_state::connecting:
     case detail::reconnect_state::running_hook:
     case detail::reconnect_state::up:
+    case detail::reconnect_state::replacing:
     case detail::reconnect_state::waiting:
         return true;
     default:
@@ -198,6 +235,25 @@ void supervisor::impl::request_retry_now()
 {
     if (fsm_.retry_now(clock_type::now()) == detail::reconnect_interrupt::cancel_wait)
         backoff_timer_.cancel();
+}
+
+void supervisor::impl::request_reconnect(std::string reason)
+{
+    switch (fsm_.reconnect(clock_type::now())) {
+    case detail::reconnect_interrupt::cancel_wait:
+        backoff_timer_.cancel();
+        break;
+    case detail::reconnect_interrupt::close_session: {
+        reason = close_reason_of(std::move(reason));
+        count([](supervisor_counters& c) { ++c.planned_reconnects; });
+        emit(events_.on_reconnect, std::as_const(reason));
+        // The session's end then brings the machine to its next attempt (attempt_ended).
+        asio::co_spawn(strand_, session_.close(1000, std::move(reason)), asio::detached);
+        break;
+    }
+    default:
+        break;
+    }
 }
 
 void supervisor::impl::request_stop()
@@ -366,11 +422,37 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return asio::error::operation_aborted;
     }
-    *up_at = clock_type::now();
-    fsm_.hook_succeeded(*up_at);
+    const auto now = clock_type::now();
+    fsm_.hook_succeeded(now);
+    if (fsm_.state() != detail::reconnect_state::up)
+        co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
+    *up_at = now;
     count([](supervisor_counters& c) { ++c.connects; });
     emit(events_.on_up);
-    co_return co_await pump_outbox();
+    if (cfg_.max_connection_age.count() <= 0)
+        co_return co_await pump_outbox();
+    using namespace asio::experimental::awaitable_operators;
+    auto ended = co_await (pump_outbox() || replace_when_old(now));
+    co_return std::visit([](error_code ec) { return ec; }, ended);
+}
+
+asio::awaitable<error_code> supervisor::impl::replace_when_old(clock_type::time_point up_at)
+{
+    asio::steady_timer timer(strand_);
+    timer.expires_at(replace_at(up_at, cfg_.max_connection_age));
+    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!ec && !detail::cancelled(co_await asio::this_coro::cancellation_state))
+        request_reconnect("max_connection_age");
+    // The session's close ends run_session(), and `||` cancels this arm with the others.
+    co_return co_await until_cancelled();
+}
+
+asio::awaitable<error_code> supervisor::impl::until_cancelled()
+{
+    asio::steady_timer idle(strand_, clock_type::time_point::max());
+    while (!detail::cancelled(co_await asio::this_coro::cancellation_state))
+        co_await idle.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return asio::error::operation_aborted;
 }
 
 asio::awaitable<error_code> supervisor::impl::pump_outbox()
@@ -402,10 +484,7 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox()
         else
             complete_send(this, std::move(msg.handler), {});
     }
-    outbox_wake_.expires_at(clock_type::time_point::max());
-    while (!detail::cancelled(co_await asio::this_coro::cancellation_state))
-        co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
-    co_return asio::error::operation_aborted;
+    co_return co_await until_cancelled();
 }
 
 asio::awaitable<reconnect_action> supervisor::impl::wait_between(const reconnect_action& a)
@@ -460,6 +539,11 @@ asio::awaitable<error_code> supervisor::run()
 void supervisor::retry_now()
 {
     asio::dispatch(impl_->strand_, [p = impl_.get()] { p->request_retry_now(); });
+}
+
+void supervisor::reconnect(std::string reason)
+{
+    asio::dispatch(impl_->strand_, [p = impl_.get(), r = std::move(reason)]() mutable { p->request_reconnect(std::move(r)); });
 }
 
 void supervisor::stop()

@@ -112,12 +112,17 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 /// |---|---|
 /// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
 /// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
-/// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1008 (policy violation), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1009, 1011-1014, 3000-4999 |
+/// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1008 (policy violation: a supervisor waits at least `policy_violation_delay`), 1009, 1011-1014, 3000-4999 |
 /// | TLS certificate verification failure | every other network or TLS failure: refused, reset, eof, unreachable, DNS ... |
 ///
 /// Why: a permanent failure judged what we send (the request, the frames, our credentials,
 /// the server's certificate), so another attempt would send the same and fail the same way;
-/// a transient one is about the path or the server's state. HTTP statuses and close codes
+/// a transient one is about the path or the server's state. 1008 (policy violation) is the
+/// exception that proves it: servers send it for a bad token and for "too many requests"
+/// alike (exchanges do), and only the second one passes; retrying a bad token every
+/// `policy_violation_delay` (30 s) costs little, giving up for good on a rate limit costs the
+/// feed, so it is transient with a long floor. An application that knows its server means
+/// "banned" by it passes `supervisor_config::is_permanent`. HTTP statuses and close codes
 /// travel inside the code (`http_status_category`, `close_code_category`), so this one
 /// function sees them. `operation_aborted` is neither transient nor permanent: it means the
 /// caller cancelled, and a supervisor stops without retrying. `ec == condition::transient` /

@@ -61,6 +61,20 @@ struct supervisor_config {
     /// 60 s. Zero ignores `Retry-After`.
     std::chrono::milliseconds max_retry_after{60000};
 
+    /// Floor on the delay after the server closed the connection with 1008 (policy
+    /// violation), which exchanges send for "too many requests": retrying sooner would only
+    /// prolong the ban. Default 30 s. Zero: no floor beyond `min_delay`. 1008 is transient
+    /// (see `is_permanent`); `is_permanent` below can make it final.
+    std::chrono::milliseconds policy_violation_delay{30000};
+
+    /// Replace a connection before the server cuts it (exchanges cut at 24 h): once a
+    /// connection has been up for a moment drawn uniformly from the last tenth of this age
+    /// (so that a fleet connected together does not reconnect together), the supervisor
+    /// makes a planned reconnect, as `reconnect("max_connection_age")` does. Default 0: no
+    /// limit. The old connection is closed before the new one is opened; messages sent
+    /// meanwhile wait in the outbox, as during any reconnect.
+    std::chrono::milliseconds max_connection_age{0};
+
     /// Consecutive failed attempts after which the supervisor gives up with
     /// `error::retries_exhausted`. A connection that became stable resets the count.
     /// Default 0: retry transient failures forever.
@@ -106,6 +120,10 @@ struct supervisor_events {
     std::function<void()> on_up;
     /// An attempt failed or a connection ended, and another attempt follows after a delay.
     std::function<void(const retry_info&)> on_retry;
+    /// A planned reconnect began (`reconnect()` or `max_connection_age`): the live connection
+    /// is being closed, and the next attempt follows as soon as it is closed, with no delay
+    /// and no failure counted. `reason` is the one given (the close frame carries it).
+    std::function<void(const std::string& reason)> on_reconnect;
     /// The supervisor stopped retrying: a permanent failure or `max_attempts`.
     /// `reason` is what `run()` returns; `last` is the failure that caused it.
     std::function<void(const error_code& reason, const disconnect_info& last)> on_gave_up;
@@ -116,6 +134,7 @@ struct supervisor_counters {
     std::size_t attempts = 0;      ///< connection attempts started
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
+    std::size_t planned_reconnects = 0;  ///< `reconnect()` calls and `max_connection_age` replacements carried out
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
     /// Liveness verdicts (pong, idle, write and close timeouts) by diagnosis_name() of
     /// whose fault they were: "network", "peer_unresponsive", "local_stall", "unknown".
@@ -132,9 +151,10 @@ struct supervisor_counters {
 /// Each attempt: `connect()`; then, concurrently with `session::run()`, the `on_connected`
 /// hook (re-authenticate, re-subscribe) and, once it succeeded, the outbox drains into the
 /// session in order. When the session ends, the reason is classified: `operation_aborted`
-/// (cancelled) and `stop()` end the supervisor; permanent failures end it with that reason;
-/// transient ones lead to a wait (the policy's delay, at least `min_delay`, at least the
-/// server's `Retry-After`) and the next attempt.
+/// (cancelled) and `stop()` end the supervisor; after `reconnect()` the next attempt starts
+/// at once; permanent failures end it with that reason; transient ones lead to a wait (the
+/// policy's delay, at least `min_delay`, at least the server's `Retry-After`, at least
+/// `policy_violation_delay` after a close with 1008) and the next attempt.
 ///
 /// **Message fate:** `send()` works while disconnected: the message waits in the bounded
 /// outbox and goes out after the next `on_connected`, in order. It completes exactly once:
@@ -145,7 +165,8 @@ struct supervisor_counters {
 /// whose write was cut off by a dying connection was not written whole, so the peer never
 /// saw it: it stays at the head of the outbox for the next connection.
 ///
-/// **Thread safety:** `send`, `retry_now`, `stop` and `counters` are safe from any thread.
+/// **Thread safety:** `send`, `retry_now`, `reconnect`, `stop` and `counters` are safe from
+/// any thread.
 /// The supervisor and its session share one executor, chosen as `session` chooses its own
 /// (see `session`'s Thread safety): the supervisor's events, the hook and the sessions'
 /// events never run concurrently with each other. Await `run()` and `send()` from coroutines
@@ -201,9 +222,22 @@ public:
     boost::asio::awaitable<error_code> run();
 
     /// Cancels a pending backoff wait so the next attempt starts now (the network came
-    /// back, the app returned to the foreground). A no-op while connected or connecting.
-    /// Also honoured when called from `on_retry`, before the wait begins.
+    /// back, the app returned to the foreground). A no-op while connected or connecting
+    /// (`reconnect()` replaces a live connection). Also honoured when called from
+    /// `on_retry`, before the wait begins.
     void retry_now();
+
+    /// A planned reconnect (a failed order-book checksum needs a fresh snapshot; a token is
+    /// about to expire): closes the live connection with close code 1000 and `reason`
+    /// (truncated to the 123 bytes a close frame holds; default "reconnect"), bounded by
+    /// `close_timeout`, and starts the next attempt as soon as it is closed, with no delay.
+    /// It is not a failure: the backoff streak neither grows nor resets (unless the
+    /// connection was up for `stable_after`, as always), `max_attempts` is not charged, and
+    /// the `on_connected` hook runs again on the new connection. Messages sent meanwhile wait
+    /// in the outbox; one whose write was cut off goes out first on the new connection. While
+    /// waiting between attempts it acts as `retry_now()`; while connecting, stopping or
+    /// stopped it does nothing. Emits `supervisor_events::on_reconnect`. Returns at once.
+    void reconnect(std::string reason = {});
 
     /// Ends `run()`: closes the current session with a close handshake (bounded by
     /// `close_timeout`), or abandons the wait or attempt in progress. Returns at once; `run()`

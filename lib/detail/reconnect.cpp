@@ -37,6 +37,7 @@ reconnect_action reconnect_fsm::connected()
     if (state_ == reconnect_state::stopping)
         return just(kind::close_session);
     state_ = reconnect_state::running_hook;
+    up_since_ = {};
     return just(kind::run);
 }
 
@@ -54,14 +55,21 @@ reconnect_action reconnect_fsm::attempt_ended(const attempt_result& r, time_poin
         return finish(reconnect_state::stopped, {});  // however the session closed
     if (r.reason == boost::asio::error::operation_aborted)
         return finish(reconnect_state::stopped, r.reason);
-    if (!r.reason)
-        return finish(reconnect_state::stopped, {});  // the application closed it cleanly
     // Only a connection that stayed up resets the streak: a server that accepts and drops
     // every connection meets growing delays, not a reconnect loop.
-    if (state_ == reconnect_state::up && now - up_since_ >= s_.stable_after) {
+    const bool was_up = state_ == reconnect_state::up || state_ == reconnect_state::replacing;
+    if (was_up && up_since_ != time_point{} && now - up_since_ >= s_.stable_after) {
         policy_->reset();
         streak_ = 0;
     }
+    if (state_ == reconnect_state::replacing) {
+        // Planned: however the old session ended, the next attempt starts now, and the
+        // streak stays what it was (a planned reconnect is neither a failure nor a success).
+        state_ = reconnect_state::connecting;
+        return just(kind::connect);
+    }
+    if (!r.reason)
+        return finish(reconnect_state::stopped, {});  // the application closed it cleanly
     if (permanent(r.reason))
         return finish(reconnect_state::gave_up, r.reason);
     return retry_after_failure(r, now);
@@ -76,6 +84,10 @@ reconnect_action reconnect_fsm::retry_after_failure(const attempt_result& r, tim
     auto delay = std::max(policy_->next_delay(retry_context{streak_, r.reason}), s_.min_delay);
     if (s_.max_retry_after > std::chrono::milliseconds::zero() && r.retry_after > std::chrono::milliseconds::zero())
         delay = std::max(delay, std::min(r.retry_after, s_.max_retry_after));
+    // 1008 is how exchanges say "too many requests": it passes, but a quick retry would
+    // only prolong a rate-limit ban.
+    if (close_code_of(r.reason) == 1008)
+        delay = std::max(delay, s_.policy_violation_delay);
     state_ = reconnect_state::waiting;
     wait_until_ = now + delay;
     return {kind::wait, delay, streak_, r.reason};
@@ -114,6 +126,9 @@ reconnect_interrupt reconnect_fsm::stop()
     case reconnect_state::up:
         state_ = reconnect_state::stopping;
         return reconnect_interrupt::close_session;
+    case reconnect_state::replacing:
+        state_ = reconnect_state::stopping;  // the close is under way already
+        return reconnect_interrupt::none;
     case reconnect_state::waiting:
         state_ = reconnect_state::stopped;
         return reconnect_interrupt::cancel_wait;
@@ -130,6 +145,20 @@ reconnect_interrupt reconnect_fsm::retry_now(time_point now)
         return reconnect_interrupt::none;
     wait_until_ = std::min(wait_until_, now);
     return reconnect_interrupt::cancel_wait;
+}
+
+reconnect_interrupt reconnect_fsm::reconnect(time_point now)
+{
+    switch (state_) {
+    case reconnect_state::running_hook:
+    case reconnect_state::up:
+        state_ = reconnect_state::replacing;
+        return reconnect_interrupt::close_session;
+    case reconnect_state::waiting:
+        return retry_now(now);
+    default:
+        return reconnect_interrupt::none;
+    }
 }
 
 reconnect_action reconnect_fsm::finish(reconnect_state how, error_code reason)

@@ -22,6 +22,8 @@ struct reconnect_settings {
     std::chrono::milliseconds min_delay{100};
     std::chrono::milliseconds max_retry_after{60000};
     std::size_t max_attempts = 0;  ///< zero: never give up on transient failures
+    /// Floor on the delay after a close with 1008 (zero: none).
+    std::chrono::milliseconds policy_violation_delay{30000};
     /// Overrides vigil::is_permanent when set.
     std::function<bool(const error_code&)> is_permanent;
 };
@@ -31,6 +33,7 @@ enum class reconnect_state {
     connecting,  ///< an attempt's connect() is in progress
     running_hook,  ///< connected; the on_connected hook runs beside the session
     up,  ///< the hook succeeded; messages flow
+    replacing,  ///< reconnect(): the live session closes, and the next attempt follows at once
     waiting,  ///< between attempts, until `wait_until()`
     stopping,  ///< stop() came during an attempt (or before run()): stop at the next step
     stopped,  ///< run() ended by stop() or cancellation
@@ -96,6 +99,10 @@ public:
 
     reconnect_interrupt stop();
     reconnect_interrupt retry_now(time_point now);
+    /// A planned reconnect: close a live session and connect again at once, neither
+    /// counting a failure nor asking the policy. While waiting, it ends the wait (as
+    /// retry_now()); while connecting or stopping, there is nothing to replace.
+    reconnect_interrupt reconnect(time_point now);
 
 private:
     reconnect_action finish(reconnect_state how, error_code reason);
@@ -106,7 +113,7 @@ private:
     any_backoff* policy_;
     reconnect_state state_ = reconnect_state::idle;
     std::size_t streak_ = 0;
-    time_point up_since_{};  // while up
+    time_point up_since_{};  // since when the current session is up; zero if it never was
     time_point wait_until_{};
 };
 

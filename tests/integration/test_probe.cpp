@@ -407,12 +407,42 @@ TEST_SUITE("probe")
 
     TEST_CASE("probe reports the close code and reason a peer sends")
     {
-        SUBCASE("1008 is permanent: no retry, exit 2")
+        SUBCASE("1008 is transient: retried after --policy-violation-delay, then --max-attempts")
         {
             peer_options po;
             po.behaviour = peer_behaviour::close_with;
             po.close_code = 1008;
             po.close_reason = "policy";
+            peer server(po);
+            auto run = run_probe({"--policy-violation-delay", "0.3", "--backoff-initial", "0.1",
+                                  "--max-attempts", "2", server.url()});
+            INFO("stderr: ", run.err);
+            REQUIRE_FALSE(run.timed_out);
+            check_well_formed(run);
+            CHECK(run.exit_code == 2);  // --max-attempts ran out
+            CHECK(events_named(run, "connecting").size() == 2);
+            auto retries = events_named(run, "retry");
+            REQUIRE(retries.size() == 1);
+            CHECK(retries[0]["delay_ms"] == 300);  // the backoff alone: at most 100
+            CHECK(retries[0]["close_code"] == 1008);
+            auto disconnected = events_named(run, "disconnected");
+            REQUIRE(disconnected.size() == 2);
+            CHECK(disconnected[0]["reason"] == "closed_by_peer");
+            CHECK(disconnected[0]["close_code"] == 1008);
+            CHECK(disconnected[0]["close_reason"] == "policy");
+            CHECK(disconnected[1]["t"].get<double>() - retries[0]["t"].get<double>() >= 0.29);
+            auto last = run.events.back();
+            CHECK(last["event"] == "gave_up");
+            CHECK(last["reason"] == "retries_exhausted");
+            CHECK(last["last_reason"] == "closed_by_peer");
+            CHECK(server.upgrades() == 2);
+        }
+        SUBCASE("1002 is permanent: no retry, exit 2")
+        {
+            peer_options po;
+            po.behaviour = peer_behaviour::close_with;
+            po.close_code = 1002;
+            po.close_reason = "protocol";
             peer server(po);
             auto run = run_probe({server.url()});
             INFO("stderr: ", run.err);
@@ -421,15 +451,10 @@ TEST_SUITE("probe")
             CHECK(run.exit_code == 2);
             CHECK(events_named(run, "connecting").size() == 1);
             CHECK(find_event(run, "retry") == nullptr);
-            auto disconnected = events_named(run, "disconnected");
-            REQUIRE(disconnected.size() == 1);
-            CHECK(disconnected[0]["reason"] == "closed_by_peer");
-            CHECK(disconnected[0]["close_code"] == 1008);
-            CHECK(disconnected[0]["close_reason"] == "policy");
             auto last = run.events.back();
             CHECK(last["event"] == "gave_up");
             CHECK(last["reason"] == "closed_by_peer");
-            CHECK(last["close_code"] == 1008);
+            CHECK(last["close_code"] == 1002);
             CHECK(server.upgrades() == 1);
         }
         SUBCASE("1000 is a clean close")
@@ -804,5 +829,62 @@ TEST_SUITE("probe")
         CHECK(run.events[at + 3]["reason"] == "connection_refused");
         CHECK(run.events[at + 3]["t"].get<double>() - t0 < 0.5);
         CHECK(run.events.back()["event"] != "gave_up");
+    }
+
+    TEST_CASE("probe replaces its connection: --max-connection-age, and SIGUSR2")
+    {
+        peer server;
+        probe_options opts;
+        std::vector<std::string> args;
+        std::string expected_reason;
+        SUBCASE("--max-connection-age")
+        {
+            expected_reason = "max_connection_age";
+            args = {"--max-connection-age", "0.4", "--backoff-initial", "5", "--send", "sub", "--duration", "1.5"};
+        }
+        SUBCASE("SIGUSR2")
+        {
+            expected_reason = "SIGUSR2";
+            args = {"--backoff-initial", "5", "--send", "sub", "--duration", "1.5"};
+            // The first subscription's echo: the connection is up, replace it.
+            opts.on_event = [sent = false](const json& e, pid_t pid) mutable {
+                if (!sent && e.value("event", "") == "message") {
+                    sent = true;
+                    ::kill(pid, SIGUSR2);
+                }
+            };
+        }
+        CAPTURE(expected_reason);
+        args.push_back(server.url());
+        auto run = run_probe(args, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(find_event(run, "retry") == nullptr);  // never a failure, never a backoff wait
+        // reconnect, then the old connection's clean end, then the next attempt, up again and
+        // subscribed again, within far less than the 5 s a backoff could take.
+        std::size_t at = 0;
+        while (at < run.events.size() && run.events[at]["event"] != "reconnect") {
+            ++at;
+        }
+        REQUIRE(at + 4 < run.events.size());
+        CHECK(run.events[at]["reason"] == expected_reason);
+        CHECK(run.events[at + 1]["event"] == "disconnected");
+        CHECK(run.events[at + 1]["reason"] == "ok");
+        CHECK(run.events[at + 2]["event"] == "connecting");
+        CHECK(run.events[at + 3]["event"] == "connected");
+        CHECK(run.events[at + 4]["event"] == "message");
+        CHECK(run.events[at + 4]["text"] == "sub");
+        CHECK(run.events[at + 4]["t"].get<double>() - run.events[at]["t"].get<double>() < 1.0);
+        const auto connected = events_named(run, "connected").size();
+        if (expected_reason == "max_connection_age") {
+            // Up at about 0, 0.4, 0.8, 1.2: each replaced within 0.36-0.4 s.
+            CHECK(connected >= 3);
+            CHECK(events_named(run, "reconnect").size() == connected - 1);
+        } else {
+            CHECK(connected == 2);
+        }
+        CHECK(server.upgrades() == connected);
     }
 }

@@ -1096,13 +1096,13 @@ TEST_CASE("an on_connected hook failure fails the attempt and is classified")
     {
         h.sup.on_connected([&](vigil::session&) -> asio::awaitable<error_code> {
             ++hook_runs;
-            co_return vigil::make_close_error(1008);
+            co_return vigil::make_close_error(1002);
         });
         h.start_run();
         h.ioc.run_for(5s);
 
         REQUIRE(h.run_done);
-        CHECK(vigil::close_code_of(h.run_ec) == 1008);
+        CHECK(vigil::close_code_of(h.run_ec) == 1002);
         CHECK(hook_runs == 1);
         CHECK(h.retries.empty());
         CHECK(h.sup.counters().attempts == 1);
@@ -1236,6 +1236,187 @@ TEST_CASE("delivery confirmation needs the heartbeat")
     h.ioc.run_for(1s);
     REQUIRE(h.run_done);
     CHECK_CODE(h.run_ec, error::invalid_config);
+}
+
+TEST_CASE("close code 1008 is retried, no sooner than policy_violation_delay")
+{
+    vt::peer_options po;
+    po.behaviour = vt::peer_behaviour::close_with;
+    po.close_code = 1008;
+    po.close_reason = "too many requests";
+    vt::peer server(po);
+    auto cfg = quick_config();
+    cfg.policy_violation_delay = 400ms;
+    // The policy alone would retry after 20 ms.
+    harness h(server.url(), cfg, vigil::constant_backoff(20ms));
+    h.run_until_retries(2);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(h.gave_up.empty());
+    REQUIRE(h.retries.size() >= 2);
+    CHECK(vigil::close_code_of(h.retries[0].last.reason) == 1008);
+    CHECK(h.retries[0].last.close_reason == "too many requests");
+    CHECK(h.retries[0].delay == 400ms);
+    const auto gap = ms_between(h.retry_times[0], h.retry_times[1]);
+    CHECK(gap >= 400ms - 10ms);
+    CHECK(gap < 400ms + tolerance);
+    CHECK(server.upgrades() >= 2);
+}
+
+TEST_CASE("reconnect() from on_message replaces the connection at once: no delay, no failure, nothing lost")
+{
+    vt::peer server;  // echoes
+    auto cfg = quick_config();
+    cfg.min_delay = 2s;  // a retry would wait this long: a planned reconnect must not
+    harness h(server.url(), cfg);
+    int hook_runs = 0;
+    h.sup.on_connected([&](vigil::session& s) -> asio::awaitable<error_code> {
+        ++hook_runs;
+        co_return co_await s.send("subscribe");
+    });
+    std::vector<std::string> reasons;
+    h.sup.events().on_reconnect = [&](const std::string& r) { reasons.push_back(r); };
+    std::vector<vigil::disconnect_info> ends;
+    h.sup.session_event_handlers().on_disconnected = [&](const vigil::disconnect_info& i) { ends.push_back(i); };
+    steady::time_point asked{};
+    h.sup.session_event_handlers().on_message = [&](std::string_view data, message_type) {
+        h.messages.emplace_back(data);
+        if (data == "stale" && asked == steady::time_point{}) {
+            asked = steady::now();
+            h.sup.reconnect("checksum mismatch");
+            // Sent while the old connection closes: they wait for the new one.
+            h.send("m1", 1);
+            h.send("m2", 2);
+        }
+    };
+    bool done = false;
+    milliseconds gap{};
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1 && h.messages.size() == 1; }, 3s))
+            co_return;
+        h.send("stale", 0);  // its echo triggers the reconnect
+        done = co_await eventually([&] { return h.ups == 2 && h.messages.size() == 5; }, 3s);
+        gap = ms_since(asked);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(done);
+    CHECK(gap < 1s);  // well under min_delay: no backoff wait
+    const std::vector<std::string> expected = {"subscribe", "stale", "subscribe", "m1", "m2"};
+    CHECK(h.messages == expected);
+    CHECK(reasons == std::vector<std::string>{"checksum mismatch"});
+    CHECK(hook_runs == 2);
+    CHECK(h.retries.empty());
+    const auto c = h.sup.counters();
+    CHECK(c.planned_reconnects == 1);
+    CHECK(c.attempts == 2);
+    CHECK(c.connects == 2);
+    CHECK(c.retries == 0);
+    CHECK(c.messages_sent == 3);
+    CHECK(c.messages_failed == 0);
+    // The old connection ended with a clean close handshake that the server saw.
+    REQUIRE(ends.size() >= 1);
+    CHECK_CODE(ends[0].reason, error_code{});
+    CHECK(vt::wait_until([&] { return server.closes() >= 1; }, 2s));
+    CHECK(server.upgrades() == 2);
+    for (const auto& f : h.fates) {
+        CHECK(f.completions == 1);
+        CHECK_CODE(f.ec, error_code{});
+    }
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("reconnect() while waiting starts the attempt now; before run() it does nothing")
+{
+    refused_port closed;
+    harness h(closed.url(), quick_config(), vigil::constant_backoff(5s));
+    h.sup.reconnect("idle");  // before run(): nothing to replace, and no stop either
+    h.sup.events().on_retry = [&](const vigil::retry_info& info) {
+        h.retries.push_back(info);
+        h.retry_times.push_back(steady::now());
+        if (h.retries.size() == 1)
+            h.sup.reconnect("now");
+        else
+            h.sup.stop();
+    };
+    bool reconnect_event = false;
+    h.sup.events().on_reconnect = [&](const std::string&) { reconnect_event = true; };
+    const auto start = steady::now();
+    h.start_run();
+    h.ioc.run_for(6s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(h.retries.size() == 2);
+    CHECK(h.sup.counters().attempts == 2);
+    CHECK(h.sup.counters().planned_reconnects == 0);
+    CHECK_FALSE(reconnect_event);  // no live connection was replaced
+    CHECK(ms_between(start, h.run_ended) < 1s);
+}
+
+TEST_CASE("max_connection_age: each connection is replaced within the last tenth of its age, with no failure")
+{
+    vt::peer server;
+    auto cfg = quick_config();
+    cfg.max_connection_age = 600ms;
+    cfg.min_delay = 2s;
+    harness h(server.url(), cfg);
+    std::vector<std::string> reasons;
+    std::vector<steady::time_point> up_at;
+    std::vector<steady::time_point> replace_at;
+    h.sup.events().on_up = [&] {
+        ++h.ups;
+        up_at.push_back(steady::now());
+    };
+    h.sup.events().on_reconnect = [&](const std::string& r) {
+        reasons.push_back(r);
+        replace_at.push_back(steady::now());
+    };
+    bool three = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        three = co_await eventually([&] { return h.ups >= 3; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(7s);
+
+    REQUIRE(three);
+    REQUIRE(replace_at.size() >= 2);
+    for (std::size_t i = 0; i < 2; ++i) {
+        CAPTURE(i);
+        CHECK(reasons[i] == "max_connection_age");
+        const auto age = ms_between(up_at[i], replace_at[i]);
+        CHECK(age >= 540ms - 5ms);
+        CHECK(age <= 600ms + tolerance);
+        // The next connection is up soon after: no backoff wait.
+        CHECK(ms_between(replace_at[i], up_at[i + 1]) < 1s);
+    }
+    CHECK(h.retries.empty());
+    CHECK(h.sup.counters().planned_reconnects >= 2);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("policy_violation_delay and max_connection_age must not be negative")
+{
+    auto cfg = quick_config();
+    std::string detail;
+    SUBCASE("policy_violation_delay")
+    {
+        cfg.policy_violation_delay = -1ms;
+        CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+        CHECK(detail.find("policy_violation_delay") != std::string::npos);
+    }
+    SUBCASE("max_connection_age")
+    {
+        cfg.max_connection_age = -1ms;
+        CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+        CHECK(detail.find("max_connection_age") != std::string::npos);
+    }
 }
 
 }  // TEST_SUITE

@@ -541,7 +541,7 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {vigil::make_close_error(1005), transient},
         {vigil::make_close_error(1006), transient},
         {vigil::make_close_error(1007), permanent},
-        {vigil::make_close_error(1008), permanent},
+        {vigil::make_close_error(1008), transient},  // "too many requests" too; see policy_violation_delay
         {vigil::make_close_error(1009), transient},
         {vigil::make_close_error(1010), permanent},
         {vigil::make_close_error(1011), transient},

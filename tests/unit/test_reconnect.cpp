@@ -350,4 +350,131 @@ TEST_SUITE("reconnect")
         REQUIRE(r.fsm.start().what == kind::connect);
         CHECK(r.fsm.streak() == 0);
     }
+
+    TEST_CASE("1008 is retried, after at least policy_violation_delay; an override can still make it final")
+    {
+        const auto policy_close = vigil::make_close_error(1008);
+        reconnect_settings s;
+        s.policy_violation_delay = 30s;
+        rig r(s);
+        REQUIRE(r.fsm.start().what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0);
+        auto a = r.fsm.attempt_ended({policy_close}, t0 + 1s);
+        CHECK(a.what == kind::wait);
+        CHECK(a.delay == 30s);  // the policy said 1 s
+        CHECK(a.reason == policy_close);
+        // Other close codes keep the policy's delay.
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        a = r.fsm.attempt_ended({vigil::make_close_error(1013)}, r.fsm.wait_until() + 1s);
+        CHECK(a.delay == 2s);
+        // A longer Retry-After or policy delay wins over the floor.
+        s.max_retry_after = 120s;
+        rig longer(s);
+        REQUIRE(longer.fsm.start().what == kind::connect);
+        CHECK(longer.fsm.attempt_ended({policy_close, 90s}, t0).delay == 90s);
+        // Zero: no floor.
+        s.policy_violation_delay = 0ms;
+        rig none(s);
+        REQUIRE(none.fsm.start().what == kind::connect);
+        CHECK(none.fsm.attempt_ended({policy_close}, t0).delay == 1s);
+        // The application's override decides.
+        s.is_permanent = [](const error_code& ec) { return vigil::close_code_of(ec) == 1008; };
+        rig strict(s);
+        REQUIRE(strict.fsm.start().what == kind::connect);
+        a = strict.fsm.attempt_ended({policy_close}, t0);
+        CHECK(a.what == kind::give_up);
+        CHECK(a.reason == policy_close);
+    }
+
+    TEST_CASE("reconnect() on a live session: closed, then connected again at once, no failure counted")
+    {
+        for (auto st : {reconnect_state::running_hook, reconnect_state::up}) {
+            CAPTURE(static_cast<int>(st));
+            reconnect_settings s;
+            s.stable_after = 5s;
+            rig r(s);
+            r.fail(2);  // a streak of 2 before this connection
+            REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+            REQUIRE(r.fsm.connected().what == kind::run);
+            const auto up = r.fsm.wait_until() + 5ms;
+            if (st == reconnect_state::up)
+                r.fsm.hook_succeeded(up);
+            CHECK(r.fsm.reconnect(up + 1s) == reconnect_interrupt::close_session);
+            CHECK(r.fsm.state() == reconnect_state::replacing);
+            // A second call while the close is under way changes nothing.
+            CHECK(r.fsm.reconnect(up + 1s) == reconnect_interrupt::none);
+            // The hook finishing meanwhile does not make it up.
+            r.fsm.hook_succeeded(up + 1s);
+            CHECK(r.fsm.state() == reconnect_state::replacing);
+            // However the old session ends (clean close, or a timeout on the way out).
+            auto a = r.fsm.attempt_ended({error_code{}}, up + 2s);
+            CHECK(a.what == kind::connect);
+            CHECK(r.fsm.state() == reconnect_state::connecting);
+            CHECK(r.fsm.streak() == 2);  // neither grown nor forgiven
+            CHECK(r.asked.size() == 2);  // the policy was not asked
+            CHECK(r.resets == 0);
+            // The next failure continues the streak.
+            CHECK(r.fsm.attempt_ended({refused}, up + 3s).attempt == 3);
+        }
+    }
+
+    TEST_CASE("reconnect() after a stable connection resets the streak as any end would")
+    {
+        reconnect_settings s;
+        s.stable_after = 5s;
+        rig r(s);
+        r.fail(2);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 1h);
+        REQUIRE(r.fsm.reconnect(t0 + 2h) == reconnect_interrupt::close_session);
+        CHECK(r.fsm.attempt_ended({vigil::error::close_timeout}, t0 + 2h + 1s).what == kind::connect);
+        CHECK(r.fsm.streak() == 0);
+        CHECK(r.resets == 1);
+    }
+
+    TEST_CASE("reconnect() in the other states")
+    {
+        for (auto st : {reconnect_state::idle, reconnect_state::connecting}) {
+            rig r;
+            bring_to(r, st);
+            CHECK(r.fsm.reconnect(t0) == reconnect_interrupt::none);
+            CHECK(r.fsm.state() == st);
+        }
+        SUBCASE("waiting: like retry_now()")
+        {
+            rig r;
+            bring_to(r, reconnect_state::waiting);
+            CHECK(r.fsm.reconnect(t0 + 10ms) == reconnect_interrupt::cancel_wait);
+            CHECK(r.fsm.time_up(t0 + 10ms).what == kind::connect);
+            CHECK(r.fsm.attempt_ended({refused}, t0 + 20ms).attempt == 2);
+        }
+        SUBCASE("stop() while replacing: the close under way ends run()")
+        {
+            rig r;
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.reconnect(t0 + 1s) == reconnect_interrupt::close_session);
+            CHECK(r.fsm.stop() == reconnect_interrupt::none);
+            auto a = r.fsm.attempt_ended({error_code{}}, t0 + 2s);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        SUBCASE("cancelled while replacing")
+        {
+            rig r;
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.reconnect(t0 + 1s) == reconnect_interrupt::close_session);
+            auto a = r.fsm.attempt_ended({aborted}, t0 + 2s);
+            CHECK(a.what == kind::stop);
+            CHECK(a.reason == aborted);
+        }
+        SUBCASE("stopped: nothing")
+        {
+            rig r;
+            r.fsm.stop();
+            CHECK(r.fsm.reconnect(t0) == reconnect_interrupt::none);
+            CHECK(r.fsm.state() == reconnect_state::stopping);
+        }
+    }
 }
