@@ -352,7 +352,7 @@ reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time
         if (last_.diagnosis != diagnosis::none)
             ++c.diagnoses[std::string(diagnosis_name(last_.diagnosis))];
     });
-    return fsm_.attempt_ended({ec, last_.retry_after}, clock_type::now());
+    return fsm_.attempt_ended({ec, last_.retry_after, &last_}, clock_type::now());
 }
 
 asio::awaitable<reconnect_action> supervisor::impl::attempt_connect()
@@ -567,6 +567,11 @@ supervisor_counters supervisor::counters() const
 {
     std::lock_guard lock(impl_->counters_mutex_);
     return impl_->counters_;
+}
+
+const any_backoff& supervisor::policy() const noexcept
+{
+    return impl_->policy_;
 }
 
 const disconnect_info& supervisor::last_disconnect() const noexcept

@@ -14,20 +14,40 @@
 
 namespace vigil {
 
-/// What a backoff policy is told when it must choose the next delay.
+struct disconnect_info;  // <vigil/session.hpp>
+
+/// What a backoff policy is told when it must choose the next delay: everything the
+/// supervisor knows about the failure streak. Valid only during the `next_delay()` call.
 struct retry_context {
     /// 1 for the first retry after a healthy period, then 2, 3 ... until the supervisor
-    /// calls `reset()` (after a connection stayed up for `stable_after`).
+    /// calls `reset()` (see `backoff_policy`).
     std::size_t attempt = 1;
     /// Why the last attempt ended (transient, or the supervisor would not retry).
     error_code reason;
+    /// The server's `Retry-After` on this failure (a 429 or 503 upgrade answer), zero if it
+    /// sent none. The supervisor waits at least this long (bounded by `max_retry_after`)
+    /// whatever the policy returns.
+    std::chrono::milliseconds retry_after{0};
+    /// How long the streak has been failing: from the end of its first failed attempt to the
+    /// end of this one. Zero on attempt 1.
+    std::chrono::milliseconds failing_for{0};
+    /// The wait the supervisor chose before the previous attempt of this streak, with its
+    /// floors and `Retry-After` applied (`retry_now()` may have cut it short). Zero on
+    /// attempt 1.
+    std::chrono::milliseconds previous_delay{0};
+    /// The last attempt's end in full (HTTP status, close code and reason, detail,
+    /// diagnosis), or null where no attempt ran (unit tests of a policy).
+    const disconnect_info* last = nullptr;
 };
 
 /// A backoff policy decides how long the supervisor waits before the next attempt.
 ///
 /// A type models it when, given `P& p` and `const retry_context& c`:
 /// - `p.next_delay(c)` returns something convertible to `std::chrono::milliseconds`;
-/// - `p.reset()` forgets the failure streak (called after a stable connection);
+/// - `p.reset()` forgets the failure streak. A supervisor calls it when a connection that
+///   stayed up for at least `stable_after` ends (then asks `next_delay()` with `attempt` 1
+///   if it retries), not at the moment `stable_after` passes: a policy sees the end of every
+///   connection, stable or not, at the same point;
 /// - `P` is move constructible (the supervisor stores it).
 ///
 /// The supervisor applies its floor (`supervisor_config::min_delay`) and the server's
@@ -146,6 +166,21 @@ public:
 
     std::chrono::milliseconds next_delay(const retry_context& c) { return impl_->next_delay(c); }
     void reset() { impl_->reset(); }
+
+    /// The policy held, if it is a `P` (as passed in, not a base of it); else null. For
+    /// reading a policy's own state back (metrics), from the thread that uses it.
+    template <class P>
+    P* target() noexcept
+    {
+        auto* m = dynamic_cast<model<P>*>(impl_.get());
+        return m ? &m->policy : nullptr;
+    }
+    template <class P>
+    const P* target() const noexcept
+    {
+        auto* m = dynamic_cast<const model<P>*>(impl_.get());
+        return m ? &m->policy : nullptr;
+    }
 
 private:
     struct concept_t {

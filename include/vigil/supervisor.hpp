@@ -262,6 +262,11 @@ public:
     /// A snapshot of the counters.
     supervisor_counters counters() const;
 
+    /// The backoff policy passed in, to read its own state back (for metrics):
+    /// `sup.policy().target<my_policy>()`. Read it on the supervisor's executor (from its
+    /// handlers, or while `run()` is not running): the supervisor uses it there.
+    const any_backoff& policy() const noexcept;
+
     /// The last session's end (or failed attempt). Read it only while `run()` is not running
     /// or from the supervisor's handlers.
     const disconnect_info& last_disconnect() const noexcept;

@@ -77,17 +77,28 @@ reconnect_action reconnect_fsm::attempt_ended(const attempt_result& r, time_poin
 
 reconnect_action reconnect_fsm::retry_after_failure(const attempt_result& r, time_point now)
 {
-    ++streak_;
+    if (++streak_ == 1) {
+        streak_began_ = now;
+        last_delay_ = {};
+    }
     if (s_.max_attempts > 0 && streak_ >= s_.max_attempts)
         return finish(reconnect_state::gave_up, error::retries_exhausted);
+    retry_context ctx;
+    ctx.attempt = streak_;
+    ctx.reason = r.reason;
+    ctx.retry_after = r.retry_after;
+    ctx.failing_for = std::chrono::duration_cast<std::chrono::milliseconds>(now - streak_began_);
+    ctx.previous_delay = last_delay_;
+    ctx.last = r.last;
     // The floor comes last, so that no policy (a user's own included) can cause a tight loop.
-    auto delay = std::max(policy_->next_delay(retry_context{streak_, r.reason}), s_.min_delay);
+    auto delay = std::max(policy_->next_delay(ctx), s_.min_delay);
     if (s_.max_retry_after > std::chrono::milliseconds::zero() && r.retry_after > std::chrono::milliseconds::zero())
         delay = std::max(delay, std::min(r.retry_after, s_.max_retry_after));
     // 1008 is how exchanges say "too many requests": it passes, but a quick retry would
     // only prolong a rate-limit ban.
     if (close_code_of(r.reason) == 1008)
         delay = std::max(delay, s_.policy_violation_delay);
+    last_delay_ = delay;
     state_ = reconnect_state::waiting;
     wait_until_ = now + delay;
     return {kind::wait, delay, streak_, r.reason};

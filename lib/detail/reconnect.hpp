@@ -64,10 +64,12 @@ enum class reconnect_interrupt {
     close_session,  ///< close the live session with a close handshake
 };
 
-/// How an attempt ended: the reason, and the server's Retry-After if it sent one.
+/// How an attempt ended: the reason, the server's Retry-After if it sent one, and the full
+/// record for the policy (null in unit tests).
 struct attempt_result {
     error_code reason;
     std::chrono::milliseconds retry_after{0};
+    const disconnect_info* last = nullptr;
 };
 
 class reconnect_fsm {
@@ -113,6 +115,8 @@ private:
     any_backoff* policy_;
     reconnect_state state_ = reconnect_state::idle;
     std::size_t streak_ = 0;
+    time_point streak_began_{};  // when the streak's first failed attempt ended
+    std::chrono::milliseconds last_delay_{0};  // the wait chosen before the streak's latest attempt
     time_point up_since_{};  // since when the current session is up; zero if it never was
     time_point wait_until_{};
 };

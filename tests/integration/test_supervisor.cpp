@@ -1020,6 +1020,52 @@ TEST_CASE("a user-defined backoff policy decides the delays")
     CHECK(ms_between(floored.retry_times[0], floored.retry_times[1]) >= 25ms - 2ms);
 }
 
+TEST_CASE("a policy is told what the supervisor knows, and can be read back")
+{
+    // What the policy saw, copied while `last` is valid (only during next_delay()).
+    struct seen {
+        std::size_t attempt;
+        milliseconds retry_after;
+        milliseconds failing_for;
+        milliseconds previous_delay;
+        unsigned http_status;
+    };
+    struct telling_policy {
+        std::shared_ptr<std::vector<seen>> log = std::make_shared<std::vector<seen>>();
+        milliseconds next_delay(const vigil::retry_context& c)
+        {
+            log->push_back({c.attempt, c.retry_after, c.failing_for, c.previous_delay,
+                            c.last ? c.last->http_status : 0u});
+            return 20ms;
+        }
+        void reset() {}
+    };
+    vt::peer server(rejecting(503, {{"Retry-After", "1"}}));
+    auto cfg = quick_config();
+    cfg.max_retry_after = 200ms;  // keeps the test short: waits of 200 ms
+    harness h(server.url(), cfg, telling_policy{});
+    h.run_until_retries(3);
+
+    REQUIRE(h.run_done);
+    const auto* held = h.sup.policy().target<telling_policy>();
+    REQUIRE(held != nullptr);
+    CHECK(h.sup.policy().target<vigil::exponential_backoff>() == nullptr);
+    const auto& log = *held->log;
+    REQUIRE(log.size() >= 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(log[i].attempt == i + 1);
+        CHECK(log[i].retry_after == 1000ms);  // what the server said, before max_retry_after
+        CHECK(log[i].http_status == 503);
+        // The wait chosen before the previous attempt: Retry-After, bounded to 200 ms.
+        CHECK(log[i].previous_delay == (i == 0 ? 0ms : 200ms));
+    }
+    CHECK(log[0].failing_for == 0ms);
+    CHECK(log[1].failing_for >= 200ms - 5ms);
+    CHECK(log[2].failing_for >= 400ms - 5ms);
+    CHECK(log[2].failing_for < 400ms + tolerance);
+}
+
 TEST_CASE("an invalid config ends run() at once with invalid_config")
 {
     vt::peer server;

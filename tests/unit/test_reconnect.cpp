@@ -7,6 +7,7 @@
 #include "detail/reconnect.hpp"
 
 #include <vigil/error.hpp>
+#include <vigil/session.hpp>
 
 #include <doctest/doctest.h>
 
@@ -476,5 +477,44 @@ TEST_SUITE("reconnect")
             CHECK(r.fsm.reconnect(t0) == reconnect_interrupt::none);
             CHECK(r.fsm.state() == reconnect_state::stopping);
         }
+    }
+
+    TEST_CASE("the policy is told the streak: Retry-After, how long it has failed, the previous wait, the record")
+    {
+        reconnect_settings s;
+        s.min_delay = 1500ms;  // above the policy's first answer: previous_delay is the wait chosen
+        s.stable_after = 5s;
+        rig r(s);
+        vigil::disconnect_info info;
+        info.http_status = 503;
+        REQUIRE(r.fsm.start().what == kind::connect);
+        r.fsm.attempt_ended({vigil::make_http_status_error(503), 7s, &info}, t0);
+        REQUIRE(r.asked.size() == 1);
+        CHECK(r.asked[0].attempt == 1);
+        CHECK(r.asked[0].retry_after == 7s);
+        CHECK(r.asked[0].failing_for == 0ms);
+        CHECK(r.asked[0].previous_delay == 0ms);
+        CHECK(r.asked[0].last == &info);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        r.fsm.attempt_ended({refused}, t0 + 8s);
+        REQUIRE(r.asked.size() == 2);
+        CHECK(r.asked[1].attempt == 2);
+        CHECK(r.asked[1].retry_after == 0ms);
+        CHECK(r.asked[1].failing_for == 8s);
+        CHECK(r.asked[1].previous_delay == 7s);  // Retry-After won over the policy's 1 s
+        CHECK(r.asked[1].last == nullptr);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        r.fsm.attempt_ended({refused}, t0 + 11s);
+        CHECK(r.asked[2].previous_delay == 2000ms);
+        CHECK(r.asked[2].failing_for == 11s);
+        // A stable connection ends the streak: the next one starts from zero.
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 20s);
+        r.fsm.attempt_ended({refused}, t0 + 1h);
+        CHECK(r.resets == 1);
+        CHECK(r.asked.back().attempt == 1);
+        CHECK(r.asked.back().failing_for == 0ms);
+        CHECK(r.asked.back().previous_delay == 0ms);
     }
 }
