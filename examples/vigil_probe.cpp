@@ -61,12 +61,15 @@ constexpr int exit_gave_up = 2;
 constexpr int exit_usage = 64;
 
 constexpr std::string_view usage_text =
-    "usage: vigil-probe [options] URL\n"
+    "usage: vigil-probe [options] URL [BACKUP_URL...]\n"
     "\n"
     "Keeps a WebSocket connection to URL (ws:// or wss://) open, reconnecting after transient\n"
     "failures, and prints one JSON object per line on stdout for each event: connecting,\n"
     "connected, ping, pong, message, stall, suspect, disconnected, retry, retry_now,\n"
     "reconnect, gave_up.\n"
+    "With backup URLs, a failure moves on to the next URL at once and the retry delay comes\n"
+    "after each round through the list; connecting and retry name the endpoint by its place\n"
+    "(0 is URL, 1 the first backup ...).\n"
     "A disconnected event after a liveness verdict says whose fault it was: \"diagnosis\" is\n"
     "network, peer_unresponsive, local_stall or unknown (see vigil::diagnosis).\n"
     "\n"
@@ -104,6 +107,9 @@ constexpr std::string_view usage_text =
     "                         (default 30)\n"
     "  --max-connection-age S replace a connection up about S seconds with a new one\n"
     "                         (event reconnect; default 0: never)\n"
+    "  --failback S           once a backup has held the connection S seconds (at least\n"
+    "                         --stable-after), reconnect to URL (event reconnect, reason\n"
+    "                         failback; default 0: stay on the backup until it fails)\n"
     "  --help                 show this text\n"
     "\n"
     "signals: SIGINT/SIGTERM close with a close handshake and exit (a second one: at once);\n"
@@ -270,6 +276,8 @@ options parse_args(int argc, char** argv)
             opts.cfg.policy_violation_delay = parse_seconds(flag, value());
         } else if (flag == "--max-connection-age") {
             opts.cfg.max_connection_age = parse_seconds(flag, value());
+        } else if (flag == "--failback") {
+            opts.cfg.failback_after = parse_seconds(flag, value());
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -288,10 +296,11 @@ options parse_args(int argc, char** argv)
     if (positional.empty()) {
         throw usage_error{"missing URL"};
     }
-    if (positional.size() > 1) {
-        throw usage_error{"one URL only (got '" + std::string(positional[1]) + "' too)"};
+    if (positional.size() > 1 && !opts.reconnect) {
+        throw usage_error{"--no-reconnect takes one URL (got '" + std::string(positional[1]) + "' too)"};
     }
     opts.url = std::string(positional.front());
+    opts.cfg.backup_urls.assign(positional.begin() + 1, positional.end());
     return opts;
 }
 
@@ -321,7 +330,6 @@ public:
           retry_signal_(ioc, SIGUSR1),
           reconnect_signal_(ioc, SIGUSR2),
           duration_timer_(ioc),
-          attempt_timer_(ioc),
           stdin_(ioc)
     {
         vigil::session_events* ev = nullptr;
@@ -441,11 +449,15 @@ private:
         }
     }
 
-    void emit_connecting()
+    void emit_connecting(const std::string& url, std::optional<std::size_t> endpoint = {})
     {
         connected_ = false;
         reported_ = false;
-        emit({{"event", "connecting"}, {"url", opts_.url}});
+        json j = {{"event", "connecting"}, {"url", url}};
+        if (endpoint) {
+            j["endpoint"] = *endpoint;
+        }
+        emit(std::move(j));
     }
 
     void report(const vigil::disconnect_info& info)
@@ -465,11 +477,6 @@ private:
             j["close_reason"] = info.close_reason;
         }
         emit(std::move(j));
-        if (replacing_ && !finished_ && stop_cause_ == stop_cause::none) {
-            // A planned reconnect: the next attempt starts as soon as this one is closed.
-            replacing_ = false;
-            emit_connecting();
-        }
     }
 
     void watch_supervisor()
@@ -485,31 +492,22 @@ private:
             co_return error_code{};
         });
         auto& ev = sup.events();
+        ev.on_connecting = [this](const vigil::attempt_params& p) { emit_connecting(p.url, p.endpoint); };
         ev.on_retry = [this](const vigil::retry_info& r) {
             json j = {{"event", "retry"},
                       {"attempt", r.attempt},
                       {"delay_ms", r.delay.count()},
                       {"reason", vigil::error_name(r.last.reason)},
-                      {"permanent", false}};
+                      {"permanent", false},
+                      {"endpoint", r.endpoint},
+                      {"next_endpoint", r.next_endpoint}};
             add_status(j, r.last);
             if (r.last.retry_after.count() > 0) {
                 j["retry_after_ms"] = r.last.retry_after.count();
             }
             emit(std::move(j));
-            // The supervisor has no event for the start of an attempt; its wait starts right
-            // after this handler, so a timer armed now expires first (or in the same batch,
-            // ahead of it) and "connecting" precedes whatever the attempt reports.
-            waiting_ = true;
-            attempt_timer_.expires_after(r.delay);
-            attempt_timer_.async_wait([this](error_code ec) {
-                if (!ec && waiting_ && !finished_) {
-                    waiting_ = false;
-                    emit_connecting();
-                }
-            });
         };
         ev.on_reconnect = [this](const std::string& reason) {
-            replacing_ = true;
             emit({{"event", "reconnect"}, {"reason", reason}});
         };
         ev.on_gave_up = [this](const error_code& reason, const vigil::disconnect_info& last) {
@@ -537,11 +535,6 @@ private:
             if (supervisor_ && !finished_) {
                 emit({{"event", "retry_now"}});
                 supervisor_->retry_now();
-                if (waiting_) {
-                    waiting_ = false;
-                    attempt_timer_.cancel();
-                    emit_connecting();
-                }
             }
             wait_retry_signal();
         });
@@ -588,8 +581,6 @@ private:
         }
         stop_cause_ = cause;
         if (supervisor_) {
-            waiting_ = false;
-            attempt_timer_.cancel();
             supervisor_->stop();
             return;
         }
@@ -701,7 +692,6 @@ private:
 
     asio::awaitable<void> supervise()
     {
-        emit_connecting();
         asio::co_spawn(ioc_, feed_supervisor(), asio::detached);
         auto ec = co_await supervisor_->run();
         // Empty after stop(); operation_aborted after a second signal. Anything else is a
@@ -712,7 +702,7 @@ private:
 
     asio::awaitable<void> single_session()
     {
-        emit_connecting();
+        emit_connecting(opts_.url);
         auto ec = co_await session_->connect(opts_.url);
         if (ec) {
             if (!reported_) {
@@ -767,13 +757,11 @@ private:
             // keep us.
             ioc_.stop();
         }
-        waiting_ = false;
         error_code ignored;
         stop_signals_.cancel(ignored);
         retry_signal_.cancel(ignored);
         reconnect_signal_.cancel(ignored);
         duration_timer_.cancel();
-        attempt_timer_.cancel();
         if (stdin_.is_open()) {
             stdin_.cancel(ignored);
             stdin_.close(ignored);
@@ -791,15 +779,11 @@ private:
     asio::signal_set retry_signal_;
     asio::signal_set reconnect_signal_;
     asio::steady_timer duration_timer_;
-    // Mirrors the supervisor's backoff wait, to report the start of the next attempt.
-    asio::steady_timer attempt_timer_;
     asio::posix::stream_descriptor stdin_;
     stop_cause stop_cause_ = stop_cause::none;
     bool connected_ = false;
     bool closing_ = false;
     bool reported_ = false;
-    bool waiting_ = false;
-    bool replacing_ = false;  // a planned reconnect: "connecting" follows the disconnect
     bool finished_ = false;
     bool forced_ = false;
     int exit_code_ = exit_failed;
@@ -815,7 +799,7 @@ int main(int argc, char** argv)
         opts = parse_args(argc, argv);
     } catch (const usage_error& e) {
         std::cerr << "vigil-probe: " << e.message << "\n"
-                  << "usage: vigil-probe [options] URL (--help for the options)\n";
+                  << "usage: vigil-probe [options] URL [BACKUP_URL...] (--help for the options)\n";
         return exit_usage;
     }
     if (opts.help) {

@@ -54,6 +54,7 @@ const char* vigil_error_name(int value) noexcept
     case error::supervisor_stopped: return "supervisor_stopped";
     case error::slow_consumer: return "slow_consumer";
     case error::server_shutdown: return "server_shutdown";
+    case error::prepare_timeout: return "prepare_timeout";
     case error::delivery_unconfirmed: return "delivery_unconfirmed";
     }
     return nullptr;

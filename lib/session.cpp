@@ -413,6 +413,13 @@ void session_core::track_writes(std::function<void(std::uint64_t)> on_confirmed)
     client_->on_confirmed = std::move(on_confirmed);
 }
 
+void session_core::use_headers(std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers)
+{
+    if (!client_)
+        client_ = std::make_unique<client_side>();
+    client_->headers = std::move(headers);
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------
@@ -561,6 +568,11 @@ error_code detail::session_access::finish_run(session& s) noexcept
 void detail::session_access::track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed)
 {
     s.core_->track_writes(std::move(on_confirmed));
+}
+
+void detail::session_access::use_headers(session& s, std::shared_ptr<const header_list> headers)
+{
+    s.core_->use_headers(std::move(headers));
 }
 
 std::uint64_t detail::session_access::writes(const session& s) noexcept

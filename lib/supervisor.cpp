@@ -14,6 +14,8 @@
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
 
+#include <vigil/url.hpp>
+
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -57,6 +59,19 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
         return fail("policy_violation_delay (" + ms(cfg.policy_violation_delay) + ") must not be negative (0: no floor)");
     if (cfg.max_connection_age.count() < 0)
         return fail("max_connection_age (" + ms(cfg.max_connection_age) + ") must not be negative (0: no limit)");
+    if (cfg.failback_after.count() < 0)
+        return fail("failback_after (" + ms(cfg.failback_after) + ") must not be negative (0: stay on a backup)");
+    if (cfg.failback_after.count() > 0 && cfg.failback_after < cfg.stable_after)
+        return fail("failback_after (" + ms(cfg.failback_after) + ") must be at least stable_after (" +
+                    ms(cfg.stable_after) + "): a backup is left only once it proved stable");
+    if (cfg.prepare_timeout.count() <= 0)
+        return fail("prepare_timeout (" + ms(cfg.prepare_timeout) + ") must be positive");
+    for (std::size_t i = 0; i < cfg.backup_urls.size(); ++i) {
+        endpoint ep;
+        std::string why;
+        if (auto ec = parse_url(cfg.backup_urls[i], ep, &why))
+            return fail("backup_urls[" + std::to_string(i) + "]: " + error_name(ec) + ": " + why);
+    }
     if (cfg.outbox_limit == 0)
         return fail("outbox_limit must be positive");
     if (cfg.delivery != delivery_guarantee::written && cfg.delivery != delivery_guarantee::confirmed &&
@@ -72,8 +87,15 @@ namespace {
 
 detail::reconnect_settings reconnect_settings_of(const supervisor_config& cfg)
 {
-    return {cfg.stable_after, cfg.min_delay, cfg.max_retry_after, cfg.max_attempts, cfg.policy_violation_delay,
-            cfg.is_permanent};
+    return {cfg.stable_after,
+            cfg.min_delay,
+            cfg.max_retry_after,
+            cfg.max_attempts,
+            cfg.policy_violation_delay,
+            cfg.is_permanent,
+            1 + cfg.backup_urls.size(),
+            cfg.failback_after,
+            cfg.max_connection_age};
 }
 
 // A close frame holds 123 bytes of reason, and it must stay valid UTF-8: cut at a character
@@ -92,38 +114,54 @@ std::string close_reason_of(std::string reason)
     return reason;
 }
 
-// When a connection up since `up_at` is replaced: a moment drawn from the last tenth of
-// `age`, so that a fleet that connected together does not reconnect together.
-clock_type::time_point replace_at(clock_type::time_point up_at, std::chrono::milliseconds age)
+// A uniform draw in [0, 1) for the state machine's jitter.
+double random_fraction()
 {
     thread_local std::minstd_rand rng{std::random_device{}()};
-    const auto spread = std::max<std::int64_t>(age.count() / 10, 0);
-    std::uniform_int_distribution<std::int64_t> pick(0, spread);
-    return up_at + age - std::chrono::milliseconds(pick(rng));
+    return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+
+std::vector<std::string> endpoints_of(std::string primary, const supervisor_config& cfg)
+{
+    std::vector<std::string> all;
+    all.reserve(1 + cfg.backup_urls.size());
+    all.push_back(std::move(primary));
+    all.insert(all.end(), cfg.backup_urls.begin(), cfg.backup_urls.end());
+    return all;
+}
+
+const char* replacement_reason(detail::replacement why)
+{
+    return why == detail::replacement::failback ? "failback" : "max_connection_age";
 }
 
 }  // namespace
 
 struct supervisor::impl {
     impl(asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy)
-        : strand_(detail::serialized(std::move(ex))), url_(std::move(url)), cfg_(std::move(cfg)),
+        : strand_(detail::serialized(std::move(ex))), endpoints_(endpoints_of(std::move(url), cfg)), cfg_(std::move(cfg)),
           policy_(std::move(policy)), fsm_(reconnect_settings_of(cfg_), policy_),
           // The session shares our executor (see detail::serialized() for why). Its writer may
           // then resume our outbox pump inline when a send completes; its teardown posts.
           session_(strand_, cfg_.session), outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
-          delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_)
+          delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_),
+          prepare_timer_(strand_)
     {
     }
 
     // run(): one step per action of the state machine, each returning the next.
     asio::awaitable<error_code> run_op();
     error_code prepare_run();
-    asio::awaitable<reconnect_action> attempt_connect();
+    asio::awaitable<reconnect_action> attempt_connect(const reconnect_action& a);
+    asio::awaitable<error_code> prepare_attempt(attempt_params& p);
+    asio::awaitable<error_code> call_prepare(attempt_params& p);
+    asio::awaitable<error_code> prepare_deadline();
+    error_code failed_before_connect(error_code ec, std::string detail);
     asio::awaitable<reconnect_action> attempt_run();
     asio::awaitable<error_code> run_session();
     asio::awaitable<error_code> attempt_body(clock_type::time_point* up_at);
     asio::awaitable<error_code> pump_outbox();
-    asio::awaitable<error_code> replace_when_old(clock_type::time_point up_at);
+    asio::awaitable<error_code> replace_when_due();
     asio::awaitable<error_code> until_cancelled();
     asio::awaitable<reconnect_action> close_opened();
     asio::awaitable<reconnect_action> wait_between(const reconnect_action& a);
@@ -135,6 +173,7 @@ struct supervisor::impl {
     void request_retry_now();
     void request_stop();
     void request_reconnect(std::string reason);
+    void replace_live(std::string reason);
 
     detail::completer completer() { return {&impl::complete_send, this}; }
     static void complete_send(void* self, detail::send_handler h, error_code ec);
@@ -152,12 +191,14 @@ struct supervisor::impl {
     enum class activity { idle, running };
 
     asio::any_io_executor strand_;  // shared with session_; see detail::serialized()
-    std::string url_;
+    const std::vector<std::string> endpoints_;  // the primary, then cfg_.backup_urls
     supervisor_config cfg_;
     any_backoff policy_;
     detail::reconnect_fsm fsm_;
     session session_;
     connected_hook hook_;
+    prepare_hook prepare_;
+    std::size_t attempt_endpoint_ = 0;  // the endpoint of the latest attempt
     supervisor_events events_;
     disconnect_info last_;
 
@@ -165,6 +206,7 @@ struct supervisor::impl {
     detail::delivery_tracker delivery_;
     asio::steady_timer outbox_wake_;  // the pump waits on it while the outbox is empty
     asio::steady_timer backoff_timer_;
+    asio::steady_timer prepare_timer_;  // the before_attempt hook's deadline; stop() cancels it
     activity activity_ = activity::idle;
     error_code last_result_;  // what the last run() returned: sends fail with it
     std::exception_ptr handler_exception_;  // an event handler threw: run() rethrows it
@@ -243,17 +285,20 @@ void supervisor::impl::request_reconnect(std::string reason)
     case detail::reconnect_interrupt::cancel_wait:
         backoff_timer_.cancel();
         break;
-    case detail::reconnect_interrupt::close_session: {
-        reason = close_reason_of(std::move(reason));
-        count([](supervisor_counters& c) { ++c.planned_reconnects; });
-        emit(events_.on_reconnect, std::as_const(reason));
-        // The session's end then brings the machine to its next attempt (attempt_ended).
-        asio::co_spawn(strand_, session_.close(1000, std::move(reason)), asio::detached);
+    case detail::reconnect_interrupt::close_session:
+        replace_live(close_reason_of(std::move(reason)));
         break;
-    }
     default:
         break;
     }
+}
+
+void supervisor::impl::replace_live(std::string reason)
+{
+    count([](supervisor_counters& c) { ++c.planned_reconnects; });
+    emit(events_.on_reconnect, std::as_const(reason));
+    // The session's end then brings the machine to its next attempt (attempt_ended).
+    asio::co_spawn(strand_, session_.close(1000, std::move(reason)), asio::detached);
 }
 
 void supervisor::impl::request_stop()
@@ -265,6 +310,7 @@ void supervisor::impl::request_stop()
         backoff_timer_.cancel();
         break;
     case detail::reconnect_interrupt::abort_attempt:
+        prepare_timer_.cancel();  // ends the before_attempt hook, if it runs
         session_.cancel();
         break;
     case detail::reconnect_interrupt::close_session:
@@ -292,7 +338,7 @@ asio::awaitable<error_code> supervisor::impl::run_op()
             if (detail::cancelled(co_await asio::this_coro::cancellation_state))
                 action = fsm_.cancelled();
             else if (action.what == kind::connect)
-                action = co_await attempt_connect();
+                action = co_await attempt_connect(action);
             else if (action.what == kind::run)
                 action = co_await attempt_run();
             else if (action.what == kind::close_session)
@@ -355,14 +401,79 @@ reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time
     return fsm_.attempt_ended({ec, last_.retry_after, &last_}, clock_type::now());
 }
 
-asio::awaitable<reconnect_action> supervisor::impl::attempt_connect()
+asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconnect_action& a)
 {
     count([](supervisor_counters& c) { ++c.attempts; });
-    const error_code ec = co_await session_.connect(url_);
+    attempt_endpoint_ = a.endpoint;
+    attempt_params p{endpoints_.at(a.endpoint), cfg_.session.headers, a.endpoint, fsm_.streak() + 1};
+    if (prepare_) {
+        if (auto ec = co_await prepare_attempt(p))
+            co_return attempt_ended(ec, {});
+    }
+    emit(events_.on_connecting, std::as_const(p));
+    if (fsm_.state() == detail::reconnect_state::stopping)  // stop() meanwhile, or the handler threw
+        co_return attempt_ended(failed_before_connect(asio::error::operation_aborted, "cancelled"), {});
+    const error_code ec = co_await session_.connect(std::move(p.url));
     last_ = session_.last_disconnect();
     if (!ec)
         co_return fsm_.connected();
     co_return attempt_ended(ec, {});
+}
+
+// The before_attempt hook, bounded by prepare_timeout; its headers are checked as the
+// config's are. An error here fails the attempt before any connect.
+asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
+{
+    using namespace asio::experimental::awaitable_operators;
+    prepare_timer_.expires_after(cfg_.prepare_timeout);
+    auto ended = co_await (call_prepare(p) || prepare_deadline());
+    if (ended.index() == 1) {
+        const error_code ec = std::get<1>(ended);
+        co_return failed_before_connect(
+            ec, ec == error::prepare_timeout
+                    ? "before_attempt took longer than prepare_timeout (" +
+                          std::to_string(cfg_.prepare_timeout.count()) + " ms)"
+                    : std::string("cancelled"));
+    }
+    if (const error_code ec = std::get<0>(ended))
+        co_return failed_before_connect(ec, "before_attempt failed: " + error_name(ec));
+    if (fsm_.state() == detail::reconnect_state::stopping)
+        co_return failed_before_connect(asio::error::operation_aborted, "cancelled");
+    session_config checked = cfg_.session;
+    checked.headers = p.headers;
+    std::string why;
+    if (auto ec = validate(checked, &why))
+        co_return failed_before_connect(ec, "before_attempt: " + why);
+    detail::session_access::use_headers(session_, std::make_shared<const detail::session_access::header_list>(
+                                                      std::move(checked.headers)));
+    co_return error_code{};
+}
+
+asio::awaitable<error_code> supervisor::impl::call_prepare(attempt_params& p)
+{
+    // An arm of `||` must not throw: its sibling would not be cancelled.
+    try {
+        co_return co_await prepare_(p);
+    } catch (...) {
+    }
+    co_return error::handler_exception;
+}
+
+asio::awaitable<error_code> supervisor::impl::prepare_deadline()
+{
+    auto [ec] = co_await prepare_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    // Cancelled by stop(), or by `||` when the hook finished first.
+    co_return ec ? error_code(asio::error::operation_aborted) : error_code(error::prepare_timeout);
+}
+
+error_code supervisor::impl::failed_before_connect(error_code ec, std::string detail)
+{
+    last_ = disconnect_info{};
+    last_.reason = ec;
+    last_.detail = std::move(detail);
+    last_.http_status = http_status_of(ec);
+    last_.close_code = close_code_of(ec);
+    return ec;
 }
 
 asio::awaitable<reconnect_action> supervisor::impl::close_opened()
@@ -423,26 +534,29 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
             co_return asio::error::operation_aborted;
     }
     const auto now = clock_type::now();
-    fsm_.hook_succeeded(now);
+    fsm_.hook_succeeded(now, random_fraction());
     if (fsm_.state() != detail::reconnect_state::up)
         co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
     *up_at = now;
     count([](supervisor_counters& c) { ++c.connects; });
     emit(events_.on_up);
-    if (cfg_.max_connection_age.count() <= 0)
+    if (fsm_.replacement().why == detail::replacement::none)
         co_return co_await pump_outbox();
     using namespace asio::experimental::awaitable_operators;
-    auto ended = co_await (pump_outbox() || replace_when_old(now));
+    auto ended = co_await (pump_outbox() || replace_when_due());
     co_return std::visit([](error_code ec) { return ec; }, ended);
 }
 
-asio::awaitable<error_code> supervisor::impl::replace_when_old(clock_type::time_point up_at)
+// The machine's planned replacement (max_connection_age, failback), when it comes.
+asio::awaitable<error_code> supervisor::impl::replace_when_due()
 {
+    const auto planned = fsm_.replacement();
     asio::steady_timer timer(strand_);
-    timer.expires_at(replace_at(up_at, cfg_.max_connection_age));
+    timer.expires_at(planned.at);
     auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (!ec && !detail::cancelled(co_await asio::this_coro::cancellation_state))
-        request_reconnect("max_connection_age");
+    if (!ec && !detail::cancelled(co_await asio::this_coro::cancellation_state) &&
+        fsm_.replacement_due(clock_type::now()) == detail::reconnect_interrupt::close_session)
+        replace_live(replacement_reason(planned.why));
     // The session's close ends run_session(), and `||` cancels this arm with the others.
     co_return co_await until_cancelled();
 }
@@ -491,7 +605,7 @@ asio::awaitable<reconnect_action> supervisor::impl::wait_between(const reconnect
 {
     count([](supervisor_counters& c) { ++c.retries; });
     // The machine waits already: a stop() or retry_now() from the handler counts.
-    emit(events_.on_retry, retry_info{a.attempt, a.delay, last_});
+    emit(events_.on_retry, retry_info{a.attempt, a.delay, last_, attempt_endpoint_, a.endpoint});
     while (fsm_.state() == detail::reconnect_state::waiting && clock_type::now() < fsm_.wait_until()) {
         outbox_.expire(clock_type::now());
         backoff_timer_.expires_at(std::min(fsm_.wait_until(), outbox_.next_expiry()));
@@ -519,6 +633,21 @@ supervisor::executor_type supervisor::get_executor() const noexcept
 void supervisor::on_connected(connected_hook hook)
 {
     impl_->hook_ = std::move(hook);
+}
+
+void supervisor::before_attempt(prepare_hook hook)
+{
+    impl_->prepare_ = std::move(hook);
+}
+
+const std::vector<std::string>& supervisor::endpoints() const noexcept
+{
+    return impl_->endpoints_;
+}
+
+std::size_t supervisor::current_endpoint() const noexcept
+{
+    return impl_->fsm_.endpoint();
 }
 
 vigil::session_events& supervisor::session_event_handlers() noexcept

@@ -67,6 +67,8 @@ enum class error {
     delivery_unconfirmed,
     /// The server is shutting down (`server::stop()`); the connection was closed with 1001.
     server_shutdown,
+    /// A supervisor's `before_attempt` hook did not finish within `prepare_timeout`.
+    prepare_timeout,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).

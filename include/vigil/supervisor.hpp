@@ -18,6 +18,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace vigil {
 
@@ -46,6 +48,27 @@ enum class delivery_guarantee {
 struct supervisor_config {
     /// The settings of every session the supervisor opens.
     session_config session;
+
+    /// Backup endpoints, tried in this order after the supervisor's URL (the primary). On a
+    /// transient failure the next attempt goes to the next endpoint in the list at once,
+    /// wrapping around to the primary; the policy's delay (and `min_delay`) comes after each
+    /// full round through the list that failed, not after each URL, so a dead primary costs
+    /// one failed connect, not a backoff wait. A server's `Retry-After` and the 1008 floor
+    /// still apply to the next attempt, whichever endpoint it goes to. Each URL is checked
+    /// by `validate()`. Default: none.
+    std::vector<std::string> backup_urls;
+
+    /// What happens once a backup endpoint holds a connection. Zero (default): stay on it
+    /// until it fails (then the rotation goes on to the next endpoint). Positive: once the
+    /// backup connection has been up this long (at least `stable_after`), the supervisor
+    /// makes a planned reconnect to the primary (event `on_reconnect` with "failback"); if
+    /// the primary still fails, the rotation goes on to the backups at once. While the
+    /// primary stays down, that costs one failed connect and one reconnect per period.
+    std::chrono::milliseconds failback_after{0};
+
+    /// Bound on the `before_attempt` hook; beyond it the attempt fails with
+    /// `error::prepare_timeout` (transient). Default 10 s. Must be positive.
+    std::chrono::milliseconds prepare_timeout{10000};
 
     /// The backoff streak resets only after a connection stayed up this long, so a server
     /// that accepts and then drops every connection meets growing delays, not a reconnect
@@ -104,10 +127,29 @@ error_code validate(const supervisor_config& cfg, std::string* detail = nullptr)
 struct retry_info {
     /// 1 for the first retry in a failure streak.
     std::size_t attempt = 0;
-    /// How long the supervisor will wait (policy, floor and Retry-After applied).
+    /// How long the supervisor will wait (policy, floor and Retry-After applied). Zero
+    /// between two endpoints of one round (see `supervisor_config::backup_urls`).
     std::chrono::milliseconds delay{0};
     /// Why the last attempt ended, with its detail, HTTP status and close code.
     disconnect_info last;
+    /// The endpoint that failed and the one the next attempt goes to: 0 is the primary (the
+    /// supervisor's URL), 1 the first of `backup_urls` ...; `supervisor::endpoints()` names them.
+    std::size_t endpoint = 0;
+    std::size_t next_endpoint = 0;
+};
+
+/// One attempt's connection parameters, which the `before_attempt` hook may change.
+struct attempt_params {
+    /// The URL to connect to. Preset to the endpoint's URL (`supervisor::endpoints()`).
+    std::string url;
+    /// The upgrade request's extra headers. Preset to `session_config::headers`; checked as
+    /// `validate()` checks those.
+    std::vector<std::pair<std::string, std::string>> headers;
+    /// Which endpoint this attempt goes to (0: the primary).
+    std::size_t endpoint = 0;
+    /// 1 for the first attempt after a healthy period (or of `run()`), then 2, 3 ... as
+    /// attempts fail in a row.
+    std::size_t attempt = 1;
 };
 
 /// Observers for what the supervisor does, next to the events of its sessions. Handlers
@@ -116,7 +158,11 @@ struct retry_info {
 /// event, described on `session_events`; the sessions' own events follow it too).
 /// Set them before `run()`.
 struct supervisor_events {
+    /// An attempt starts: the `before_attempt` hook (if any) succeeded and the connection is
+    /// being opened to `p.url` (which may carry a credential: log it with care).
+    std::function<void(const attempt_params& p)> on_connecting;
     /// A session is up: connected, and the `on_connected` hook succeeded.
+    /// `supervisor::current_endpoint()` says which endpoint.
     std::function<void()> on_up;
     /// An attempt failed or a connection ended, and another attempt follows after a delay.
     std::function<void(const retry_info&)> on_retry;
@@ -131,7 +177,7 @@ struct supervisor_events {
 
 /// Counters the application can read at any time (a consistent snapshot).
 struct supervisor_counters {
-    std::size_t attempts = 0;      ///< connection attempts started
+    std::size_t attempts = 0;      ///< connection attempts started (the `before_attempt` hook included)
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
     std::size_t planned_reconnects = 0;  ///< `reconnect()` calls and `max_connection_age` replacements carried out
@@ -148,7 +194,7 @@ struct supervisor_counters {
 /// failures after delays from a backoff policy, stops at once on permanent ones, and keeps
 /// every message the application sends accounted for.
 ///
-/// Each attempt: `connect()`; then, concurrently with `session::run()`, the `on_connected`
+/// Each attempt: the `before_attempt` hook (fresh URL and headers), `connect()`; then, concurrently with `session::run()`, the `on_connected`
 /// hook (re-authenticate, re-subscribe) and, once it succeeded, the outbox drains into the
 /// session in order. When the session ends, the reason is classified: `operation_aborted`
 /// (cancelled) and `stop()` end the supervisor; after `reconnect()` the next attempt starts
@@ -180,6 +226,16 @@ public:
     /// non-empty code to fail the attempt (it is classified like any other failure).
     using connected_hook = std::function<boost::asio::awaitable<error_code>(session&)>;
 
+    /// The hook run before every attempt, to give it fresh parameters: renew an exchange's
+    /// listen key, fetch a token that expires in minutes, sign a timestamp. It may change
+    /// the URL and the headers in `p`. Return a non-empty code to fail the attempt without
+    /// connecting; it is classified like any other failure (`is_permanent`: a 401 made with
+    /// `make_http_status_error(401)` stops, a refused token server is retried after the
+    /// policy's delay). Bounded by `prepare_timeout` (then `error::prepare_timeout`); it is
+    /// cancelled (per-operation cancellation, terminal) at that deadline and by `stop()`, so
+    /// await cancellable operations in it. An exception counts as `handler_exception`.
+    using prepare_hook = std::function<boost::asio::awaitable<error_code>(attempt_params& p)>;
+
     /// A supervisor for `url` whose retry delays come from `policy` (default: exponential
     /// backoff with full jitter). Nothing happens until `run()`.
     template <backoff_policy Policy = exponential_backoff>
@@ -197,6 +253,9 @@ public:
 
     /// Set before `run()`.
     void on_connected(connected_hook hook);
+    /// Set before `run()`. Default: none (every attempt uses the endpoint's URL and
+    /// `session_config::headers`).
+    void before_attempt(prepare_hook hook);
     /// Events of every session the supervisor opens. Set before `run()`.
     vigil::session_events& session_event_handlers() noexcept;
     /// The supervisor's own events. Set before `run()`.
@@ -266,6 +325,15 @@ public:
     /// `sup.policy().target<my_policy>()`. Read it on the supervisor's executor (from its
     /// handlers, or while `run()` is not running): the supervisor uses it there.
     const any_backoff& policy() const noexcept;
+
+    /// The endpoints: the primary (the URL the supervisor was made with), then
+    /// `supervisor_config::backup_urls`. Safe from any thread.
+    const std::vector<std::string>& endpoints() const noexcept;
+
+    /// The endpoint of the attempt in progress, of the live connection, or of the next
+    /// attempt while waiting (an index into `endpoints()`). Read it from the supervisor's
+    /// handlers or while `run()` is not running.
+    std::size_t current_endpoint() const noexcept;
 
     /// The last session's end (or failed attempt). Read it only while `run()` is not running
     /// or from the supervisor's handlers.

@@ -268,9 +268,9 @@ asio::awaitable<error_code> session_core::open_transport(const endpoint& ep)
 asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
 {
     // The upgrade, within handshake_timeout.
-    prepare_stream(websocket::stream_base::decorator([cfg = cfg_](websocket::request_type& req) {
+    prepare_stream(websocket::stream_base::decorator([cfg = cfg_, extra = client_->headers](websocket::request_type& req) {
         req.set(beast::http::field::user_agent, cfg->user_agent);
-        for (const auto& [name, value] : cfg->headers)
+        for (const auto& [name, value] : extra ? *extra : cfg->headers)
             req.set(name, value);
     }));
     websocket::response_type res;

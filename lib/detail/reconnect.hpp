@@ -26,6 +26,25 @@ struct reconnect_settings {
     std::chrono::milliseconds policy_violation_delay{30000};
     /// Overrides vigil::is_permanent when set.
     std::function<bool(const error_code&)> is_permanent;
+    /// How many endpoints there are (the primary is 0); at least 1.
+    std::size_t endpoints = 1;
+    /// Once a backup has been up this long, go back to the primary (zero: stay).
+    std::chrono::milliseconds failback_after{0};
+    /// Replace a connection after about this long (zero: never).
+    std::chrono::milliseconds max_connection_age{0};
+};
+
+/// Why a live connection is to be replaced although nobody asked.
+enum class replacement {
+    none,
+    max_connection_age,  ///< in the last tenth of max_connection_age
+    failback,  ///< up on a backup for failback_after: back to the primary
+};
+
+/// When the live connection is to be replaced, and why (`at` is max() for never).
+struct planned_replacement {
+    std::chrono::steady_clock::time_point at = std::chrono::steady_clock::time_point::max();
+    replacement why = replacement::none;
 };
 
 enum class reconnect_state {
@@ -52,6 +71,7 @@ struct reconnect_action {
     };
     kind what = kind::connect;
     std::chrono::milliseconds delay{0};  ///< for wait: policy, floor and Retry-After applied
+    std::size_t endpoint = 0;  ///< for connect and wait: the endpoint of the (next) attempt
     std::size_t attempt = 0;  ///< for wait: 1 for the first retry of a failure streak
     error_code reason;  ///< for wait: the failure; for stop and give_up: the result
 };
@@ -85,13 +105,20 @@ public:
     time_point wait_until() const noexcept { return wait_until_; }
     /// Failed attempts in a row since the last stable connection (or run()).
     std::size_t streak() const noexcept { return streak_; }
+    /// The endpoint of the attempt in progress or next (0: the primary).
+    std::size_t endpoint() const noexcept { return endpoint_; }
+    /// While up: when the connection is to be replaced unasked (see hook_succeeded()).
+    planned_replacement replacement() const noexcept { return replacement_; }
 
     /// run() began.
     reconnect_action start();
     /// The attempt's handshake succeeded.
     reconnect_action connected();
-    /// The on_connected hook succeeded: the connection counts as up from `now`.
-    void hook_succeeded(time_point now) noexcept;
+    /// The on_connected hook succeeded: the connection counts as up from `now`. `draw` is a
+    /// uniform random number in [0, 1): where in the last tenth of max_connection_age this
+    /// connection is replaced, so that a fleet that connected together does not reconnect
+    /// together.
+    void hook_succeeded(time_point now, double draw) noexcept;
     /// The attempt ended: connect() failed, or the session (or its hook) ended.
     reconnect_action attempt_ended(const attempt_result& r, time_point now);
     /// The wait may be over (its timer fired or was cut short).
@@ -105,9 +132,14 @@ public:
     /// counting a failure nor asking the policy. While waiting, it ends the wait (as
     /// retry_now()); while connecting or stopping, there is nothing to replace.
     reconnect_interrupt reconnect(time_point now);
+    /// The planned replacement's moment came (see replacement()): close the live session and
+    /// connect again at once (to the primary on failback). `none` when it is not yet due or
+    /// the connection is no longer up.
+    reconnect_interrupt replacement_due(time_point now);
 
 private:
     reconnect_action finish(reconnect_state how, error_code reason);
+    reconnect_action connect_next() const;
     reconnect_action retry_after_failure(const attempt_result& r, time_point now);
     bool permanent(const error_code& ec) const;
 
@@ -115,6 +147,10 @@ private:
     any_backoff* policy_;
     reconnect_state state_ = reconnect_state::idle;
     std::size_t streak_ = 0;
+    std::size_t rounds_ = 0;  // rounds through the endpoint list that failed in full
+    std::size_t round_failures_ = 0;  // failed attempts in the current round
+    std::size_t endpoint_ = 0;
+    planned_replacement replacement_;
     time_point streak_began_{};  // when the streak's first failed attempt ended
     std::chrono::milliseconds last_delay_{0};  // the wait chosen before the streak's latest attempt
     time_point up_since_{};  // since when the current session is up; zero if it never was

@@ -19,7 +19,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <variant>
+#include <vector>
 
 namespace boost::asio::ssl {
 class context;
@@ -77,6 +79,11 @@ struct session_access {
     /// the first n application messages written on this connection. Empty: off. Call while
     /// the session is idle.
     static void track_writes(session& s, std::function<void(std::uint64_t)> on_confirmed);
+    /// The upgrade request's extra headers for the next connect(), instead of
+    /// session_config::headers (a supervisor's per-attempt credentials). Null: the config's.
+    /// Call while the session is idle; the caller has checked them.
+    using header_list = std::vector<std::pair<std::string, std::string>>;
+    static void use_headers(session& s, std::shared_ptr<const header_list> headers);
     /// Application messages written so far on this connection (the count a send's
     /// completion leaves behind, read on the session's strand).
     static std::uint64_t writes(const session& s) noexcept;

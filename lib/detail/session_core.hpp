@@ -39,7 +39,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
+#include <vector>
 
 namespace vigil::detail {
 
@@ -194,6 +196,7 @@ public:
     /// Delivery confirmation: with a callback, the heartbeat pings soon after writes and
     /// `on_confirmed(n)` runs when a pong proves the first n messages were read.
     void track_writes(std::function<void(std::uint64_t)> on_confirmed);
+    void use_headers(std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers);
     std::uint64_t writes() const noexcept { return live_.written(); }
     /// The next received message, or the end (see inbox.hpp).
     asio::awaitable<received> receive_op();
@@ -328,6 +331,8 @@ private:
         std::unique_ptr<asio::ip::tcp::resolver> resolver;
         std::shared_ptr<lookup> dns;  // a DNS lookup in progress
         std::function<void(std::uint64_t)> on_confirmed;  // a supervisor confirming delivery
+        // A supervisor's per-attempt headers, replacing cfg_->headers when set.
+        std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers;
     };
     std::unique_ptr<inbox> inbox_;
     std::unique_ptr<client_side> client_;

@@ -619,7 +619,8 @@ TEST_SUITE("probe")
             {"--insecure=yes", "ws://127.0.0.1:1/"},
             {"--duration", "1"},
             {},
-            {"ws://127.0.0.1:1/", "ws://127.0.0.1:2/"},
+            {"--no-reconnect", "ws://127.0.0.1:1/", "ws://127.0.0.1:2/"},
+            {"--failback", "soon", "ws://127.0.0.1:1/", "ws://127.0.0.1:2/"},
             {"--max-attempts", "-1", "ws://127.0.0.1:1/"},
             {"--max-attempts", "2.5", "ws://127.0.0.1:1/"},
             {"--backoff-initial", "0", "ws://127.0.0.1:1/"},
@@ -660,6 +661,7 @@ TEST_SUITE("probe")
             {{"ws://127.0.0.1:99999/"}, "invalid_port"},
             {{"--ping-interval", "0.1", "--pong-timeout", "0.2", "ws://127.0.0.1:1/"},
              "invalid_config"},
+            {{"ws://127.0.0.1:1/", "not a url"}, "invalid_config"},
         };
         for (const auto& c : cases) {
             CAPTURE(c.reason);
@@ -668,14 +670,17 @@ TEST_SUITE("probe")
             REQUIRE_FALSE(run.timed_out);
             check_well_formed(run);
             CHECK(run.exit_code == 2);
-            REQUIRE(run.events.size() == 3);
-            CHECK(run.events[0]["event"] == "connecting");
-            CHECK(run.events[1]["event"] == "disconnected");
-            CHECK(run.events[1]["reason"] == c.reason);
-            CHECK_FALSE(run.events[1].value("detail", std::string()).empty());
-            CHECK_FALSE(run.events[1].contains("silent_ms"));
-            CHECK(run.events[2]["event"] == "gave_up");
-            CHECK(run.events[2]["reason"] == c.reason);
+            // A config the supervisor refuses before any attempt has no "connecting".
+            const std::size_t at = c.reason == "invalid_config" ? 0 : 1;
+            REQUIRE(run.events.size() == at + 2);
+            if (at == 1)
+                CHECK(run.events[0]["event"] == "connecting");
+            CHECK(run.events[at]["event"] == "disconnected");
+            CHECK(run.events[at]["reason"] == c.reason);
+            CHECK_FALSE(run.events[at].value("detail", std::string()).empty());
+            CHECK_FALSE(run.events[at].contains("silent_ms"));
+            CHECK(run.events[at + 1]["event"] == "gave_up");
+            CHECK(run.events[at + 1]["reason"] == c.reason);
         }
     }
 
@@ -746,6 +751,43 @@ TEST_SUITE("probe")
         CHECK(retry[0]["delay_ms"] == 100);
         CHECK(server.upgrades() == 2);
         CHECK(server.closes() == 1);
+    }
+
+    TEST_CASE("probe with a backup URL: the refused primary, then the backup at once; events name the endpoint")
+    {
+        std::uint16_t port = 0;
+        {
+            peer gone;
+            port = gone.port();
+        }
+        peer backup;
+        probe_options opts;
+        opts.on_event = [&](const json& e, pid_t pid) {
+            if (e.value("event", "") == "connected") {
+                ::kill(pid, SIGTERM);
+            }
+        };
+        const std::string primary = "ws://127.0.0.1:" + std::to_string(port) + "/";
+        // A backoff wait would take 3 s at least: a round through the list takes none.
+        auto run = run_probe({"--backoff-initial", "3", primary, backup.url()}, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(run.wall_seconds < 2.5);
+        auto connecting = events_named(run, "connecting");
+        REQUIRE(connecting.size() == 2);
+        CHECK(connecting[0]["url"] == primary);
+        CHECK(connecting[0]["endpoint"] == 0);
+        CHECK(connecting[1]["url"] == backup.url());
+        CHECK(connecting[1]["endpoint"] == 1);
+        auto retries = events_named(run, "retry");
+        REQUIRE(retries.size() == 1);
+        CHECK(retries[0]["reason"] == "connection_refused");
+        CHECK(retries[0]["delay_ms"] == 0);
+        CHECK(retries[0]["endpoint"] == 0);
+        CHECK(retries[0]["next_endpoint"] == 1);
+        CHECK(backup.upgrades() == 1);
     }
 
     TEST_CASE("probe --max-attempts 2 against a refused port gives up with retries_exhausted")

@@ -159,6 +159,18 @@ struct harness : io_base {
         ioc.run_for(bound + 2s);
     }
 
+    // Runs until `n` connections came up (waiting at most `bound`), then stop()s and lets
+    // run() finish.
+    void run_until_ups(int n, milliseconds bound = 3s)
+    {
+        start_run();
+        spawn([this, n, bound]() -> asio::awaitable<void> {
+            co_await eventually([this, n] { return ups >= n; }, bound);
+            sup.stop();
+        });
+        ioc.run_for(bound + 2s);
+    }
+
     template <class F>
     void spawn(F f)
     {
@@ -1156,6 +1168,335 @@ TEST_CASE("an on_connected hook failure fails the attempt and is classified")
         CHECK(h.ups == 0);
         REQUIRE(h.gave_up.size() == 1);
         CHECK(h.gave_up[0].first == h.run_ec);
+    }
+}
+
+TEST_CASE("before_attempt: its failure fails the attempt before any connect and is classified")
+{
+    vt::peer server;
+    auto cfg = quick_config();
+    cfg.prepare_timeout = 150ms;
+    harness h(server.url(), cfg, vigil::constant_backoff(20ms));
+    int hook_runs = 0;
+    auto stop_when_up = [&] {
+        h.run_until_ups(1);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        CHECK(h.ups == 1);
+        CHECK(server.connections() == 1);  // the failed attempt never connected
+    };
+
+    SUBCASE("a transient code: retried after the policy's delay")
+    {
+        h.sup.before_attempt([&](vigil::attempt_params&) -> asio::awaitable<error_code> {
+            co_return ++hook_runs == 1 ? error_code(asio::error::connection_refused) : error_code{};
+        });
+        stop_when_up();
+        REQUIRE(h.retries.size() == 1);
+        CHECK_CODE(h.retries[0].last.reason, asio::error::connection_refused);
+        CHECK(h.retries[0].last.detail == "before_attempt failed: connection_refused");
+        CHECK(h.retries[0].delay >= 20ms);
+        CHECK(h.sup.counters().attempts == 2);
+    }
+    SUBCASE("past prepare_timeout: prepare_timeout, and the hook is cancelled")
+    {
+        error_code hook_saw;
+        h.sup.before_attempt([&](vigil::attempt_params&) -> asio::awaitable<error_code> {
+            if (++hook_runs == 1) {
+                asio::steady_timer t(co_await asio::this_coro::executor, 10s);
+                auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                hook_saw = ec;
+            }
+            co_return error_code{};
+        });
+        const auto start = steady::now();
+        stop_when_up();
+        REQUIRE(h.retries.size() == 1);
+        CHECK_CODE(h.retries[0].last.reason, error::prepare_timeout);
+        CHECK(h.retries[0].last.detail.find("prepare_timeout (150 ms)") != std::string::npos);
+        CHECK_CODE(hook_saw, asio::error::operation_aborted);
+        CHECK(ms_between(start, h.retry_times[0]) >= 150ms - 5ms);
+        CHECK(ms_between(start, h.retry_times[0]) < 150ms + tolerance);
+    }
+    SUBCASE("an exception: handler_exception, retried")
+    {
+        h.sup.before_attempt([&](vigil::attempt_params&) -> asio::awaitable<error_code> {
+            if (++hook_runs == 1)
+                throw std::runtime_error("token service down");
+            co_return error_code{};
+        });
+        stop_when_up();
+        REQUIRE(h.retries.size() == 1);
+        CHECK_CODE(h.retries[0].last.reason, error::handler_exception);
+    }
+    SUBCASE("a permanent code: gave up, nothing connected")
+    {
+        h.sup.before_attempt([&](vigil::attempt_params&) -> asio::awaitable<error_code> {
+            ++hook_runs;
+            co_return vigil::make_http_status_error(403);  // the token service said no
+        });
+        h.start_run();
+        h.ioc.run_for(3s);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, vigil::make_http_status_error(403));
+        REQUIRE(h.gave_up.size() == 1);
+        CHECK(h.gave_up[0].second.http_status == 403);
+        CHECK(hook_runs == 1);
+        CHECK(h.retries.empty());
+        CHECK(server.connections() == 0);
+    }
+    SUBCASE("headers it cannot send: invalid_config, naming the header but not its value")
+    {
+        h.sup.before_attempt([&](vigil::attempt_params& p) -> asio::awaitable<error_code> {
+            p.headers.emplace_back("Authorization", "Bearer secret\r\nX-Evil: 1");
+            co_return error_code{};
+        });
+        h.start_run();
+        h.ioc.run_for(3s);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error::invalid_config);
+        REQUIRE(h.gave_up.size() == 1);
+        const auto& detail = h.gave_up[0].second.detail;
+        CHECK(detail.find("before_attempt: headers[0]") != std::string::npos);
+        CHECK(detail.find("secret") == std::string::npos);
+        CHECK(server.connections() == 0);
+    }
+    SUBCASE("a URL it cannot use: invalid_url, permanent")
+    {
+        h.sup.before_attempt([&](vigil::attempt_params& p) -> asio::awaitable<error_code> {
+            p.url = "http://example.com/";
+            co_return error_code{};
+        });
+        h.start_run();
+        h.ioc.run_for(3s);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error::unsupported_scheme);
+        CHECK(h.retries.empty());
+    }
+    SUBCASE("stop() while it runs: cancelled, run() ends at once")
+    {
+        error_code hook_saw;
+        h.sup.before_attempt([&](vigil::attempt_params&) -> asio::awaitable<error_code> {
+            asio::steady_timer t(co_await asio::this_coro::executor, 10s);
+            auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+            hook_saw = ec;
+            co_return error_code{};
+        });
+        h.sup.events().on_connecting = [&](const vigil::attempt_params&) { FAIL("no attempt may connect"); };
+        h.start_run();
+        steady::time_point asked{};
+        h.spawn([&]() -> asio::awaitable<void> {
+            asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
+            co_await t.async_wait(asio::use_awaitable);
+            asked = steady::now();
+            h.sup.stop();
+        });
+        h.ioc.run_for(3s);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error_code{});
+        CHECK_CODE(hook_saw, asio::error::operation_aborted);
+        CHECK(ms_between(asked, h.run_ended) < tolerance);
+        CHECK(server.connections() == 0);
+    }
+}
+
+TEST_CASE("endpoints: a dead primary costs one refused connect, then the backup, in one round")
+{
+    refused_port primary;
+    vt::peer backup;
+    auto cfg = quick_config();
+    cfg.backup_urls = {backup.url()};
+    cfg.min_delay = 3s;  // a backoff wait would show
+    harness h(primary.url(), cfg);
+    std::vector<std::size_t> up_on;
+    h.sup.events().on_up = [&] {
+        ++h.ups;
+        up_on.push_back(h.sup.current_endpoint());
+    };
+    std::vector<std::pair<std::size_t, std::string>> connecting;
+    h.sup.events().on_connecting = [&](const vigil::attempt_params& p) { connecting.emplace_back(p.endpoint, p.url); };
+    const auto start = steady::now();
+    steady::time_point up_at{};
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (co_await eventually([&] { return h.ups == 1; }, 3s))
+            up_at = steady::now();
+        h.sup.stop();
+    });
+    h.ioc.run_for(5s);
+
+    REQUIRE(h.run_done);
+    CHECK(h.sup.endpoints() == std::vector<std::string>{primary.url(), backup.url()});
+    REQUIRE(up_on.size() == 1);
+    CHECK(up_on[0] == 1);
+    CHECK(ms_between(start, up_at) < 1s);
+    REQUIRE(connecting.size() == 2);
+    CHECK(connecting[0] == std::make_pair(std::size_t{0}, primary.url()));
+    CHECK(connecting[1] == std::make_pair(std::size_t{1}, backup.url()));
+    REQUIRE(h.retries.size() == 1);
+    CHECK(h.retries[0].endpoint == 0);
+    CHECK(h.retries[0].next_endpoint == 1);
+    CHECK(h.retries[0].delay == 0ms);
+    CHECK_CODE(h.retries[0].last.reason, asio::error::connection_refused);
+}
+
+TEST_CASE("endpoints: all down, the policy's delay comes once per round, not per URL")
+{
+    refused_port a, b, c;
+    auto cfg = quick_config();
+    cfg.backup_urls = {b.url(), c.url()};
+    cfg.min_delay = 10ms;
+    harness h(a.url(), cfg, vigil::constant_backoff(300ms));
+    h.run_until_retries(6);
+
+    REQUIRE(h.retries.size() >= 6);
+    const std::size_t expected_next[] = {1, 2, 0, 1, 2, 0};
+    for (std::size_t i = 0; i < 6; ++i) {
+        CAPTURE(i);
+        CHECK(h.retries[i].endpoint == (expected_next[i] + 2) % 3);
+        CHECK(h.retries[i].next_endpoint == expected_next[i]);
+        CHECK(h.retries[i].delay == (expected_next[i] == 0 ? 300ms : 0ms));
+        CHECK(h.retries[i].attempt == i + 1);
+    }
+    // Each round's three refusals come together; rounds are one delay apart.
+    CHECK(ms_between(h.retry_times[0], h.retry_times[2]) < 200ms);
+    CHECK(ms_between(h.retry_times[2], h.retry_times[3]) >= 300ms - 5ms);
+}
+
+// A primary that refuses until restore_primary() starts a server on its port, a backup that
+// echoes, and a supervisor over both that records on which endpoint each connection came up.
+struct failover_rig {
+    static vigil::supervisor_config with_backup(vigil::supervisor_config cfg, const vt::peer& backup)
+    {
+        cfg.backup_urls = {backup.url()};
+        return cfg;
+    }
+
+    explicit failover_rig(vigil::supervisor_config cfg)
+        : h(local_url(primary_port), with_backup(std::move(cfg), backup))
+    {
+        h.sup.events().on_up = [this] {
+            ++h.ups;
+            h.up_since = steady::now();
+            up_on.push_back(h.sup.current_endpoint());
+        };
+        h.sup.events().on_reconnect = [this](const std::string& r) { reasons.push_back(r); };
+    }
+
+    void restore_primary()
+    {
+        down.reset();
+        primary = std::make_unique<vt::peer>(vt::peer_options{.port = primary_port});
+    }
+
+    std::optional<refused_port> down{std::in_place};
+    std::uint16_t primary_port = down->sock.local_endpoint().port();
+    vt::peer backup;
+    std::unique_ptr<vt::peer> primary;
+    harness h;
+    std::vector<std::size_t> up_on;
+    std::vector<std::string> reasons;
+};
+
+TEST_CASE("endpoints: with failback_after, the primary is taken back once it returns")
+{
+    auto cfg = quick_config();
+    cfg.stable_after = 300ms;
+    cfg.failback_after = 400ms;
+    failover_rig f(cfg);
+    auto& h = f.h;
+    bool on_backup = false;
+    bool back_on_primary = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        on_backup = co_await eventually([&] { return h.ups == 1; }, 3s);
+        f.restore_primary();
+        back_on_primary = co_await eventually([&] { return !f.up_on.empty() && f.up_on.back() == 0; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(on_backup);
+    CHECK(f.up_on[0] == 1);
+    REQUIRE(back_on_primary);
+    REQUIRE(!f.reasons.empty());
+    CHECK(f.reasons.back() == "failback");
+    CHECK(f.primary->upgrades() == 1);
+    // Planned: no failure was counted on the way back (a failback tried before the primary
+    // returned may have been refused once per period, and went back to the backup at once).
+    for (const auto& r : h.retries)
+        CHECK(r.delay == 0ms);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("endpoints: without failback_after a working backup is kept; its failure moves on to the primary")
+{
+    auto cfg = quick_config();
+    cfg.min_delay = 3s;
+    cfg.stable_after = 200ms;
+    failover_rig f(cfg);
+    auto& h = f.h;
+    bool done = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1; }, 3s))
+            co_return;
+        f.restore_primary();
+        h.sup.reconnect("fresh snapshot");  // planned: the same endpoint
+        if (!co_await eventually([&] { return h.ups == 2; }, 3s))
+            co_return;
+        // Once the backup proved stable, a new round begins with its failure: on to the
+        // next endpoint, the primary, at once (an unstable one would end the round).
+        if (!co_await eventually([&] { return ms_since(h.up_since) > 250ms; }, 1s))
+            co_return;
+        f.backup.reset_all();
+        done = co_await eventually([&] { return h.ups == 3; }, 2s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(done);
+    CHECK(f.up_on == std::vector<std::size_t>{1, 1, 0});
+    CHECK(f.reasons == std::vector<std::string>{"fresh snapshot"});
+    CHECK(f.backup.upgrades() == 2);
+    CHECK(f.primary->upgrades() == 1);
+    REQUIRE(h.retries.size() == 2);
+    CHECK(h.retries[1].endpoint == 1);
+    CHECK(h.retries[1].next_endpoint == 0);
+    CHECK(h.retries[1].delay == 0ms);
+    REQUIRE(h.run_done);
+}
+
+TEST_CASE("endpoints, failback_after and prepare_timeout are checked by validate()")
+{
+    auto cfg = quick_config();
+    std::string detail;
+    SUBCASE("a backup URL that does not parse")
+    {
+        cfg.backup_urls = {"ws://127.0.0.1:1/", "ws://[::1/"};
+        CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+        CHECK(detail.find("backup_urls[1]") != std::string::npos);
+        // run() says so before any attempt.
+        harness h("ws://127.0.0.1:1/", cfg);
+        h.start_run();
+        h.ioc.run_for(1s);
+        REQUIRE(h.run_done);
+        CHECK_CODE(h.run_ec, error::invalid_config);
+        CHECK(h.sup.counters().attempts == 0);
+    }
+    SUBCASE("failback_after below stable_after")
+    {
+        cfg.stable_after = 5s;
+        cfg.failback_after = 1s;
+        CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+        CHECK(detail.find("failback_after") != std::string::npos);
+    }
+    SUBCASE("prepare_timeout zero")
+    {
+        cfg.prepare_timeout = 0ms;
+        CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+        CHECK(detail.find("prepare_timeout") != std::string::npos);
     }
 }
 

@@ -21,7 +21,14 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -832,8 +839,142 @@ TEST_CASE("node ws client against vigil::server: pinged while idle, closed with 
 
 }  // TEST_SUITE("node")
 
+// ---------------------------------------------------------------------------------------
+// Fresh credentials for every attempt (websockets_server.py --tokens)
+
+// GET /token over plain HTTP, as a before_attempt hook would fetch a listen key: a real
+// awaitable, cancelled by the supervisor at prepare_timeout.
+asio::awaitable<std::string> fetch_token(std::uint16_t port)
+{
+    namespace http = boost::beast::http;
+    boost::beast::tcp_stream stream(co_await asio::this_coro::executor);
+    co_await stream.async_connect(asio::ip::tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), port),
+                                  asio::use_awaitable);
+    http::request<http::empty_body> req{http::verb::get, "/token", 11};
+    req.set(http::field::host, "127.0.0.1");
+    co_await http::async_write(stream, req, asio::use_awaitable);
+    boost::beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    co_await http::async_read(stream, buffer, res, asio::use_awaitable);
+    if (res.result() != http::status::ok)
+        throw std::runtime_error("GET /token answered " + std::to_string(res.result_int()));
+    co_return res.body();
+}
+
+enum class token_place { header, url };
+
+// The server accepts only the token issued last, once: every attempt must fetch its own.
+void fresh_token_every_attempt(token_place place)
+{
+    server_peer server(server_kind::python_websockets, {"--tokens"});
+    auto cfg = quick_supervisor();
+    cfg.session.headers = {{"X-Client", "vigil-test"}};  // kept beside the hook's own
+    supervised h(server.url("/feed"), cfg);
+    std::vector<std::string> tokens;
+    h.sup.before_attempt([&](vigil::attempt_params& p) -> asio::awaitable<error_code> {
+        CHECK(p.url == server.url("/feed"));  // preset for every attempt: the hook's changes do not stick
+        REQUIRE(p.headers.size() == 1);
+        std::string token;
+        try {
+            token = co_await fetch_token(server.port);
+        } catch (const boost::system::system_error& e) {
+            co_return e.code();
+        }
+        tokens.push_back(token);
+        if (place == token_place::url)
+            p.url += "?token=" + token;
+        else
+            p.headers.emplace_back("Authorization", "Bearer " + token);
+        co_return error_code{};
+    });
+    std::vector<std::string> connecting_urls;
+    h.sup.events().on_connecting = [&](const vigil::attempt_params& p) { connecting_urls.push_back(p.url); };
+    bool three = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        for (int n = 1; n <= 3; ++n) {
+            if (!co_await eventually([&] { return h.ups == n; }, 5s))
+                co_return;
+            if (n < 3)
+                h.sup.reconnect("renew");
+        }
+        three = true;
+        h.sup.stop();
+    });
+    h.ioc.run_for(20s);
+
+    INFO("python websockets server:\n", server.proc.transcript());
+    REQUIRE(three);
+    REQUIRE(tokens.size() == 3);
+    CHECK(tokens[0] != tokens[1]);
+    CHECK(tokens[1] != tokens[2]);
+    REQUIRE(connecting_urls.size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        if (place == token_place::url)
+            CHECK(connecting_urls[i] == server.url("/feed?token=" + tokens[i]));
+        else
+            CHECK(connecting_urls[i] == server.url("/feed"));
+    }
+    CHECK(h.retries.empty());
+    CHECK(h.gave_up.empty());
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(h.sup.counters().planned_reconnects == 2);
+    CHECK(events_named(server.proc, "accepted").size() == 3);
+    CHECK(events_named(server.proc, "rejected").empty());
+    CHECK(server.proc.terminate() == 0);
+}
+
+// The control: a hook that keeps its first token is refused on the next attempt, and the
+// supervisor stops on that 401 (permanent) rather than hammering the server.
+void stale_token_refused()
+{
+    server_peer server(server_kind::python_websockets, {"--tokens"});
+    supervised h(server.url("/feed"));
+    std::optional<std::string> cached;
+    h.sup.before_attempt([&](vigil::attempt_params& p) -> asio::awaitable<error_code> {
+        if (!cached)
+            cached = co_await fetch_token(server.port);
+        p.headers.emplace_back("Authorization", "Bearer " + *cached);
+        co_return error_code{};
+    });
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (co_await eventually([&] { return h.ups == 1; }, 5s))
+            h.sup.reconnect("renew");
+    });
+    h.ioc.run_for(10s);
+
+    INFO("python websockets server:\n", server.proc.transcript());
+    REQUIRE(h.run_done);
+    CHECK(h.ups == 1);
+    CHECK_CODE(h.run_ec, vigil::make_http_status_error(401));
+    REQUIRE(h.gave_up.size() == 1);
+    CHECK(h.gave_up[0].second.http_status == 401);
+    CHECK(h.retries.empty());
+    CHECK(h.sup.counters().attempts == 2);
+    CHECK(server.proc.wait_for("rejected", 2s).has_value());
+    CHECK(server.proc.terminate() == 0);
+}
+
 TEST_SUITE("python")
 {
+
+TEST_CASE("python websockets server with single-use tokens: before_attempt puts a fresh one in a header every attempt")
+{
+    fresh_token_every_attempt(token_place::header);
+}
+
+TEST_CASE("python websockets server with single-use tokens: before_attempt puts a fresh one in the URL every attempt")
+{
+    fresh_token_every_attempt(token_place::url);
+}
+
+TEST_CASE("python websockets server with single-use tokens: a reused token gets 401 and the supervisor stops")
+{
+    stale_token_refused();
+}
 
 TEST_CASE("python websockets server: text and binary echo, then a clean close handshake")
 {

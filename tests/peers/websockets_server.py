@@ -11,15 +11,24 @@ rejected (status), close (code, reason).
                                           [--reject STATUS [--retry-after S]]
 
 --reject STATUS refuses every upgrade with that HTTP status from process_request (401, 503
-...), with a Retry-After header when --retry-after is given. The server sends no pings of
-its own. SIGTERM or SIGINT closes the server and exits 0.
+...), with a Retry-After header when --retry-after is given.
+
+--tokens makes it an authenticating server with single-use tokens, as exchanges issue listen
+keys: GET /token answers 200 with a fresh token as the body (event token) and forgets the
+one issued before; an upgrade is accepted only with the latest token, given as
+`Authorization: Bearer TOKEN` or as `?token=TOKEN` in the target, and that token is then
+used up. Anything else is refused with 401 (event rejected, with the token it carried).
+
+The server sends no pings of its own. SIGTERM or SIGINT closes the server and exits 0.
 """
 
 import argparse
 import asyncio
 import http
 import json
+import secrets
 import signal
+import urllib.parse
 import sys
 import time
 
@@ -56,11 +65,36 @@ async def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reject", type=int, default=0)
     parser.add_argument("--retry-after", default=None)
+    parser.add_argument("--tokens", action="store_true")
     args = parser.parse_args()
+    current_token = None
 
     next_id = 1
 
+    def presented_token(path, headers):
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return auth[len("Bearer "):]
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        return query.get("token", [""])[0]
+
+    def check_token(path, headers):
+        nonlocal current_token
+        if path == "/token":
+            current_token = secrets.token_hex(8)
+            emit("token", token=current_token)
+            return (http.HTTPStatus.OK, [("Content-Type", "text/plain")], current_token.encode())
+        token = presented_token(path, headers)
+        if current_token is None or token != current_token:
+            emit("rejected", status=401, token=token)
+            return (http.HTTPStatus.UNAUTHORIZED, [], b"token expired or unknown")
+        current_token = None
+        emit("accepted", token=token)
+        return None
+
     async def process_request(path, headers):
+        if args.tokens:
+            return check_token(path, headers)
         if not args.reject:
             return None
         extra = [("Retry-After", args.retry_after)] if args.retry_after is not None else []

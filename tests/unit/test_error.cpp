@@ -202,6 +202,7 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::slow_consumer, "slow_consumer"},
         {error::server_shutdown, "server_shutdown"},
         {error::delivery_unconfirmed, "delivery_unconfirmed"},
+        {error::prepare_timeout, "prepare_timeout"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
@@ -503,6 +504,7 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {error::idle_timeout, transient},
         {error::write_timeout, transient},
         {error::close_timeout, transient},
+        {error::prepare_timeout, transient},
         {error::send_queue_full, transient},
         {error::not_connected, transient},
         // The network.

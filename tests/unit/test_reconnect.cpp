@@ -67,6 +67,17 @@ struct rig {
         }
     }
 
+    // With two endpoints or more: the primary refuses at t0, the backup is up at t0.
+    void up_on_backup()
+    {
+        fsm.start();
+        fsm.attempt_ended({refused}, t0);
+        REQUIRE(fsm.time_up(t0).what == kind::connect);
+        REQUIRE(fsm.connected().what == kind::run);
+        fsm.hook_succeeded(t0, 0.0);
+        REQUIRE(fsm.endpoint() == 1);
+    }
+
     std::vector<vigil::retry_context> asked;
     int resets = 0;
     vigil::any_backoff policy;
@@ -88,7 +99,7 @@ void bring_to(rig& r, reconnect_state s)
     }
     REQUIRE(r.fsm.connected().what == kind::run);
     if (s == reconnect_state::up)
-        r.fsm.hook_succeeded(t0);
+        r.fsm.hook_succeeded(t0, 0.0);
 }
 
 }  // namespace
@@ -129,7 +140,7 @@ TEST_SUITE("reconnect")
         CHECK(r.last.attempt == 3);
         REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
         REQUIRE(r.fsm.connected().what == kind::run);
-        r.fsm.hook_succeeded(t0);
+        r.fsm.hook_succeeded(t0, 0.0);
         // Up 4.999 s: not stable, the streak goes on.
         auto a = r.fsm.attempt_ended({refused}, t0 + 4999ms);
         CHECK(a.attempt == 4);
@@ -137,7 +148,7 @@ TEST_SUITE("reconnect")
         REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
         REQUIRE(r.fsm.connected().what == kind::run);
         const auto up = r.fsm.wait_until() + 10ms;
-        r.fsm.hook_succeeded(up);
+        r.fsm.hook_succeeded(up, 0.0);
         a = r.fsm.attempt_ended({refused}, up + 5s);
         CHECK(a.attempt == 1);
         CHECK(r.resets == 1);
@@ -360,7 +371,7 @@ TEST_SUITE("reconnect")
         rig r(s);
         REQUIRE(r.fsm.start().what == kind::connect);
         REQUIRE(r.fsm.connected().what == kind::run);
-        r.fsm.hook_succeeded(t0);
+        r.fsm.hook_succeeded(t0, 0.0);
         auto a = r.fsm.attempt_ended({policy_close}, t0 + 1s);
         CHECK(a.what == kind::wait);
         CHECK(a.delay == 30s);  // the policy said 1 s
@@ -400,13 +411,13 @@ TEST_SUITE("reconnect")
             REQUIRE(r.fsm.connected().what == kind::run);
             const auto up = r.fsm.wait_until() + 5ms;
             if (st == reconnect_state::up)
-                r.fsm.hook_succeeded(up);
+                r.fsm.hook_succeeded(up, 0.0);
             CHECK(r.fsm.reconnect(up + 1s) == reconnect_interrupt::close_session);
             CHECK(r.fsm.state() == reconnect_state::replacing);
             // A second call while the close is under way changes nothing.
             CHECK(r.fsm.reconnect(up + 1s) == reconnect_interrupt::none);
             // The hook finishing meanwhile does not make it up.
-            r.fsm.hook_succeeded(up + 1s);
+            r.fsm.hook_succeeded(up + 1s, 0.0);
             CHECK(r.fsm.state() == reconnect_state::replacing);
             // However the old session ends (clean close, or a timeout on the way out).
             auto a = r.fsm.attempt_ended({error_code{}}, up + 2s);
@@ -428,7 +439,7 @@ TEST_SUITE("reconnect")
         r.fail(2);
         REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
         REQUIRE(r.fsm.connected().what == kind::run);
-        r.fsm.hook_succeeded(t0 + 1h);
+        r.fsm.hook_succeeded(t0 + 1h, 0.0);
         REQUIRE(r.fsm.reconnect(t0 + 2h) == reconnect_interrupt::close_session);
         CHECK(r.fsm.attempt_ended({vigil::error::close_timeout}, t0 + 2h + 1s).what == kind::connect);
         CHECK(r.fsm.streak() == 0);
@@ -510,11 +521,196 @@ TEST_SUITE("reconnect")
         // A stable connection ends the streak: the next one starts from zero.
         REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
         REQUIRE(r.fsm.connected().what == kind::run);
-        r.fsm.hook_succeeded(t0 + 20s);
+        r.fsm.hook_succeeded(t0 + 20s, 0.0);
         r.fsm.attempt_ended({refused}, t0 + 1h);
         CHECK(r.resets == 1);
         CHECK(r.asked.back().attempt == 1);
         CHECK(r.asked.back().failing_for == 0ms);
         CHECK(r.asked.back().previous_delay == 0ms);
+    }
+
+    TEST_CASE("endpoints: a failure moves on to the next at once; the policy's delay comes once per round")
+    {
+        reconnect_settings s;
+        s.endpoints = 3;
+        s.min_delay = 100ms;
+        rig r(s);
+        auto a = r.fsm.start();
+        CHECK(a.endpoint == 0);
+        // Primary refused: the first backup at once, the policy not asked.
+        a = r.fsm.attempt_ended({refused}, t0);
+        CHECK(a.what == kind::wait);
+        CHECK(a.delay == 0ms);
+        CHECK(a.endpoint == 1);
+        CHECK(a.attempt == 1);
+        CHECK(r.asked.empty());
+        a = r.fsm.time_up(t0);
+        CHECK(a.what == kind::connect);
+        CHECK(a.endpoint == 1);
+        a = r.fsm.attempt_ended({refused}, t0 + 1ms);
+        CHECK(a.delay == 0ms);
+        CHECK(a.endpoint == 2);
+        REQUIRE(r.fsm.time_up(t0 + 1ms).what == kind::connect);
+        // The round is over: the policy's first delay, then the primary again.
+        a = r.fsm.attempt_ended({refused}, t0 + 2ms);
+        CHECK(a.delay == 1000ms);
+        CHECK(a.endpoint == 0);
+        CHECK(a.attempt == 3);
+        REQUIRE(r.asked.size() == 1);
+        CHECK(r.asked[0].attempt == 1);  // rounds, not URLs
+        CHECK(r.asked[0].failing_for == 2ms);
+        // The second round ends with the policy's second delay.
+        for (std::size_t i = 0; i < 3; ++i) {
+            a = r.fsm.time_up(r.fsm.wait_until());
+            REQUIRE(a.what == kind::connect);
+            CHECK(a.endpoint == i);
+            a = r.fsm.attempt_ended({refused}, r.fsm.wait_until() + 1ms);
+        }
+        CHECK(a.delay == 2000ms);
+        REQUIRE(r.asked.size() == 2);
+        CHECK(r.asked[1].attempt == 2);
+        CHECK(r.asked[1].previous_delay == 1000ms);
+    }
+
+    TEST_CASE("endpoints: a server's Retry-After and the 1008 floor hold within a round")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        rig r(s);
+        r.fsm.start();
+        auto a = r.fsm.attempt_ended({vigil::make_http_status_error(429), 3s}, t0);
+        CHECK(a.endpoint == 1);
+        CHECK(a.delay == 3s);
+        CHECK(r.asked.empty());
+        REQUIRE(r.fsm.time_up(t0 + 3s).what == kind::connect);
+        a = r.fsm.attempt_ended({vigil::make_close_error(1008)}, t0 + 4s);
+        CHECK(a.endpoint == 0);
+        CHECK(a.delay == 30s);
+    }
+
+    TEST_CASE("endpoints: a connection that drops moves on; only a stable one starts a fresh round")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        s.stable_after = 5s;
+        rig r(s);
+        r.fsm.start();
+        auto a = r.fsm.attempt_ended({refused}, t0);  // primary down
+        REQUIRE(r.fsm.time_up(t0).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 1ms, 0.0);
+        CHECK(r.fsm.endpoint() == 1);
+        // Up on the backup for 1 s, then reset: the round (primary, backup) is complete.
+        a = r.fsm.attempt_ended({error_code(boost::asio::error::connection_reset)}, t0 + 1s);
+        CHECK(a.endpoint == 0);
+        CHECK(a.delay == 1000ms);
+        REQUIRE(r.fsm.time_up(r.fsm.wait_until()).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 3s, 0.0);
+        // Up on the primary for an hour: the streak and the round start over, so its drop
+        // goes to the backup at once.
+        a = r.fsm.attempt_ended({error_code(vigil::error::pong_timeout)}, t0 + 1h);
+        CHECK(a.endpoint == 1);
+        CHECK(a.delay == 0ms);
+        CHECK(a.attempt == 1);
+        CHECK(r.resets == 1);
+    }
+
+    TEST_CASE("endpoints: failback_after replaces a stable backup connection with one to the primary")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        s.stable_after = 5s;
+        s.failback_after = 60s;
+        rig r(s);
+        r.up_on_backup();
+        auto plan = r.fsm.replacement();
+        CHECK(plan.why == vigil::detail::replacement::failback);
+        CHECK(plan.at == t0 + 60s);
+        CHECK(r.fsm.replacement_due(t0 + 59s) == reconnect_interrupt::none);
+        CHECK(r.fsm.state() == reconnect_state::up);
+        CHECK(r.fsm.replacement_due(t0 + 60s) == reconnect_interrupt::close_session);
+        CHECK(r.fsm.state() == reconnect_state::replacing);
+        auto a = r.fsm.attempt_ended({error_code{}}, t0 + 60s);
+        CHECK(a.what == kind::connect);
+        CHECK(a.endpoint == 0);
+        CHECK(r.resets == 1);  // the backup was stable
+        // The primary still refuses: back to the backup at once, no policy wait.
+        a = r.fsm.attempt_ended({refused}, t0 + 61s);
+        CHECK(a.endpoint == 1);
+        CHECK(a.delay == 0ms);
+        // On the primary, nothing is planned.
+        REQUIRE(r.fsm.time_up(t0 + 61s).what == kind::connect);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 62s, 0.0);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::failback);
+        r.fsm.replacement_due(t0 + 122s);
+        r.fsm.attempt_ended({error_code{}}, t0 + 122s);
+        REQUIRE(r.fsm.connected().what == kind::run);
+        r.fsm.hook_succeeded(t0 + 123s, 0.0);
+        CHECK(r.fsm.endpoint() == 0);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::none);
+        CHECK(r.fsm.replacement_due(t0 + 24h) == reconnect_interrupt::none);
+    }
+
+    TEST_CASE("endpoints: without failback_after a backup is kept; reconnect() stays on the same endpoint")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        rig r(s);
+        r.up_on_backup();
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::none);
+        REQUIRE(r.fsm.reconnect(t0 + 1h) == reconnect_interrupt::close_session);
+        auto a = r.fsm.attempt_ended({error_code{}}, t0 + 1h);
+        CHECK(a.what == kind::connect);
+        CHECK(a.endpoint == 1);
+    }
+
+    TEST_CASE("max_connection_age: the moment is drawn from the last tenth of the age")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 1000s;
+        for (double draw : {0.0, 0.5, 0.999999, 1.0, -3.0, 7.0}) {
+            CAPTURE(draw);
+            rig r(s);
+            r.fsm.start();
+            REQUIRE(r.fsm.connected().what == kind::run);
+            r.fsm.hook_succeeded(t0, draw);
+            const auto plan = r.fsm.replacement();
+            CHECK(plan.why == vigil::detail::replacement::max_connection_age);
+            CHECK(plan.at <= t0 + 1000s);
+            CHECK(plan.at >= t0 + 900s);
+            if (draw == 0.5)
+                CHECK(plan.at == t0 + 950s);
+            CHECK(r.fsm.replacement_due(plan.at - 1ms) == reconnect_interrupt::none);
+            CHECK(r.fsm.replacement_due(plan.at) == reconnect_interrupt::close_session);
+            // Same endpoint, at once, no failure.
+            auto a = r.fsm.attempt_ended({error_code{}}, plan.at + 1s);
+            CHECK(a.what == kind::connect);
+            CHECK(r.fsm.streak() == 0);
+            CHECK(r.asked.empty());
+        }
+        // Not while the hook runs, nor once a stop() or reconnect() came first.
+        rig r(s);
+        r.fsm.start();
+        REQUIRE(r.fsm.connected().what == kind::run);
+        CHECK(r.fsm.replacement_due(t0 + 2000s) == reconnect_interrupt::none);
+        r.fsm.hook_succeeded(t0, 0.0);
+        REQUIRE(r.fsm.stop() == reconnect_interrupt::close_session);
+        CHECK(r.fsm.replacement_due(t0 + 2000s) == reconnect_interrupt::none);
+        CHECK(r.fsm.state() == reconnect_state::stopping);
+    }
+
+    TEST_CASE("endpoints: the age limit on a backup comes before failback_after and goes to the primary")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        s.failback_after = 600s;
+        s.max_connection_age = 100s;
+        rig r(s);
+        r.up_on_backup();
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::max_connection_age);
+        REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::close_session);
+        CHECK(r.fsm.attempt_ended({error_code{}}, t0 + 100s).endpoint == 0);
     }
 }
