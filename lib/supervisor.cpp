@@ -213,6 +213,7 @@ struct supervisor::impl {
 
     mutable std::mutex counters_mutex_;
     supervisor_counters counters_;
+    clock_type::time_point live_since_{};  // the live connection's start (under the mutex); zero: none
 };
 
 void supervisor::impl::complete_send(void* self, detail::send_handler h, error_code ec)
@@ -271,6 +272,10 @@ void supervisor::impl::enqueue(detail::pending_message msg)
     }
     outbox_.push(std::move(msg), clock_type::now());
     outbox_wake_.cancel();  // the pump, if it waits
+    // A wait between attempts sleeps until the next expiry it knew of: this message may
+    // expire sooner (its own TTL), and must not outlive it by a long backoff.
+    if (fsm_.state() == detail::reconnect_state::waiting && outbox_.next_expiry() < backoff_timer_.expiry())
+        backoff_timer_.cancel();
 }
 
 void supervisor::impl::request_retry_now()
@@ -391,7 +396,10 @@ reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time
 {
     if (up_at != clock_type::time_point{}) {
         const auto up_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - up_at);
-        count([&](supervisor_counters& c) { c.time_connected += up_for; });
+        count([&](supervisor_counters& c) {
+            c.time_connected += up_for;
+            live_since_ = {};
+        });
     }
     count([&](supervisor_counters& c) {
         ++c.disconnects[error_name(ec)];
@@ -538,7 +546,10 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
     if (fsm_.state() != detail::reconnect_state::up)
         co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
     *up_at = now;
-    count([](supervisor_counters& c) { ++c.connects; });
+    count([&](supervisor_counters& c) {
+        ++c.connects;
+        live_since_ = now;
+    });
     emit(events_.on_up);
     if (fsm_.replacement().why == detail::replacement::none)
         co_return co_await pump_outbox();
@@ -686,16 +697,30 @@ asio::awaitable<error_code> supervisor::send(std::string data, message_type type
     co_return ec;
 }
 
-void supervisor::start_send(std::string data, message_type type, detail::send_handler handler)
+asio::awaitable<error_code> supervisor::send(std::string data, message_type type, std::chrono::milliseconds ttl)
 {
-    detail::pending_message msg{std::move(data), type, {}, std::move(handler)};
+    auto [ec] = co_await async_send(std::move(data), type, ttl, asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+}
+
+void supervisor::start_send(std::string data, message_type type, std::optional<std::chrono::milliseconds> ttl,
+                            detail::send_handler handler)
+{
+    if (ttl && ttl->count() < 0) {
+        impl::complete_send(impl_.get(), std::move(handler), error::invalid_config);
+        return;
+    }
+    detail::pending_message msg{std::move(data), type, ttl.value_or(std::chrono::milliseconds(-1)), std::move(handler)};
     asio::dispatch(impl_->strand_, [p = impl_.get(), msg = std::move(msg)]() mutable { p->enqueue(std::move(msg)); });
 }
 
 supervisor_counters supervisor::counters() const
 {
     std::lock_guard lock(impl_->counters_mutex_);
-    return impl_->counters_;
+    auto c = impl_->counters_;
+    if (impl_->live_since_ != clock_type::time_point{})
+        c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - impl_->live_since_);
+    return c;
 }
 
 const any_backoff& supervisor::policy() const noexcept

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -109,7 +110,7 @@ struct supervisor_config {
 
     /// Longest a message may wait in the outbox; older ones complete with
     /// `error::message_expired` instead of going out late (a stale order is worse than none).
-    /// Default 0: no limit (the outbox bound still applies).
+    /// Default 0: no limit (the outbox bound still applies). `send()` can set a message's own.
     std::chrono::milliseconds message_ttl{0};
 
     /// What a successful send means; see `delivery_guarantee`. Default `written`.
@@ -185,7 +186,7 @@ struct supervisor_counters {
     /// Liveness verdicts (pong, idle, write and close timeouts) by diagnosis_name() of
     /// whose fault they were: "network", "peer_unresponsive", "local_stall", "unknown".
     std::map<std::string, std::size_t> diagnoses;
-    std::chrono::milliseconds time_connected{0};     ///< time sessions were up (added as each ends)
+    std::chrono::milliseconds time_connected{0};     ///< time sessions were up, the live one included
     std::size_t messages_sent = 0;    ///< sends completed without error (written, or confirmed)
     std::size_t messages_failed = 0;  ///< sends completed with an error
 };
@@ -311,12 +312,31 @@ public:
     {
         return detail::initiate_send(
             std::forward<CompletionToken>(token),
-            [this](std::string d, message_type t, detail::send_handler h) { start_send(std::move(d), t, std::move(h)); },
+            [this](std::string d, message_type t, detail::send_handler h) {
+                start_send(std::move(d), t, std::nullopt, std::move(h));
+            },
+            std::move(data), type);
+    }
+
+    /// As above, with this message's own time to live in the outbox instead of
+    /// `supervisor_config::message_ttl` (orders differ: a cancel may wait longer than a new
+    /// order). Zero: no limit for this message. A negative `ttl` completes at once with
+    /// `error::invalid_config`.
+    template <class CompletionToken>
+    auto async_send(std::string data, message_type type, std::chrono::milliseconds ttl, CompletionToken&& token)
+    {
+        return detail::initiate_send(
+            std::forward<CompletionToken>(token),
+            [this, ttl](std::string d, message_type t, detail::send_handler h) {
+                start_send(std::move(d), t, ttl, std::move(h));
+            },
             std::move(data), type);
     }
 
     /// `async_send` as an awaitable that returns the error code instead of throwing.
     boost::asio::awaitable<error_code> send(std::string data, message_type type = message_type::text);
+    /// The same, with this message's own time to live (see `async_send`).
+    boost::asio::awaitable<error_code> send(std::string data, message_type type, std::chrono::milliseconds ttl);
 
     /// A snapshot of the counters.
     supervisor_counters counters() const;
@@ -342,7 +362,8 @@ public:
 private:
     struct impl;
     supervisor(boost::asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy, int);
-    void start_send(std::string data, message_type type, detail::send_handler handler);
+    void start_send(std::string data, message_type type, std::optional<std::chrono::milliseconds> ttl,
+                    detail::send_handler handler);
 
     std::unique_ptr<impl> impl_;
 };

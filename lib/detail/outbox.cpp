@@ -12,32 +12,36 @@ void outbox::push(pending_message m, time_point now)
         done_(m, error::send_queue_full);
         return;
     }
-    m.queued = now;
+    const auto ttl = m.ttl < std::chrono::milliseconds::zero() ? ttl_ : m.ttl;
+    m.deadline = ttl > std::chrono::milliseconds::zero() ? now + ttl : time_point::max();
+    earliest_ = std::min(earliest_, m.deadline);
     messages_.push_back(std::move(m));
 }
 
 void outbox::expire(time_point now)
 {
-    if (ttl_ <= std::chrono::milliseconds::zero())
+    // Cheap while nothing is due: the bound says when to look at all.
+    if (now < earliest_)
         return;
     // A stale order is worse than none: it completes as expired instead of going out late.
-    while (!messages_.empty() && messages_.front().queued + ttl_ <= now) {
-        done_(messages_.front(), error::message_expired);
-        messages_.pop_front();
+    earliest_ = time_point::max();
+    std::deque<pending_message> kept;
+    for (auto& m : messages_) {
+        if (m.deadline <= now) {
+            done_(m, error::message_expired);
+        } else {
+            earliest_ = std::min(earliest_, m.deadline);
+            kept.push_back(std::move(m));
+        }
     }
-}
-
-outbox::time_point outbox::next_expiry() const noexcept
-{
-    if (ttl_ <= std::chrono::milliseconds::zero() || messages_.empty())
-        return time_point::max();
-    return messages_.front().queued + ttl_;
+    messages_ = std::move(kept);
 }
 
 void outbox::fail_all(error_code ec)
 {
     auto all = std::move(messages_);
     messages_.clear();
+    earliest_ = time_point::max();
     for (auto& m : all)
         done_(m, ec);
 }

@@ -11,6 +11,7 @@
 #include <vigil/detail/async_send.hpp>
 #include <vigil/supervisor.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -23,8 +24,11 @@ namespace vigil::detail {
 struct pending_message {
     std::string data;
     message_type type = message_type::text;
-    std::chrono::steady_clock::time_point queued{};
+    /// This message's time to live; negative: the outbox's default. Zero: no limit.
+    std::chrono::milliseconds ttl{-1};
     send_handler handler;
+    /// When it expires (set by push; `time_point::max()` for never).
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 /// Completes a message's send with `ec` (the supervisor counts it and posts the handler).
@@ -40,12 +44,14 @@ public:
 
     outbox(std::size_t limit, std::chrono::milliseconds ttl, completer done) : limit_(limit), ttl_(ttl), done_(done) {}
 
-    /// Queues `m` (stamped `now`), or completes it with `send_queue_full`.
+    /// Queues `m` (its deadline counted from `now`), or completes it with `send_queue_full`.
     void push(pending_message m, time_point now);
-    /// Completes with `message_expired` what waited longer than the TTL.
+    /// Completes with `message_expired` what waited longer than its TTL, wherever it is in
+    /// the queue (TTLs differ per message), keeping the others in order.
     void expire(time_point now);
-    /// When the oldest message expires (`time_point::max()` for never).
-    time_point next_expiry() const noexcept;
+    /// No later than when the next message expires (`time_point::max()` for never): it may be
+    /// earlier, after the message that set it left; expire() then makes it exact.
+    time_point next_expiry() const noexcept { return earliest_; }
     /// Completes everything with `ec`.
     void fail_all(error_code ec);
 
@@ -53,13 +59,18 @@ public:
     /// The oldest, out of the outbox while it is written (so that the TTL cannot touch it).
     pending_message take_front();
     /// Back at the head: its write was cut off, or it must be sent again.
-    void put_back(pending_message m) { messages_.push_front(std::move(m)); }
+    void put_back(pending_message m)
+    {
+        earliest_ = std::min(earliest_, m.deadline);
+        messages_.push_front(std::move(m));
+    }
 
 private:
     std::deque<pending_message> messages_;
     std::size_t limit_;
     std::chrono::milliseconds ttl_;  // zero: no limit
     completer done_;
+    time_point earliest_ = time_point::max();  // a lower bound on every message's deadline
 };
 
 class delivery_tracker {

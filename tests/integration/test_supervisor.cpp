@@ -706,6 +706,83 @@ TEST_CASE("message fate: expired, or delivered in order after reconnect")
     CHECK_CODE(h.run_ec, error_code{});
 }
 
+TEST_CASE("message fate: a message's own TTL, shorter or longer than the default, in any order")
+{
+    refused_port closed;
+    auto cfg = quick_config();
+    cfg.message_ttl = 600ms;
+    harness h(closed.url(), cfg, vigil::constant_backoff(5s));
+    std::vector<std::pair<std::string, steady::time_point>> expired;
+    std::vector<std::pair<std::string, error_code>> ended;
+    auto send = [&](std::string name, std::optional<milliseconds> ttl) {
+        auto done = [&, name](error_code ec) {
+            ended.emplace_back(name, ec);
+            if (ec == error::message_expired)
+                expired.emplace_back(name, steady::now());
+        };
+        if (ttl)
+            h.sup.async_send(name, message_type::text, *ttl, done);
+        else
+            h.sup.async_send(name, message_type::text, done);
+    };
+    steady::time_point sent_at{};
+    bool three = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return !h.retries.empty(); }, 2s))
+            co_return;
+        sent_at = steady::now();
+        send("order", 300ms);
+        send("quote", 100ms);  // behind the order, yet it goes first
+        send("default", std::nullopt);
+        send("cancel", 0ms);  // no limit: waits as long as it takes
+        send("bad", -1ms);
+        three = co_await eventually([&] { return expired.size() == 3; }, 2s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(4s);
+
+    REQUIRE(three);
+    const std::vector<std::pair<std::string, milliseconds>> expected = {
+        {"quote", 100ms}, {"order", 300ms}, {"default", 600ms}};
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(expired[i].first == expected[i].first);
+        CHECK(ms_between(sent_at, expired[i].second) >= expected[i].second - 5ms);
+        CHECK(ms_between(sent_at, expired[i].second) < expected[i].second + tolerance);
+    }
+    REQUIRE(ended.size() == 5);
+    CHECK(ended[0] == std::make_pair(std::string("bad"), error_code(error::invalid_config)));
+    CHECK(ended.back() == std::make_pair(std::string("cancel"), error_code(error::supervisor_stopped)));
+    REQUIRE(h.run_done);
+}
+
+TEST_CASE("counters().time_connected counts the live connection too")
+{
+    vt::peer server;
+    harness h(server.url());
+    milliseconds while_up{};
+    milliseconds up_for{};
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1 && ms_since(h.up_since) >= 300ms; }, 3s))
+            co_return;
+        while_up = h.sup.counters().time_connected;
+        up_for = ms_since(h.up_since);
+        h.sup.stop();
+    });
+    h.ioc.run_for(5s);
+
+    REQUIRE(h.run_done);
+    CHECK(while_up >= 300ms);
+    CHECK(while_up <= up_for + 5ms);
+    CHECK(while_up >= up_for - tolerance);
+    // Once ended, the connection is counted once, not twice.
+    const auto after = h.sup.counters().time_connected;
+    CHECK(after >= while_up);
+    CHECK(after < while_up + tolerance + 1s);
+}
+
 TEST_CASE("message fate: every send completes exactly once")
 {
     refused_port closed;
