@@ -7,6 +7,9 @@ usage: plot.py [echo.csv [echo.png]]           vigil-bench-echo --csv (defaults:
                                                results/echo.csv, results/echo.png)
        plot.py --storm [storm.csv [storm.png]]  vigil-bench-storm --csv (defaults:
                                                results/storm.csv, results/storm.png)
+       plot.py --limiter [limiter.csv [limiter.png]]
+                                               vigil-bench-storm --attempts-csv (defaults:
+                                               results/limiter.csv, results/limiter.png)
 """
 
 import csv
@@ -86,9 +89,61 @@ def storm(args):
     print(f"wrote {dst}")
 
 
+def limiter(args):
+    """Connection attempts in the sliding window of the limiter's length, over time, for the
+    first round of each policy: what a server that counts connects per window sees."""
+    src = Path(args[0]) if len(args) > 0 else HERE / "results" / "limiter.csv"
+    dst = Path(args[1]) if len(args) > 1 else HERE / "results" / "limiter.png"
+    starts = defaultdict(list)
+    limit = window = None
+    with open(src, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["round"] == "0":
+                starts[row["policy"]].append(float(row["attempt_ms"]))
+            limit, window = int(row["limit_connects"]), float(row["limit_window_ms"])
+    labels = {
+        "full_jitter": "exponential, full jitter (default)",
+        "constant": "constant 500 ms, no jitter",
+        "limited": "full jitter + shared rate_limiter",
+    }
+    colors = {"full_jitter": "#2b6cb0", "constant": "#c05621", "limited": "#2f855a"}
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    step = 10.0
+    end = max(max(times) for times in starts.values()) + window
+    for policy, times in starts.items():
+        times.sort()
+        xs, ys = [], []
+        lo = hi = 0
+        t = 0.0
+        while t <= end:
+            while hi < len(times) and times[hi] <= t:
+                hi += 1
+            while lo < hi and times[lo] <= t - window:
+                lo += 1
+            xs.append(t)
+            ys.append(hi - lo)
+            t += step
+        ax.plot(xs, ys, color=colors.get(policy, "#555555"),
+                label=f"{labels.get(policy, policy)}: max {max(ys)}")
+    ax.axhline(limit, color="black", linestyle=":", linewidth=1)
+    ax.text(0, limit, f" limit: {limit} per {window / 1000:g} s", fontsize=8, va="bottom")
+    ax.set_xlabel("time since the server went away (ms)")
+    ax.set_ylabel(f"attempts in the last {window / 1000:g} s")
+    ax.set_title("connection attempts of every client together after a server restart (round 0)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dst, dpi=110)
+    print(f"wrote {dst}")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--storm":
         storm(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--limiter":
+        limiter(sys.argv[2:])
         return
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "echo.csv"
     dst = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "results" / "echo.png"

@@ -3,11 +3,13 @@
 //
 // vigil-bench-storm: what a server restart looks like from the server's side. N supervised
 // clients are connected to one server; the server goes away, comes back on the same port a
-// moment later, and every client's reconnect time is recorded. Run once with the default
-// exponential backoff (full jitter) and once with a constant, jitter-free delay: the
-// question is how hard the returning clients hit the fresh server (the peak of handshakes
-// in any 100 ms window against the mean rate) and how long until all are back.
+// moment later, and every client's reconnect time is recorded. Run with the default
+// exponential backoff (full jitter), with a constant, jitter-free delay, and with full
+// jitter under a shared rate_limiter: the question is how hard the returning clients hit the
+// fresh server (the peak of handshakes in any 100 ms window against the mean rate; the most
+// connection attempts in any window of the limiter's length) and how long until all are back.
 
+#include <vigil/rate_limit.hpp>
 #include <vigil/supervisor.hpp>
 
 #include <support/peer.hpp>
@@ -49,7 +51,10 @@ struct settings {
     milliseconds limit{40000};         // per phase: something is broken beyond this
     std::uint64_t seed = 1;            // 0: random
     int rounds = 3;
+    std::size_t limit_connects = 100;    // the limited run: at most this many attempts ...
+    milliseconds limit_window{1000};     // ... in any window this long
     std::string csv_path;
+    std::string attempts_csv_path;
 };
 
 struct result {
@@ -63,6 +68,8 @@ struct result {
     double first_back_ms = 0;
     double server_back_ms = 0;      // when the new server listened
     double ramp_ms = 0;             // time to bring the N clients up at the start
+    std::vector<double> attempt_ms;  // every attempt's start after the restart
+    std::size_t peak_attempts = 0;   // most attempt starts in any window of the limiter's length
 };
 
 // One client's slot. Written on the client thread, read by the driver after the counters
@@ -71,7 +78,22 @@ struct client {
     std::unique_ptr<vigil::supervisor> sup;
     clock_type::time_point up_at{};
     std::size_t attempts_at_restart = 0;
+    std::vector<clock_type::time_point> attempt_starts;  // after the restart
 };
+
+// Most of the sorted `times` within any window [t, t + w).
+std::size_t most_within(const std::vector<double>& times, double w)
+{
+    std::size_t most = 0;
+    std::size_t lo = 0;
+    for (std::size_t hi = 0; hi < times.size(); ++hi) {
+        while (times[hi] - times[lo] >= w) {
+            ++lo;
+        }
+        most = std::max(most, hi - lo + 1);
+    }
+    return most;
+}
 
 std::uint64_t splitmix(std::uint64_t& state)
 {
@@ -121,7 +143,8 @@ public:
     storm(const settings& s, std::uint16_t port) : s_(s), port_(port), clients_(s.clients) {}
 
     template <class MakePolicy>
-    result run(std::string name, int round, MakePolicy make_policy)
+    result run(std::string name, int round, MakePolicy make_policy,
+               std::shared_ptr<vigil::rate_limiter> limiter = nullptr)
     {
         result r;
         r.policy = std::move(name);
@@ -158,6 +181,7 @@ public:
         // Streaks reset after a short healthy period, so every client meets the restart at
         // attempt 1 whatever happened during the initial ramp.
         cfg.stable_after = milliseconds(500);
+        cfg.limiter = std::move(limiter);
         up_total_ = 0;
         up_after_restart_ = 0;
         ended_ = 0;
@@ -168,6 +192,11 @@ public:
             auto& c = clients_[i];
             c = client{};
             c.sup = std::make_unique<vigil::supervisor>(ioc.get_executor(), url, cfg, make_policy(i));
+            c.sup->events().on_connecting = [this, &c](const vigil::attempt_params&) {
+                if (restarted_.load(std::memory_order_acquire)) {
+                    c.attempt_starts.push_back(clock_type::now());
+                }
+            };
             c.sup->events().on_up = [this, &c] {
                 if (restarted_.load(std::memory_order_acquire)) {
                     if (c.up_at == clock_type::time_point{}) {
@@ -210,6 +239,9 @@ public:
         for (auto& c : clients_) {
             r.reconnect_ms.push_back(std::chrono::duration<double, std::milli>(c.up_at - restart).count());
             r.attempts.push_back(c.sup->counters().attempts - c.attempts_at_restart);
+            for (auto t : c.attempt_starts) {
+                r.attempt_ms.push_back(std::chrono::duration<double, std::milli>(t - restart).count());
+            }
         }
         summarise(r, std::chrono::duration<double, std::milli>(back - restart).count());
 
@@ -230,15 +262,14 @@ private:
         r.all_back_ms = times.back();
         // Sliding window over the sorted times: the most reconnects within any window.
         const double w = static_cast<double>(s_.window.count());
-        std::size_t lo = 0;
-        for (std::size_t hi = 0; hi < times.size(); ++hi) {
-            while (times[hi] - times[lo] >= w) {
-                ++lo;
-            }
-            r.peak = std::max(r.peak, hi - lo + 1);
-        }
+        r.peak = most_within(times, w);
         // The recovery runs from the restart until the last client is back; the server's
         // downtime is part of it, as it is of every real restart.
+        std::sort(r.attempt_ms.begin(), r.attempt_ms.end());
+        // In a window 1 ms shorter than the limiter's: each start is stamped in on_connecting,
+        // microseconds after the limiter counted it, and those microseconds can put one start
+        // on either side of a window's edge.
+        r.peak_attempts = most_within(r.attempt_ms, static_cast<double>(s_.limit_window.count()) - 1.0);
         const double recovery = std::max(r.all_back_ms, w);
         r.mean_per_window = static_cast<double>(times.size()) * w / recovery;
         r.first_back_ms = times.front();
@@ -290,16 +321,28 @@ settings parse_args(int argc, char** argv)
             s.rounds = static_cast<int>(number(next()));
         } else if (arg == "--seed") {
             s.seed = number(next());
+        } else if (arg == "--limit") {
+            // COUNT/MS: at most COUNT attempts in any MS milliseconds.
+            auto spec = next();
+            auto slash = spec.find('/');
+            if (slash == std::string_view::npos) {
+                throw std::invalid_argument("--limit: COUNT/MS, e.g. 100/1000");
+            }
+            s.limit_connects = number(spec.substr(0, slash));
+            s.limit_window = milliseconds(number(spec.substr(slash + 1)));
         } else if (arg == "--csv") {
             s.csv_path = std::string(next());
+        } else if (arg == "--attempts-csv") {
+            s.attempts_csv_path = std::string(next());
         } else {
             throw std::invalid_argument(
                 "usage: vigil-bench-storm [--clients N] [--down-ms MS] [--constant-ms MS] "
-                "[--rounds N] [--seed N] [--csv FILE]");
+                "[--limit COUNT/MS] [--rounds N] [--seed N] [--csv FILE] [--attempts-csv FILE]");
         }
     }
-    if (s.clients == 0 || s.constant_delay.count() == 0 || s.rounds <= 0) {
-        throw std::invalid_argument("--clients, --constant-ms and --rounds must be positive");
+    if (s.clients == 0 || s.constant_delay.count() == 0 || s.rounds <= 0 || s.limit_connects == 0 ||
+        s.limit_window.count() == 0) {
+        throw std::invalid_argument("--clients, --constant-ms, --limit and --rounds must be positive");
     }
     return s;
 }
@@ -327,52 +370,60 @@ int main(int argc, char** argv)
         storm st(s, port);
         std::uint64_t seeds = s.seed;
 
-        // Rounds alternate the two policies, so that machine noise hits both alike.
+        // Rounds alternate the policies, so that machine noise hits all alike.
         std::vector<result> results;
+        auto jitter = [&](std::size_t) {
+            vigil::exponential_backoff::options o;  // the defaults: 500 ms, x2, 30 s cap
+            o.seed = s.seed == 0 ? 0 : splitmix(seeds) | 1;
+            return vigil::exponential_backoff(o);
+        };
         for (int round = 0; round < s.rounds; ++round) {
-            results.push_back(st.run("full_jitter", round, [&](std::size_t) {
-                vigil::exponential_backoff::options o;  // the defaults: 500 ms, x2, 30 s cap
-                o.seed = s.seed == 0 ? 0 : splitmix(seeds) | 1;
-                return vigil::exponential_backoff(o);
-            }));
+            results.push_back(st.run("full_jitter", round, jitter));
             results.push_back(st.run("constant", round, [&](std::size_t) {
                 return vigil::constant_backoff(s.constant_delay);
             }));
+            // One limiter shared by the whole fleet, fresh for each restart.
+            results.push_back(st.run("limited", round, jitter,
+                                     std::make_shared<vigil::rate_limiter>(vigil::rate_limits{
+                                         .connects = s.limit_connects, .connect_window = s.limit_window})));
         }
 
         std::printf("reconnect storm: %zu clients, server away for %lld ms (plus its teardown), "
-                    "%d rounds, window %lld ms\n\n",
+                    "%d rounds, window %lld ms, limited: %zu attempts per %lld ms\n\n",
                     s.clients, static_cast<long long>(s.down.count()), s.rounds,
-                    static_cast<long long>(s.window.count()));
-        std::printf("%-12s %5s %11s %10s %10s %10s %10s %10s %10s %9s %8s %9s\n", "policy", "round",
+                    static_cast<long long>(s.window.count()), s.limit_connects,
+                    static_cast<long long>(s.limit_window.count()));
+        std::printf("%-12s %5s %11s %10s %10s %10s %10s %10s %10s %9s %8s %12s %9s\n", "policy", "round",
                     "server back", "first back", "median", "p99", "all back", "peak/100ms",
-                    "mean/100ms", "peak/mean", "attempts", "ramp");
+                    "mean/100ms", "peak/mean", "attempts", "max/limit-w", "ramp");
         for (const auto& r : results) {
             std::size_t attempts = 0;
             for (auto a : r.attempts) {
                 attempts += a;
             }
-            std::printf("%-12s %5d %8.0f ms %7.0f ms %7.0f ms %7.0f ms %7.0f ms %10zu %10.1f %10.2f %8zu %6.0f ms\n",
+            std::printf("%-12s %5d %8.0f ms %7.0f ms %7.0f ms %7.0f ms %7.0f ms %10zu %10.1f %10.2f %8zu %12zu %6.0f ms\n",
                         r.policy.c_str(), r.round, r.server_back_ms, r.first_back_ms,
                         percentile(r.reconnect_ms, 0.5), percentile(r.reconnect_ms, 0.99),
                         r.all_back_ms, r.peak, r.mean_per_window,
-                        static_cast<double>(r.peak) / r.mean_per_window, attempts, r.ramp_ms);
+                        static_cast<double>(r.peak) / r.mean_per_window, attempts, r.peak_attempts, r.ramp_ms);
         }
         std::printf("\nmedians over the rounds (times from the restart):\n");
-        for (const char* policy : {"full_jitter", "constant"}) {
-            std::vector<double> all_back, peak, mean, ratio;
+        for (const char* policy : {"full_jitter", "constant", "limited"}) {
+            std::vector<double> all_back, peak, mean, ratio, limit_peak;
             for (const auto& r : results) {
                 if (r.policy == policy) {
                     all_back.push_back(r.all_back_ms);
                     peak.push_back(static_cast<double>(r.peak));
                     mean.push_back(r.mean_per_window);
                     ratio.push_back(static_cast<double>(r.peak) / r.mean_per_window);
+                    limit_peak.push_back(static_cast<double>(r.peak_attempts));
                 }
             }
             std::printf("%-12s all back %5.0f ms   peak %5.0f per 100 ms   mean %6.1f per 100 ms   "
-                        "peak/mean %5.2f\n",
+                        "peak/mean %5.2f   attempts in a limit window: max %4.0f (limit %zu)\n",
                         policy, percentile(all_back, 0.5), percentile(peak, 0.5),
-                        percentile(mean, 0.5), percentile(ratio, 0.5));
+                        percentile(mean, 0.5), percentile(ratio, 0.5),
+                        *std::max_element(limit_peak.begin(), limit_peak.end()), s.limit_connects);
         }
 
         if (!s.csv_path.empty()) {
@@ -388,6 +439,20 @@ int main(int argc, char** argv)
                 }
             }
             std::printf("\nper-client figures written to %s\n", s.csv_path.c_str());
+        }
+        if (!s.attempts_csv_path.empty()) {
+            std::ofstream csv(s.attempts_csv_path);
+            if (!csv) {
+                throw std::runtime_error("cannot write " + s.attempts_csv_path);
+            }
+            csv << "policy,round,attempt_ms,limit_connects,limit_window_ms\n";
+            for (const auto& r : results) {
+                for (double t : r.attempt_ms) {
+                    csv << r.policy << ',' << r.round << ',' << t << ',' << s.limit_connects << ','
+                        << s.limit_window.count() << '\n';
+                }
+            }
+            std::printf("attempt starts written to %s\n", s.attempts_csv_path.c_str());
         }
         return 0;
     } catch (const std::exception& e) {

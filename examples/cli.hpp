@@ -45,6 +45,23 @@ inline std::size_t parse_count(std::string_view flag, std::string_view text)
     return value;
 }
 
+/// "N/S": at most N events in any S seconds (S > 0, fractions allowed), e.g. "5/1".
+struct rate {
+    std::size_t count = 0;
+    std::chrono::milliseconds window{0};
+};
+
+inline rate parse_rate(std::string_view flag, std::string_view text)
+{
+    const auto slash = text.find('/');
+    if (slash == std::string_view::npos)
+        throw usage_error{std::string(flag) + ": '" + std::string(text) + "' is not N/S (at most N per S seconds)"};
+    rate r{parse_count(flag, text.substr(0, slash)), parse_seconds(flag, text.substr(slash + 1))};
+    if (r.count == 0 || r.window.count() <= 0)
+        throw usage_error{std::string(flag) + ": '" + std::string(text) + "': N and S must be positive"};
+    return r;
+}
+
 inline std::chrono::milliseconds positive(std::string_view flag, std::chrono::milliseconds d)
 {
     if (d.count() <= 0)

@@ -107,6 +107,11 @@ constexpr std::string_view usage_text =
     "                         (default 30)\n"
     "  --max-connection-age S replace a connection up about S seconds with a new one\n"
     "                         (event reconnect; default 0: never)\n"
+    "  --message-ttl S        a line from stdin waiting longer than S for a connection is\n"
+    "                         dropped and reported on stderr (default 0: no limit)\n"
+    "  --connect-limit N/S    at most N connection attempts in any S seconds\n"
+    "  --message-limit N/S    at most N messages in any S seconds on a connection, heartbeat\n"
+    "                         pings included (stdin lines wait for their turn)\n"
     "  --failback S           once a backup has held the connection S seconds (at least\n"
     "                         --stable-after), reconnect to URL (event reconnect, reason\n"
     "                         failback; default 0: stay on the backup until it fails)\n"
@@ -132,6 +137,7 @@ struct options {
     std::string url;
     std::vector<std::string> sends;
     std::optional<milliseconds> duration;
+    vigil::rate_limits limits;
     bool reconnect = true;
     bool help = false;
 };
@@ -278,6 +284,16 @@ options parse_args(int argc, char** argv)
             opts.cfg.max_connection_age = parse_seconds(flag, value());
         } else if (flag == "--failback") {
             opts.cfg.failback_after = parse_seconds(flag, value());
+        } else if (flag == "--message-ttl") {
+            opts.cfg.message_ttl = parse_seconds(flag, value());
+        } else if (flag == "--connect-limit") {
+            const auto r = parse_rate(flag, value());
+            opts.limits.connects = r.count;
+            opts.limits.connect_window = r.window;
+        } else if (flag == "--message-limit") {
+            const auto r = parse_rate(flag, value());
+            opts.limits.messages = r.count;
+            opts.limits.message_window = r.window;
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -301,6 +317,9 @@ options parse_args(int argc, char** argv)
     }
     opts.url = std::string(positional.front());
     opts.cfg.backup_urls.assign(positional.begin() + 1, positional.end());
+    if (opts.limits.connects > 0 || opts.limits.messages > 0) {
+        opts.cfg.limiter = std::make_shared<vigil::rate_limiter>(opts.limits);
+    }
     return opts;
 }
 

@@ -13,6 +13,7 @@
 #include "detail/reconnect.hpp"
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
+#include "detail/window_limit.hpp"
 
 #include <vigil/url.hpp>
 
@@ -38,6 +39,23 @@ namespace asio = boost::asio;
 using clock_type = std::chrono::steady_clock;
 using detail::reconnect_action;
 using kind = detail::reconnect_action::kind;
+
+namespace {
+
+// How many messages a connection may send per message window: the limit, less the pings the
+// heartbeat may send in a window; with confirmed delivery, each message also brings a ping.
+std::size_t message_slots(const supervisor_config& cfg)
+{
+    const auto& l = cfg.limiter->limits();
+    std::size_t pings = 0;
+    if (cfg.session.ping_interval.count() > 0)
+        pings = static_cast<std::size_t>((l.message_window.count() + cfg.session.ping_interval.count() - 1) /
+                                         cfg.session.ping_interval.count());
+    const std::size_t left = l.messages > pings ? l.messages - pings : 0;
+    return cfg.delivery == delivery_guarantee::written ? left : left / 2;
+}
+
+}  // namespace
 
 error_code validate(const supervisor_config& cfg, std::string* detail)
 {
@@ -66,6 +84,15 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
                     ms(cfg.stable_after) + "): a backup is left only once it proved stable");
     if (cfg.prepare_timeout.count() <= 0)
         return fail("prepare_timeout (" + ms(cfg.prepare_timeout) + ") must be positive");
+    if (cfg.limiter) {
+        if (auto ec = validate(cfg.limiter->limits(), detail))
+            return ec;
+        if (cfg.limiter->limits().messages > 0 && message_slots(cfg) == 0)
+            return fail("rate_limits.messages (" + std::to_string(cfg.limiter->limits().messages) + " per " +
+                        ms(cfg.limiter->limits().message_window) +
+                        ") leaves no room for messages beside the heartbeat's pings (session.ping_interval " +
+                        ms(cfg.session.ping_interval) + ")");
+    }
     for (std::size_t i = 0; i < cfg.backup_urls.size(); ++i) {
         endpoint ep;
         std::string why;
@@ -145,7 +172,7 @@ struct supervisor::impl {
           // then resume our outbox pump inline when a send completes; its teardown posts.
           session_(strand_, cfg_.session), outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
           delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_),
-          prepare_timer_(strand_)
+          prepare_timer_(strand_), pace_timer_(strand_)
     {
     }
 
@@ -154,6 +181,10 @@ struct supervisor::impl {
     error_code prepare_run();
     asio::awaitable<reconnect_action> attempt_connect(const reconnect_action& a);
     asio::awaitable<error_code> prepare_attempt(attempt_params& p);
+    asio::awaitable<error_code> wait_turn();
+    asio::awaitable<error_code> wait_begin();
+    asio::awaitable<error_code> throttled_until(clock_type::time_point at);
+    asio::awaitable<error_code> pace_message();
     asio::awaitable<error_code> call_prepare(attempt_params& p);
     asio::awaitable<error_code> prepare_deadline();
     error_code failed_before_connect(error_code ec, std::string detail);
@@ -199,6 +230,7 @@ struct supervisor::impl {
     connected_hook hook_;
     prepare_hook prepare_;
     std::size_t attempt_endpoint_ = 0;  // the endpoint of the latest attempt
+    bool throttled_ = false;  // the current attempt waited for the limiter (counted once)
     supervisor_events events_;
     disconnect_info last_;
 
@@ -206,7 +238,9 @@ struct supervisor::impl {
     detail::delivery_tracker delivery_;
     asio::steady_timer outbox_wake_;  // the pump waits on it while the outbox is empty
     asio::steady_timer backoff_timer_;
-    asio::steady_timer prepare_timer_;  // the before_attempt hook's deadline; stop() cancels it
+    asio::steady_timer prepare_timer_;  // the before_attempt hook's deadline and the connect limiter's wait; stop() cancels it
+    asio::steady_timer pace_timer_;  // the outbox pump waits on it for the message limit
+    detail::window_limit message_window_{0, std::chrono::milliseconds(0)};  // this connection's messages
     activity activity_ = activity::idle;
     error_code last_result_;  // what the last run() returned: sends fail with it
     std::exception_ptr handler_exception_;  // an event handler threw: run() rethrows it
@@ -254,6 +288,10 @@ bool supervisor::impl::active() const noexcept
 error_code supervisor::impl::refusal() const
 {
     switch (fsm_.state()) {
+    case detail::reconnect_state::idle:
+        // Before the first run(), messages wait for it; after a run() that refused its
+        // config (the machine never started), they fail with what it returned.
+        return last_result_;
     case detail::reconnect_state::stopping:
         return error::supervisor_stopped;
     case detail::reconnect_state::stopped:
@@ -372,6 +410,8 @@ error_code supervisor::impl::prepare_run()
         return ec;
     }
     session_.set_config(cfg_.session);
+    if (cfg_.limiter && cfg_.limiter->limits().messages > 0)
+        message_window_ = detail::window_limit(message_slots(cfg_), cfg_.limiter->limits().message_window);
     if (delivery_.confirms())
         detail::session_access::track_writes(session_, [this](std::uint64_t n) { delivery_.confirm_upto(n); });
     else
@@ -414,10 +454,15 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconn
     count([](supervisor_counters& c) { ++c.attempts; });
     attempt_endpoint_ = a.endpoint;
     attempt_params p{endpoints_.at(a.endpoint), cfg_.session.headers, a.endpoint, fsm_.streak() + 1};
+    throttled_ = false;
+    if (auto ec = co_await wait_turn())
+        co_return attempt_ended(ec, {});
     if (prepare_) {
         if (auto ec = co_await prepare_attempt(p))
             co_return attempt_ended(ec, {});
     }
+    if (auto ec = co_await wait_begin())
+        co_return attempt_ended(ec, {});
     emit(events_.on_connecting, std::as_const(p));
     if (fsm_.state() == detail::reconnect_state::stopping)  // stop() meanwhile, or the handler threw
         co_return attempt_ended(failed_before_connect(asio::error::operation_aborted, "cancelled"), {});
@@ -455,6 +500,60 @@ asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
     detail::session_access::use_headers(session_, std::make_shared<const detail::session_access::header_list>(
                                                       std::move(checked.headers)));
     co_return error_code{};
+}
+
+// The shared connect limit, first step: wait for this attempt's turn in the queue.
+asio::awaitable<error_code> supervisor::impl::wait_turn()
+{
+    if (!cfg_.limiter)
+        co_return error_code{};
+    co_return co_await throttled_until(cfg_.limiter->reserve_connect(clock_type::now()));
+}
+
+// Second step, right before connecting: be counted, or wait for the window's oldest to leave.
+asio::awaitable<error_code> supervisor::impl::wait_begin()
+{
+    if (!cfg_.limiter)
+        co_return error_code{};
+    for (;;) {
+        const auto now = clock_type::now();
+        const auto at = cfg_.limiter->begin_connect(now);
+        if (at <= now)
+            co_return error_code{};
+        if (auto ec = co_await throttled_until(at))
+            co_return ec;
+    }
+}
+
+// stop() ends these waits as it ends the hook (abort_attempt cancels prepare_timer_);
+// retry_now() cannot shorten them.
+asio::awaitable<error_code> supervisor::impl::throttled_until(clock_type::time_point at)
+{
+    if (at <= clock_type::now())
+        co_return error_code{};
+    if (!throttled_) {
+        throttled_ = true;
+        count([](supervisor_counters& c) { ++c.throttled_connects; });
+    }
+    prepare_timer_.expires_at(at);
+    auto [ec] = co_await prepare_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec || fsm_.state() == detail::reconnect_state::stopping)
+        co_return failed_before_connect(asio::error::operation_aborted, "cancelled");
+    co_return error_code{};
+}
+
+// The message limit of this connection: wait for the next message's turn. Cancelled with
+// the pump by `||`.
+asio::awaitable<error_code> supervisor::impl::pace_message()
+{
+    const auto now = clock_type::now();
+    const auto at = message_window_.reserve(now);
+    if (at <= now)
+        co_return error_code{};
+    count([](supervisor_counters& c) { ++c.paced_messages; });
+    pace_timer_.expires_at(at);
+    auto [ec] = co_await pace_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return ec;
 }
 
 asio::awaitable<error_code> supervisor::impl::call_prepare(attempt_params& p)
@@ -550,6 +649,7 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
         ++c.connects;
         live_since_ = now;
     });
+    message_window_.clear();  // servers count per connection
     emit(events_.on_up);
     if (fsm_.replacement().why == detail::replacement::none)
         co_return co_await pump_outbox();
@@ -596,6 +696,11 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox()
             co_await outbox_wake_.async_wait(asio::as_tuple(asio::use_awaitable));
             continue;
         }
+        if (co_await pace_message())
+            continue;  // cancelled: the loop's first check ends the arm
+        outbox_.expire(clock_type::now());  // the TTL holds while a message waits its turn
+        if (outbox_.empty())
+            continue;
         auto msg = outbox_.take_front();
         const auto ec = co_await session_.send(msg.data, msg.type);
         if (ec) {

@@ -5,6 +5,7 @@
 #include <vigil/backoff.hpp>
 #include <vigil/config.hpp>
 #include <vigil/error.hpp>
+#include <vigil/rate_limit.hpp>
 #include <vigil/session.hpp>
 
 #include <vigil/detail/async_send.hpp>
@@ -116,6 +117,13 @@ struct supervisor_config {
     /// What a successful send means; see `delivery_guarantee`. Default `written`.
     delivery_guarantee delivery = delivery_guarantee::written;
 
+    /// Limits shared with other supervisors (connects per window) and applied to each of
+    /// this supervisor's connections (messages per window; the outbox waits for its turn,
+    /// never drops, and `message_ttl` still applies while it waits). With confirmed delivery
+    /// every message counts twice (its confirming ping). Messages the `on_connected` hook
+    /// sends itself are not paced. Default: none.
+    std::shared_ptr<rate_limiter> limiter;
+
     /// Overrides `is_permanent()` for deciding whether to stop: return true to give up on
     /// `ec`. Called on the supervisor's executor. Empty (default): `vigil::is_permanent`.
     std::function<bool(const error_code& ec)> is_permanent;
@@ -182,6 +190,8 @@ struct supervisor_counters {
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
     std::size_t planned_reconnects = 0;  ///< `reconnect()` calls and `max_connection_age` replacements carried out
+    std::size_t throttled_connects = 0;  ///< attempts that waited for the limiter's connect window
+    std::size_t paced_messages = 0;      ///< messages that waited for the limiter's message window
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
     /// Liveness verdicts (pong, idle, write and close timeouts) by diagnosis_name() of
     /// whose fault they were: "network", "peer_unresponsive", "local_stall", "unknown".

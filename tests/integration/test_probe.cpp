@@ -323,6 +323,44 @@ TEST_SUITE("probe")
         CHECK(run.events.back()["t"].get<double>() >= 0.55);
     }
 
+    TEST_CASE("probe --message-limit paces stdin lines; --connect-limit and the limits' syntax")
+    {
+        peer server;
+        probe_options opts;
+        opts.stdin_text = "a\nb\nc\nd\ne\nf\n";
+        int echoes = 0;
+        opts.on_event = [&](const json& e, pid_t pid) {
+            if (e.value("event", "") == "message" && ++echoes == 6) {
+                ::kill(pid, SIGTERM);
+            }
+        };
+        // Two lines per 0.3 s: the heartbeat (one ping per 2 s at most) keeps one slot of three.
+        auto run = run_probe({"--ping-interval", "2", "--pong-timeout", "1", "--message-limit", "3/0.3",
+                              "--connect-limit", "10/60", server.url()},
+                             opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        auto messages = events_named(run, "message");
+        REQUIRE(messages.size() == 6);
+        // Echoed in pairs, 0.3 s apart: the last pair came two windows after the first.
+        const double span = messages[5]["t"].get<double>() - messages[0]["t"].get<double>();
+        CHECK(span >= 0.6 - 0.01);
+        CHECK(span < 0.6 + 2 * std::chrono::duration<double>(tolerance).count());
+        for (const auto& bad : {"3", "0/1", "3/0", "x/1", "3/-1"}) {
+            CAPTURE(bad);
+            auto refused = run_probe({"--message-limit", bad, "ws://127.0.0.1:1/"});
+            CHECK(refused.exit_code == 64);
+        }
+        // A limit the heartbeat alone would use up is a configuration error, exit status 2.
+        auto starved = run_probe({"--ping-interval", "0.1", "--message-limit", "5/1", "ws://127.0.0.1:1/"});
+        CHECK(starved.exit_code == 2);
+        REQUIRE_FALSE(starved.events.empty());
+        CHECK(starved.events.back()["reason"] == "invalid_config");
+        CHECK(starved.events.back()["detail"].get<std::string>().find("heartbeat") != std::string::npos);
+    }
+
     TEST_CASE("probe --duration 0.5 closes with a handshake and exits 0")
     {
         // --duration is under test.

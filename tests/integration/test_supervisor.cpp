@@ -13,6 +13,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -21,6 +22,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -1177,6 +1179,13 @@ TEST_CASE("an invalid config ends run() at once with invalid_config")
     REQUIRE(h.fates.size() == 1);
     CHECK(h.fates[0].completions == 1);
     CHECK(h.fates[0].ec);
+    // A send after that run() fails at once with its reason, as after any run(): it must not
+    // wait in the outbox for a run that never comes.
+    h.send("after", 1);
+    h.ioc.restart();
+    h.ioc.run_for(200ms);
+    CHECK(h.fates[1].completions == 1);
+    CHECK_CODE(h.fates[1].ec, error::invalid_config);
 }
 
 TEST_CASE("an on_connected hook failure fails the attempt and is classified")
@@ -1543,6 +1552,137 @@ TEST_CASE("endpoints: without failback_after a working backup is kept; its failu
     CHECK(h.retries[1].next_endpoint == 0);
     CHECK(h.retries[1].delay == 0ms);
     REQUIRE(h.run_done);
+}
+
+// "m0", "m1" ... (appended: g++ 12 warns wrongly on `"literal" + to_string()`).
+std::string numbered(int i)
+{
+    std::string m = "m";
+    m += std::to_string(i);
+    return m;
+}
+
+TEST_CASE("a shared limiter: twelve supervisors connect at most four per window, and all come up")
+{
+    vt::peer server;
+    auto limiter = std::make_shared<vigil::rate_limiter>(vigil::rate_limits{.connects = 4, .connect_window = 400ms});
+    auto cfg = quick_config();
+    cfg.limiter = limiter;
+    io_base io;
+    std::vector<std::unique_ptr<vigil::supervisor>> fleet;
+    std::vector<steady::time_point> starts;
+    int ups = 0;
+    int ended = 0;
+    const auto begin = steady::now();
+    for (int i = 0; i < 12; ++i) {
+        fleet.push_back(std::make_unique<vigil::supervisor>(io.ioc.get_executor(), server.url(), cfg));
+        fleet.back()->events().on_connecting = [&](const vigil::attempt_params&) { starts.push_back(steady::now()); };
+        fleet.back()->events().on_up = [&] { ++ups; };
+        asio::co_spawn(io.ioc, fleet.back()->run(), [&](std::exception_ptr, error_code) { ++ended; });
+    }
+    steady::time_point all_up{};
+    asio::co_spawn(
+        io.ioc,
+        [&]() -> asio::awaitable<void> {
+            if (co_await eventually([&] { return ups == 12; }, 4s))
+                all_up = steady::now();
+            for (auto& s : fleet)
+                s->stop();
+        },
+        asio::detached);
+    io.ioc.run_for(8s);
+
+    REQUIRE(ups == 12);
+    CHECK(ended == 12);
+    REQUIRE(starts.size() == 12);
+    // The schedule is 4, 4, 4, 400 ms apart; the event loop may run a start a little late,
+    // which can only bring two windows' starts closer, so allow it a margin.
+    CHECK(vt::most_in_window(starts, 400ms - tolerance) <= 4);
+    CHECK(ms_between(begin, all_up) >= 800ms - 5ms);
+    CHECK(ms_between(begin, all_up) < 800ms + 2 * tolerance);
+    CHECK(limiter->connects_reserved() == 12);
+    std::size_t throttled = 0;
+    for (auto& s : fleet)
+        throttled += s->counters().throttled_connects;
+    CHECK(throttled == 8);
+    CHECK(server.upgrades() == 12);
+}
+
+TEST_CASE("a shared limiter: stop() ends an attempt waiting for its turn")
+{
+    vt::peer server;
+    auto limiter = std::make_shared<vigil::rate_limiter>(vigil::rate_limits{.connects = 1, .connect_window = 10s});
+    limiter->reserve_connect();  // another supervisor took this window's only connect
+    auto cfg = quick_config();
+    cfg.limiter = limiter;
+    harness h(server.url(), cfg);
+    h.sup.retry_now();  // cannot shorten the limiter's wait
+    steady::time_point asked{};
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        asio::steady_timer t(co_await asio::this_coro::executor, 200ms);
+        co_await t.async_wait(asio::use_awaitable);
+        h.sup.retry_now();
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        asked = steady::now();
+        h.sup.stop();
+    });
+    h.ioc.run_for(3s);
+
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(ms_between(asked, h.run_ended) < tolerance);
+    CHECK(h.sup.counters().throttled_connects == 1);
+    CHECK(server.connections() == 0);
+}
+
+TEST_CASE("a limiter's message window paces the outbox, leaving room for the heartbeat's pings")
+{
+    vt::peer server;
+    auto cfg = quick_config();
+    cfg.session.ping_interval = 1s;  // one ping per 300 ms window at most: two slots left of three
+    cfg.session.pong_timeout = 500ms;
+    cfg.limiter = std::make_shared<vigil::rate_limiter>(vigil::rate_limits{.messages = 3, .message_window = 300ms});
+    harness h(server.url(), cfg);
+    std::vector<steady::time_point> written;
+    bool all = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1; }, 3s))
+            co_return;
+        for (int i = 0; i < 8; ++i)
+            h.sup.async_send(numbered(i), message_type::text,
+                             [&](error_code ec) {
+                                 if (!ec)
+                                     written.push_back(steady::now());
+                             });
+        all = co_await eventually([&] { return h.messages.size() == 8; }, 4s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(7s);
+
+    REQUIRE(all);
+    for (int i = 0; i < 8; ++i)
+        CHECK(h.messages[static_cast<std::size_t>(i)] == numbered(i));
+    REQUIRE(written.size() == 8);
+    CHECK(vt::most_in_window(written, 300ms - tolerance) <= 2);
+    CHECK(ms_between(written.front(), written.back()) >= 900ms - 5ms);
+    // m2 ... m7 had to wait for their window, except where the wait for the one before
+    // already took them past it.
+    CHECK(h.sup.counters().paced_messages >= 3);
+    CHECK(h.sup.counters().paced_messages <= 6);
+}
+
+TEST_CASE("a limiter whose message limit the heartbeat alone would use up is refused")
+{
+    auto cfg = quick_config();  // ping_interval 200 ms: five pings per second
+    cfg.limiter = std::make_shared<vigil::rate_limiter>(vigil::rate_limits{.messages = 5, .message_window = 1s});
+    std::string detail;
+    CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+    CHECK(detail.find("heartbeat") != std::string::npos);
+    cfg.limiter = std::make_shared<vigil::rate_limiter>(vigil::rate_limits{.connects = 1, .connect_window = 0ms});
+    CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+    CHECK(detail.find("connect_window") != std::string::npos);
 }
 
 TEST_CASE("endpoints, failback_after and prepare_timeout are checked by validate()")

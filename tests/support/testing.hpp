@@ -23,10 +23,13 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace vigil::test {
 
@@ -55,6 +58,22 @@ inline std::chrono::milliseconds ms_between(std::chrono::steady_clock::time_poin
 inline std::chrono::milliseconds ms_since(std::chrono::steady_clock::time_point t)
 {
     return ms_between(t, std::chrono::steady_clock::now());
+}
+
+/// The most of `times` (any order) within any window [t, t + w): what a server counting
+/// events per sliding window would see.
+inline std::size_t most_in_window(std::vector<std::chrono::steady_clock::time_point> times,
+                                  std::chrono::steady_clock::duration w)
+{
+    std::sort(times.begin(), times.end());
+    std::size_t most = 0;
+    std::size_t lo = 0;
+    for (std::size_t hi = 0; hi < times.size(); ++hi) {
+        while (times[hi] - times[lo] >= w)
+            ++lo;
+        most = std::max(most, hi - lo + 1);
+    }
+    return most;
 }
 
 /// Waits on the calling coroutine's io_context until `pred` holds, polling every
