@@ -20,7 +20,8 @@ struct disconnect_info;  // <vigil/session.hpp>
 /// supervisor knows about the failure streak. Valid only during the `next_delay()` call.
 struct retry_context {
     /// 1 for the first retry after a healthy period, then 2, 3 ... until the supervisor
-    /// calls `reset()` (see `backoff_policy`).
+    /// calls `reset()` (see `backoff_policy`). With backup endpoints the policy is asked once
+    /// per round through the list, and this counts rounds.
     std::size_t attempt = 1;
     /// Why the last attempt ended (transient, or the supervisor would not retry).
     error_code reason;
@@ -31,9 +32,9 @@ struct retry_context {
     /// How long the streak has been failing: from the end of its first failed attempt to the
     /// end of this one. Zero on attempt 1.
     std::chrono::milliseconds failing_for{0};
-    /// The wait the supervisor chose before the previous attempt of this streak, with its
-    /// floors and `Retry-After` applied (`retry_now()` may have cut it short). Zero on
-    /// attempt 1.
+    /// The wait the supervisor chose before the previous attempt (with backup endpoints: at
+    /// the end of the previous round) of this streak, with its floors and `Retry-After`
+    /// applied (`retry_now()` may have cut it short). Zero on attempt 1.
     std::chrono::milliseconds previous_delay{0};
     /// The last attempt's end in full (HTTP status, close code and reason, detail,
     /// diagnosis), or null where no attempt ran (unit tests of a policy).

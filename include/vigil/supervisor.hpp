@@ -205,13 +205,15 @@ struct supervisor_counters {
 /// failures after delays from a backoff policy, stops at once on permanent ones, and keeps
 /// every message the application sends accounted for.
 ///
-/// Each attempt: the `before_attempt` hook (fresh URL and headers), `connect()`; then, concurrently with `session::run()`, the `on_connected`
-/// hook (re-authenticate, re-subscribe) and, once it succeeded, the outbox drains into the
-/// session in order. When the session ends, the reason is classified: `operation_aborted`
-/// (cancelled) and `stop()` end the supervisor; after `reconnect()` the next attempt starts
-/// at once; permanent failures end it with that reason; transient ones lead to a wait (the
-/// policy's delay, at least `min_delay`, at least the server's `Retry-After`, at least
-/// `policy_violation_delay` after a close with 1008) and the next attempt.
+/// Each attempt: its turn under the shared `limiter` (if any), the `before_attempt` hook
+/// (fresh URL and headers), `connect()` to the endpoint's URL; then, concurrently with
+/// `session::run()`, the `on_connected` hook (re-authenticate, re-subscribe) and, once it
+/// succeeded, the outbox drains into the session in order. When the session ends, the reason
+/// is classified: `operation_aborted` (cancelled) and `stop()` end the supervisor; after
+/// `reconnect()` the next attempt starts at once; permanent failures end it with that reason;
+/// transient ones lead to the next endpoint (see `backup_urls`) and, after a full round, a
+/// wait (the policy's delay, at least `min_delay`, at least the server's `Retry-After`, at
+/// least `policy_violation_delay` after a close with 1008) and the next attempt.
 ///
 /// **Message fate:** `send()` works while disconnected: the message waits in the bounded
 /// outbox and goes out after the next `on_connected`, in order. It completes exactly once:
