@@ -29,8 +29,6 @@ reconnect_action reconnect_fsm::start()
     if (state_ == reconnect_state::stopping)
         return finish(reconnect_state::stopped, {});
     streak_ = 0;
-    rounds_ = 0;
-    round_failures_ = 0;
     endpoint_ = 0;
     state_ = reconnect_state::connecting;
     return connect_next();
@@ -85,8 +83,6 @@ reconnect_action reconnect_fsm::attempt_ended(const attempt_result& r, time_poin
     if (was_up && up_since_ != time_point{} && now - up_since_ >= s_.stable_after) {
         policy_->reset();
         streak_ = 0;
-        rounds_ = 0;
-        round_failures_ = 0;
     }
     if (state_ == reconnect_state::replacing) {
         // Planned: however the old session ended, the next attempt starts now, and the
@@ -114,15 +110,15 @@ reconnect_action reconnect_fsm::retry_after_failure(const attempt_result& r, tim
     if (s_.max_attempts > 0 && streak_ >= s_.max_attempts)
         return finish(reconnect_state::gave_up, error::retries_exhausted);
     // Through the endpoint list at once; the policy's delay comes after each full round, so
-    // a dead primary costs one refused connect, not a backoff wait.
-    endpoint_ = (endpoint_ + 1) % std::max<std::size_t>(s_.endpoints, 1);
-    const bool round_over = ++round_failures_ >= s_.endpoints;
+    // a dead primary costs one refused connect, not a backoff wait. A streak begins a round
+    // (both start over together), so every `endpoints` failures of it make one.
+    const std::size_t endpoints = std::max<std::size_t>(s_.endpoints, 1);
+    endpoint_ = (endpoint_ + 1) % endpoints;
+    const bool round_over = streak_ % endpoints == 0;
     auto delay = std::chrono::milliseconds::zero();
     if (round_over) {
-        round_failures_ = 0;
-        ++rounds_;
         retry_context ctx;
-        ctx.attempt = rounds_;
+        ctx.attempt = streak_ / endpoints;
         ctx.reason = r.reason;
         ctx.retry_after = r.retry_after;
         ctx.failing_for = std::chrono::duration_cast<std::chrono::milliseconds>(now - streak_began_);

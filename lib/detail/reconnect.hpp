@@ -147,12 +147,10 @@ private:
     any_backoff* policy_;
     reconnect_state state_ = reconnect_state::idle;
     std::size_t streak_ = 0;
-    std::size_t rounds_ = 0;  // rounds through the endpoint list that failed in full
-    std::size_t round_failures_ = 0;  // failed attempts in the current round
     std::size_t endpoint_ = 0;
     planned_replacement replacement_;
     time_point streak_began_{};  // when the streak's first failed attempt ended
-    std::chrono::milliseconds last_delay_{0};  // the wait chosen before the streak's latest attempt
+    std::chrono::milliseconds last_delay_{0};  // the wait chosen at the end of the streak's latest round
     time_point up_since_{};  // since when the current session is up; zero if it never was
     time_point wait_until_{};
 };
