@@ -172,7 +172,7 @@ struct supervisor::impl {
           // then resume our outbox pump inline when a send completes; its teardown posts.
           session_(strand_, cfg_.session), outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
           delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_),
-          prepare_timer_(strand_), pace_timer_(strand_)
+          attempt_timer_(strand_), pace_timer_(strand_)
     {
     }
 
@@ -181,23 +181,23 @@ struct supervisor::impl {
     error_code prepare_run();
     asio::awaitable<reconnect_action> attempt_connect(const reconnect_action& a);
     asio::awaitable<error_code> prepare_attempt(attempt_params& p);
-    asio::awaitable<error_code> wait_turn();
-    asio::awaitable<error_code> wait_begin();
-    asio::awaitable<error_code> throttled_until(clock_type::time_point at);
+    asio::awaitable<error_code> wait_turn(bool& waited);
+    asio::awaitable<error_code> wait_begin(bool& waited);
+    asio::awaitable<error_code> throttled_until(clock_type::time_point at, bool& waited);
     asio::awaitable<error_code> pace_message();
     asio::awaitable<error_code> call_prepare(attempt_params& p);
     asio::awaitable<error_code> prepare_deadline();
     error_code failed_before_connect(error_code ec, std::string detail);
     asio::awaitable<reconnect_action> attempt_run();
     asio::awaitable<error_code> run_session();
-    asio::awaitable<error_code> attempt_body(clock_type::time_point* up_at);
+    asio::awaitable<error_code> attempt_body();
     asio::awaitable<error_code> pump_outbox();
     asio::awaitable<error_code> replace_when_due();
     asio::awaitable<error_code> until_cancelled();
     asio::awaitable<reconnect_action> close_opened();
     asio::awaitable<reconnect_action> wait_between(const reconnect_action& a);
     error_code finish_run(const reconnect_action& a);
-    reconnect_action attempt_ended(error_code ec, clock_type::time_point up_at);
+    reconnect_action attempt_ended(error_code ec);
 
     // From other threads, through the strand.
     void enqueue(detail::pending_message msg);
@@ -230,7 +230,6 @@ struct supervisor::impl {
     connected_hook hook_;
     prepare_hook prepare_;
     std::size_t attempt_endpoint_ = 0;  // the endpoint of the latest attempt
-    bool throttled_ = false;  // the current attempt waited for the limiter (counted once)
     supervisor_events events_;
     disconnect_info last_;
 
@@ -238,7 +237,9 @@ struct supervisor::impl {
     detail::delivery_tracker delivery_;
     asio::steady_timer outbox_wake_;  // the pump waits on it while the outbox is empty
     asio::steady_timer backoff_timer_;
-    asio::steady_timer prepare_timer_;  // the before_attempt hook's deadline and the connect limiter's wait; stop() cancels it
+    // The steps of an attempt before it connects wait on it: the limiter's turn, the
+    // before_attempt hook's deadline. stop() cancels it (abort_attempt).
+    asio::steady_timer attempt_timer_;
     asio::steady_timer pace_timer_;  // the outbox pump waits on it for the message limit
     detail::window_limit message_window_{0, std::chrono::milliseconds(0)};  // this connection's messages
     activity activity_ = activity::idle;
@@ -247,7 +248,7 @@ struct supervisor::impl {
 
     mutable std::mutex counters_mutex_;
     supervisor_counters counters_;
-    clock_type::time_point live_since_{};  // the live connection's start (under the mutex); zero: none
+    clock_type::time_point live_since_{};  // when the live connection came up (under the mutex); zero: none
 };
 
 void supervisor::impl::complete_send(void* self, detail::send_handler h, error_code ec)
@@ -353,7 +354,7 @@ void supervisor::impl::request_stop()
         backoff_timer_.cancel();
         break;
     case detail::reconnect_interrupt::abort_attempt:
-        prepare_timer_.cancel();  // ends the before_attempt hook, if it runs
+        attempt_timer_.cancel();  // ends the before_attempt hook, if it runs
         session_.cancel();
         break;
     case detail::reconnect_interrupt::close_session:
@@ -432,21 +433,19 @@ error_code supervisor::impl::finish_run(const reconnect_action& a)
     return result;
 }
 
-reconnect_action supervisor::impl::attempt_ended(error_code ec, clock_type::time_point up_at)
+reconnect_action supervisor::impl::attempt_ended(error_code ec)
 {
-    if (up_at != clock_type::time_point{}) {
-        const auto up_for = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - up_at);
-        count([&](supervisor_counters& c) {
-            c.time_connected += up_for;
-            live_since_ = {};
-        });
-    }
+    const auto now = clock_type::now();
     count([&](supervisor_counters& c) {
+        if (live_since_ != clock_type::time_point{}) {
+            c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(now - live_since_);
+            live_since_ = {};
+        }
         ++c.disconnects[error_name(ec)];
         if (last_.diagnosis != diagnosis::none)
             ++c.diagnoses[std::string(diagnosis_name(last_.diagnosis))];
     });
-    return fsm_.attempt_ended({ec, last_.retry_after, &last_}, clock_type::now());
+    return fsm_.attempt_ended({ec, last_.retry_after, &last_}, now);
 }
 
 asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconnect_action& a)
@@ -454,23 +453,25 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconn
     count([](supervisor_counters& c) { ++c.attempts; });
     attempt_endpoint_ = a.endpoint;
     attempt_params p{endpoints_.at(a.endpoint), cfg_.session.headers, a.endpoint, fsm_.streak() + 1};
-    throttled_ = false;
-    if (auto ec = co_await wait_turn())
-        co_return attempt_ended(ec, {});
-    if (prepare_) {
-        if (auto ec = co_await prepare_attempt(p))
-            co_return attempt_ended(ec, {});
-    }
-    if (auto ec = co_await wait_begin())
-        co_return attempt_ended(ec, {});
+    // Before connecting: the limiter's turn, fresh parameters, then the limiter counts it.
+    bool throttled = false;  // counted once per attempt, however many waits it took
+    error_code ec = co_await wait_turn(throttled);
+    if (!ec && prepare_)
+        ec = co_await prepare_attempt(p);
+    if (!ec)
+        ec = co_await wait_begin(throttled);
+    if (throttled)
+        count([](supervisor_counters& c) { ++c.throttled_connects; });
+    if (ec)
+        co_return attempt_ended(ec);
     emit(events_.on_connecting, std::as_const(p));
     if (fsm_.state() == detail::reconnect_state::stopping)  // stop() meanwhile, or the handler threw
-        co_return attempt_ended(failed_before_connect(asio::error::operation_aborted, "cancelled"), {});
-    const error_code ec = co_await session_.connect(std::move(p.url));
+        co_return attempt_ended(failed_before_connect(asio::error::operation_aborted, "cancelled"));
+    ec = co_await session_.connect(std::move(p.url));
     last_ = session_.last_disconnect();
     if (!ec)
         co_return fsm_.connected();
-    co_return attempt_ended(ec, {});
+    co_return attempt_ended(ec);
 }
 
 // The before_attempt hook, bounded by prepare_timeout; its headers are checked as the
@@ -478,7 +479,7 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconn
 asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
 {
     using namespace asio::experimental::awaitable_operators;
-    prepare_timer_.expires_after(cfg_.prepare_timeout);
+    attempt_timer_.expires_after(cfg_.prepare_timeout);
     auto ended = co_await (call_prepare(p) || prepare_deadline());
     if (ended.index() == 1) {
         const error_code ec = std::get<1>(ended);
@@ -503,15 +504,15 @@ asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
 }
 
 // The shared connect limit, first step: wait for this attempt's turn in the queue.
-asio::awaitable<error_code> supervisor::impl::wait_turn()
+asio::awaitable<error_code> supervisor::impl::wait_turn(bool& waited)
 {
     if (!cfg_.limiter)
         co_return error_code{};
-    co_return co_await throttled_until(cfg_.limiter->reserve_connect(clock_type::now()));
+    co_return co_await throttled_until(cfg_.limiter->reserve_connect(clock_type::now()), waited);
 }
 
 // Second step, right before connecting: be counted, or wait for the window's oldest to leave.
-asio::awaitable<error_code> supervisor::impl::wait_begin()
+asio::awaitable<error_code> supervisor::impl::wait_begin(bool& waited)
 {
     if (!cfg_.limiter)
         co_return error_code{};
@@ -520,23 +521,20 @@ asio::awaitable<error_code> supervisor::impl::wait_begin()
         const auto at = cfg_.limiter->begin_connect(now);
         if (at <= now)
             co_return error_code{};
-        if (auto ec = co_await throttled_until(at))
+        if (auto ec = co_await throttled_until(at, waited))
             co_return ec;
     }
 }
 
-// stop() ends these waits as it ends the hook (abort_attempt cancels prepare_timer_);
+// stop() ends these waits as it ends the hook (abort_attempt cancels attempt_timer_);
 // retry_now() cannot shorten them.
-asio::awaitable<error_code> supervisor::impl::throttled_until(clock_type::time_point at)
+asio::awaitable<error_code> supervisor::impl::throttled_until(clock_type::time_point at, bool& waited)
 {
     if (at <= clock_type::now())
         co_return error_code{};
-    if (!throttled_) {
-        throttled_ = true;
-        count([](supervisor_counters& c) { ++c.throttled_connects; });
-    }
-    prepare_timer_.expires_at(at);
-    auto [ec] = co_await prepare_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    waited = true;
+    attempt_timer_.expires_at(at);
+    auto [ec] = co_await attempt_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     if (ec || fsm_.state() == detail::reconnect_state::stopping)
         co_return failed_before_connect(asio::error::operation_aborted, "cancelled");
     co_return error_code{};
@@ -568,7 +566,7 @@ asio::awaitable<error_code> supervisor::impl::call_prepare(attempt_params& p)
 
 asio::awaitable<error_code> supervisor::impl::prepare_deadline()
 {
-    auto [ec] = co_await prepare_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    auto [ec] = co_await attempt_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     // Cancelled by stop(), or by `||` when the hook finished first.
     co_return ec ? error_code(asio::error::operation_aborted) : error_code(error::prepare_timeout);
 }
@@ -587,14 +585,13 @@ asio::awaitable<reconnect_action> supervisor::impl::close_opened()
 {
     const error_code ec = co_await session_.close(1000, "stopping");
     last_ = session_.last_disconnect();
-    co_return attempt_ended(ec, {});
+    co_return attempt_ended(ec);
 }
 
 asio::awaitable<reconnect_action> supervisor::impl::attempt_run()
 {
     using namespace asio::experimental::awaitable_operators;
-    clock_type::time_point up_at{};
-    auto ended = co_await (run_session() || attempt_body(&up_at));
+    auto ended = co_await (run_session() || attempt_body());
     // Whatever the dead connection did not confirm is reported (or queued again).
     delivery_.settle(outbox_);
     const std::string hook_detail = last_.detail;
@@ -606,7 +603,7 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_run()
         if (ec != asio::error::operation_aborted)
             last_.detail = hook_detail;
     }
-    co_return attempt_ended(ec, up_at);
+    co_return attempt_ended(ec);
 }
 
 asio::awaitable<error_code> supervisor::impl::run_session()
@@ -623,7 +620,7 @@ asio::awaitable<error_code> supervisor::impl::run_session()
     co_return error::handler_exception;
 }
 
-asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_point* up_at)
+asio::awaitable<error_code> supervisor::impl::attempt_body()
 {
     co_await detail::enter_operation();
     if (hook_) {
@@ -644,7 +641,6 @@ asio::awaitable<error_code> supervisor::impl::attempt_body(clock_type::time_poin
     fsm_.hook_succeeded(now, random_fraction());
     if (fsm_.state() != detail::reconnect_state::up)
         co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
-    *up_at = now;
     count([&](supervisor_counters& c) {
         ++c.connects;
         live_since_ = now;

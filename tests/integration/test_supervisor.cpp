@@ -1372,8 +1372,7 @@ TEST_CASE("before_attempt: its failure fails the attempt before any connect and 
         h.start_run();
         steady::time_point asked{};
         h.spawn([&]() -> asio::awaitable<void> {
-            asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
-            co_await t.async_wait(asio::use_awaitable);
+            co_await vt::pause(50ms);  // the scenario: the hook is under way
             asked = steady::now();
             h.sup.stop();
         });
@@ -1620,10 +1619,9 @@ TEST_CASE("a shared limiter: stop() ends an attempt waiting for its turn")
     steady::time_point asked{};
     h.start_run();
     h.spawn([&]() -> asio::awaitable<void> {
-        asio::steady_timer t(co_await asio::this_coro::executor, 200ms);
-        co_await t.async_wait(asio::use_awaitable);
+        // The scenario: the attempt has been waiting for its turn a while.
+        co_await vt::pause(200ms);
         h.sup.retry_now();
-        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
         asked = steady::now();
         h.sup.stop();
     });
