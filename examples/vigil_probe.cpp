@@ -77,6 +77,8 @@ constexpr std::string_view usage_text =
     "  --ping-interval S      ping after S seconds without traffic (0: no heartbeat)\n"
     "  --pong-timeout S       declare the connection dead S seconds after an unanswered ping\n"
     "  --idle-timeout S       end when no data message arrives for S seconds (0: off)\n"
+    "  --fresh-field F=V      only messages whose JSON field F is V count as data for\n"
+    "                         --idle-timeout (a feed whose acks still arrive is stale)\n"
     "  --connect-timeout S    bound on DNS resolution plus TCP connect\n"
     "  --handshake-timeout S  bound on the WebSocket upgrade\n"
     "  --close-timeout S      bound on the close handshake\n"
@@ -226,6 +228,14 @@ options parse_args(int argc, char** argv)
             cfg.pong_timeout = parse_seconds(flag, value());
         } else if (flag == "--idle-timeout") {
             cfg.idle_timeout = parse_seconds(flag, value());
+        } else if (flag == "--fresh-field") {
+            auto spec = value();
+            auto fresh = vigil::message_match::parse_field_spec(spec);
+            if (!fresh)
+                throw usage_error{"--fresh-field: '" + std::string(spec) + "' is not FIELD=VALUE"};
+            cfg.is_fresh = [match = std::move(*fresh)](std::string_view data, vigil::message_type type) {
+                return type == vigil::message_type::text && match.matches(data);
+            };
         } else if (flag == "--connect-timeout") {
             cfg.connect_timeout = parse_seconds(flag, value());
         } else if (flag == "--handshake-timeout") {
@@ -369,12 +379,13 @@ public:
         ev->on_pong = [this](std::chrono::microseconds rtt) {
             emit({{"event", "pong"}, {"rtt_ms", static_cast<double>(rtt.count()) / 1000.0}});
         };
-        ev->on_message = [this](std::string_view data, vigil::message_type type) {
-            if (type == vigil::message_type::text) {
-                emit({{"event", "message"}, {"text", data}});
-            } else {
-                emit({{"event", "message"}, {"bytes", data.size()}});
-            }
+        ev->on_message = [this](std::string_view data, vigil::message_type type, const vigil::message_meta& meta) {
+            json e{{"event", "message"}, {"connection", meta.connection}, {"sequence", meta.sequence}};
+            if (type == vigil::message_type::text)
+                e["text"] = data;
+            else
+                e["bytes"] = data.size();
+            emit(std::move(e));
         };
         ev->on_stall = [this](milliseconds lateness) {
             emit({{"event", "stall"}, {"late_ms", lateness.count()}});

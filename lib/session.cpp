@@ -20,6 +20,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <random>
 
 namespace vigil {
@@ -98,6 +99,17 @@ void session_core::begin_connection()
         inbox_->reset();
 }
 
+namespace {
+
+// Connection numbers for message_meta: unique and increasing across the process.
+std::uint64_t next_connection_id() noexcept
+{
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+}  // namespace
+
 void session_core::opened(time_point now)
 {
     const auto confirm = client_ && client_->on_confirmed ? write_confirmation::on : write_confirmation::off;
@@ -106,6 +118,7 @@ void session_core::opened(time_point now)
     const auto watch =
         cfg_->end_on_suspect || (events_ && events_->on_suspect) ? path_watch::on : path_watch::off;
     live_.start(*cfg_, confirm, watch, now, seed_++);
+    connection_id_ = next_connection_id();
     rx_.clear();
     ws_->next_layer().watch_closing(&session_core::on_transport_closing, this);
     phase_ = phase::open;
@@ -519,6 +532,11 @@ bool session::is_open() const noexcept
 const disconnect_info& session::last_disconnect() const noexcept
 {
     return core_->last();
+}
+
+std::uint64_t session::connection_id() const noexcept
+{
+    return core_->connection_id();
 }
 
 // ---------------------------------------------------------------------------------------

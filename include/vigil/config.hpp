@@ -4,12 +4,15 @@
 
 #include <vigil/error.hpp>
 #include <vigil/heartbeat.hpp>
+#include <vigil/message_type.hpp>
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -118,6 +121,14 @@ struct session_config {
     /// that answers pings but stopped sending. Default zero: off.
     std::chrono::milliseconds idle_timeout{0};
 
+    /// Which data messages satisfy `idle_timeout`: a feed whose updates stopped while the
+    /// acks of our own requests still arrive on the same socket is stale all the same. Called
+    /// on the session's executor with each data message while `idle_timeout` is set (before
+    /// `on_message`); every message is still delivered and still proves the peer alive. An
+    /// exception ends the connection with `error::handler_exception` (see `session_events`).
+    /// Empty (default): every data message counts.
+    std::function<bool(std::string_view data, message_type type)> is_fresh;
+
     /// DNS resolution plus TCP connect (all resolved addresses), `error::connect_timeout`.
     /// Default 10 s. Must be positive.
     std::chrono::milliseconds connect_timeout = std::chrono::seconds(10);
@@ -129,9 +140,12 @@ struct session_config {
     /// Must be positive.
     std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
 
-    /// Longest time one message write may take: a peer that stops reading fills the TCP
-    /// buffers and the write stalls; after this the session ends with `error::write_timeout`.
-    /// Default 10 s. Zero disables it.
+    /// Longest a message write may go without progress: a peer that stops reading fills the
+    /// TCP buffers and the write stalls; after this the session ends with
+    /// `error::write_timeout`. A message longer than 64 KiB is written in frames of 64 KiB,
+    /// and each one written starts the count again: a 16 MB snapshot moving slowly over a
+    /// thin link is not a stall, and a short message is bounded as a whole. Default 10 s.
+    /// Zero disables it.
     std::chrono::milliseconds write_timeout = std::chrono::seconds(10);
 
     /// How long the close handshake may take, ours or an answer to the peer's. After it the

@@ -13,6 +13,8 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
+#include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -25,6 +27,49 @@ namespace detail {
 class session_core;
 struct session_access;
 }  // namespace detail
+
+/// Where a data message came from: which connection, and where in it. A feed's own
+/// sequence numbers then tell a gap across a reconnect (the connection changed) from a gap
+/// mid-stream (it did not).
+struct message_meta {
+    /// The connection that carried the message: a number given when a connection opens,
+    /// unique within the process and larger for every later connection (whichever session
+    /// or supervisor opened it), never 0. `session::connection_id()` reads it back.
+    std::uint64_t connection = 0;
+    /// 1 for the first message the application got on that connection, then 2, 3 ...
+    std::uint64_t sequence = 0;
+};
+
+/// The `on_message` handler: a callable taking `(std::string_view data, message_type type)`,
+/// or `(std::string_view data, message_type type, const message_meta& meta)` for where the
+/// message came from. Empty by default (messages are then dropped).
+class message_handler {
+public:
+    message_handler() noexcept = default;
+    message_handler(std::nullptr_t) noexcept {}
+    template <class F>
+        requires std::invocable<F&, std::string_view, message_type, const message_meta&>
+    message_handler(F f) : f_(std::move(f))
+    {
+    }
+    template <class F>
+        requires(!std::invocable<F&, std::string_view, message_type, const message_meta&> &&
+                 std::invocable<F&, std::string_view, message_type>)
+    message_handler(F f)
+        : f_([g = std::move(f)](std::string_view data, message_type type, const message_meta&) mutable {
+              g(data, type);
+          })
+    {
+    }
+
+    explicit operator bool() const noexcept { return static_cast<bool>(f_); }
+    void operator()(std::string_view data, message_type type, const message_meta& meta) const { f_(data, type, meta); }
+    /// For calling a handler by hand: `meta` is then all zeros.
+    void operator()(std::string_view data, message_type type) const { f_(data, type, message_meta{}); }
+
+private:
+    std::function<void(std::string_view, message_type, const message_meta&)> f_;
+};
 
 /// Why and how a connection ended, as `session::last_disconnect()` and the
 /// `on_disconnected` event report it.
@@ -73,8 +118,9 @@ struct session_events {
     std::function<void()> on_ping;
     /// The pong for our last ping arrived; `rtt` is measured from the ping's send.
     std::function<void(std::chrono::microseconds rtt)> on_pong;
-    /// A data message arrived. `data` is valid only during the call.
-    std::function<void(std::string_view data, message_type type)> on_message;
+    /// A data message arrived. `data` (and `meta`, for a handler that takes it) is valid
+    /// only during the call.
+    message_handler on_message;
     /// The connection ended (also after a failed `connect()`).
     std::function<void(const disconnect_info&)> on_disconnected;
     /// Our own event loop was late: one of this session's timer wake-ups ran `lateness`
@@ -252,6 +298,10 @@ public:
 
     /// Why the last connection (or connection attempt) ended.
     const disconnect_info& last_disconnect() const noexcept;
+
+    /// The open connection's number (`message_meta::connection`); after it ended, the last
+    /// one's; 0 before the first connection opened.
+    std::uint64_t connection_id() const noexcept;
 
 private:
     friend struct detail::session_access;

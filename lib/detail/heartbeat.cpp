@@ -41,6 +41,14 @@ void session_core::heartbeat_tick(time_point now)
         send_ping(now);
 }
 
+void session_core::confirm_writes(time_point now)
+{
+    // At once, not at the next grid point: a confirmation then costs one round trip.
+    if (phase_ == phase::running && live_.confirmation_due())
+        send_ping(now);
+    reschedule();
+}
+
 void session_core::send_ping(time_point now)
 {
     // Before the ping is written, so that a fast pong is never reported before its ping.

@@ -104,7 +104,13 @@ void liveness::ping_write_done() noexcept
 void liveness::write_started(time_point now) noexcept
 {
     writing_ = writing::busy;
-    write_started_at_ = now;
+    write_progress_at_ = now;
+}
+
+void liveness::write_progressed(time_point now) noexcept
+{
+    if (writing_ == writing::busy)
+        write_progress_at_ = std::max(write_progress_at_, now);
 }
 
 void liveness::write_finished() noexcept
@@ -149,12 +155,15 @@ time_point liveness::ping_due() const noexcept
     // spreads the pings of connections that started together.
     const time_point base =
         cfg_->ping == ping_mode::idle ? std::max(last_rx_, ping_sent_at_) + cfg_->ping_interval : next_fixed_;
-    time_point due = base - early_;
-    // Confirming delivery: a ping soon after writes, one in flight at a time, whatever
+    // Confirming delivery: a ping right after writes, one in flight at a time, whatever
     // arrives meanwhile (only its pong proves the peer read them).
-    if (confirm_ == write_confirmation::on && written_ > ping_covers_ && pong_ == pong_wait::none)
-        due = std::min(due, ping_sent_at_ + duration(confirm_gap));
-    return due;
+    return confirmation_due() ? std::min(base - early_, ping_sent_at_) : base - early_;
+}
+
+bool liveness::confirmation_due() const noexcept
+{
+    return confirm_ == write_confirmation::on && written_ > ping_covers_ && pong_ == pong_wait::none &&
+           heartbeat_on() && closing_ == closing::no && reading_ == reading::on && ping_write_ == ping_write::idle;
 }
 
 bool liveness::awaiting_proof() const noexcept
@@ -186,7 +195,7 @@ expiry liveness::expired(time_point now) const noexcept
     if (idle_watched() && now >= last_data_ + cfg_->idle_timeout)
         return expiry::idle;
     if (writing_ == writing::busy && cfg_->write_timeout > duration::zero() &&
-        now >= write_started_at_ + cfg_->write_timeout)
+        now >= write_progress_at_ + cfg_->write_timeout)
         return expiry::write;
     if (closing_ == closing::yes && now >= close_started_at_ + cfg_->close_timeout)
         return expiry::close;
@@ -199,7 +208,7 @@ time_point liveness::next_deadline() const noexcept
     if (idle_watched())
         next = std::min(next, last_data_ + cfg_->idle_timeout);
     if (writing_ == writing::busy && cfg_->write_timeout > duration::zero())
-        next = std::min(next, write_started_at_ + cfg_->write_timeout);
+        next = std::min(next, write_progress_at_ + cfg_->write_timeout);
     if (closing_ == closing::yes)
         next = std::min(next, close_started_at_ + cfg_->close_timeout);
     return next;

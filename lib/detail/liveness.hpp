@@ -29,12 +29,10 @@ inline constexpr std::chrono::milliseconds timer_grain{10};
 /// `t` rounded up to the grid; `time_point::max()` and the epoch stay as they are.
 time_point on_grid(time_point t) noexcept;
 
-/// Shortest time between two pings sent to confirm writes: under a steady stream of sends,
-/// one ping confirms a batch rather than every message costing a ping.
-inline constexpr std::chrono::milliseconds confirm_gap{5};
-
 /// Whether written messages must be confirmed by a pong (delivery_guarantee::confirmed):
-/// then the heartbeat pings soon after writes.
+/// then a ping goes out as soon as a write completes, one in flight at a time, so that a
+/// confirmation costs one round trip and a steady stream of sends is confirmed in batches
+/// (every message written while a ping is in flight waits for the next one).
 enum class write_confirmation { off, on };
 
 /// The deadline that passed, as `liveness::expired()` reports it (the first in this order).
@@ -42,7 +40,7 @@ enum class expiry {
     none,
     pong,  ///< nothing at all arrived within pong_timeout of a ping
     idle,  ///< no data message for idle_timeout: say goodbye (the close deadline follows)
-    write,  ///< one message write took longer than write_timeout
+    write,  ///< a message write made no progress for write_timeout
     close,  ///< the close handshake took longer than close_timeout
 };
 
@@ -94,6 +92,9 @@ public:
     void ping_write_done() noexcept;
     /// A message write began / ended (the write deadline runs in between).
     void write_started(time_point now) noexcept;
+    /// Part of the message in progress was written: the write deadline counts from `now`
+    /// (write_timeout bounds a write without progress, not a whole long message).
+    void write_progressed(time_point now) noexcept;
     void write_finished() noexcept;
     /// An application message was written whole (counted for delivery confirmation).
     void message_written() noexcept;
@@ -116,8 +117,12 @@ public:
     // ---- what is due ----
 
     /// When the heartbeat should send the next ping; `time_point::max()` for never (no
-    /// heartbeat, closing, paused, or a ping still being written).
+    /// heartbeat, closing, paused, or a ping still being written). Confirming writes, it is
+    /// at once (the last ping's time) while written messages wait for a ping and none is in
+    /// flight: the session then sends it without waiting for the grid.
     time_point ping_due() const noexcept;
+    /// Whether a ping is due now only to confirm writes (see `write_confirmation`).
+    bool confirmation_due() const noexcept;
     /// The first deadline that has passed at `now`, in the order of `expiry`.
     expiry expired(time_point now) const noexcept;
     /// The earliest deadline still running (`time_point::max()` for none).
@@ -182,7 +187,7 @@ private:
 
     reading reading_ = reading::on;
     writing writing_ = writing::idle;
-    time_point write_started_at_{};
+    time_point write_progress_at_{};
     closing closing_ = closing::no;
     time_point close_started_at_{};
 

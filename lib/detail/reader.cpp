@@ -109,20 +109,35 @@ std::optional<error_code> session_core::deliver(std::string_view data)
     // Heartbeat messages prove the peer alive but are not data: they must not satisfy
     // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
     const bool heartbeat = conn_.app_heartbeat && type == message_type::text && heartbeat_consumed(data);
-    if (heartbeat)
-        live_.frame_received(now);
-    else
+    if (!heartbeat && is_fresh(data, type))
         live_.data_received(now);
+    else
+        live_.frame_received(now);
     if (phase_ == phase::running && (!heartbeat || cfg_->deliver_heartbeat_messages)) {
+        const message_meta meta{connection_id_, ++conn_.delivered};
         if (inbox_ && inbox_->holds())
             inbox_->push(received{{}, std::string(data), type});
         else
-            emit(&session_events::on_message, data, type);
+            emit(&session_events::on_message, data, type, meta);
     }
     rx_.consume(rx_.size());
     if (phase_ != phase::running)
         return conn_.end.code();  // a handler threw, closed or cancelled
     return std::nullopt;
+}
+
+bool session_core::is_fresh(std::string_view data, message_type type)
+{
+    // Only what the application's rule calls fresh satisfies idle_timeout (a feed's
+    // updates, not the acks of our own requests on the same socket).
+    if (!cfg_->is_fresh || cfg_->idle_timeout <= std::chrono::milliseconds::zero())
+        return true;
+    try {
+        return cfg_->is_fresh(data, type);
+    } catch (...) {
+        handler_threw(std::current_exception());
+        return true;
+    }
 }
 
 bool session_core::heartbeat_consumed(std::string_view data)
@@ -164,7 +179,7 @@ void session_core::pong_arrived(time_point now)
         return;
     if (auto e = notify(client_->on_confirmed, news->confirmed))
         handler_threw(std::move(e));
-    reschedule();  // messages written since that ping wait for the next one
+    confirm_writes(now);  // messages written since that ping waited for its pong
 }
 
 }  // namespace vigil::detail

@@ -123,6 +123,10 @@ struct outgoing {
     asio::const_buffer bytes() const noexcept { return shared ? asio::buffer(*shared) : asio::buffer(data); }
 };
 
+/// The most bytes of a message written in one go: a longer one is written in frames of this
+/// size, and each one written is progress for write_timeout.
+inline constexpr std::size_t write_piece_size = 64 * 1024;
+
 /// Everything that belongs to one connection, reset with `= {}` when the next one starts.
 struct connection_state {
     end_reason end;
@@ -134,8 +138,10 @@ struct connection_state {
     /// The message being written, or our close frame (with the application's close()
     /// handler, completed with run()'s result) until the connection ends.
     std::optional<outgoing> inflight;
+    std::size_t inflight_sent = 0;  // bytes of it written so far (a long message goes in pieces)
     std::optional<any_heartbeat> app_heartbeat;  // this connection's copy of the policy
     std::uint64_t ping_seq = 0;  // the last protocol ping's number, its payload
+    std::uint64_t delivered = 0;  // messages handed to the application (message_meta::sequence)
     /// A pong or idle verdict found nothing unread and waits one turn of the event loop for
     /// completions already queued (a read that has the pong) before it falls.
     enum class verdict_check { none, queued } verdict = verdict_check::none;
@@ -198,6 +204,7 @@ public:
     void track_writes(std::function<void(std::uint64_t)> on_confirmed);
     void use_headers(std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers);
     std::uint64_t writes() const noexcept { return live_.written(); }
+    std::uint64_t connection_id() const noexcept { return connection_id_; }
     /// The next received message, or the end (see inbox.hpp).
     asio::awaitable<received> receive_op();
 
@@ -256,6 +263,7 @@ private:
     std::string_view received_so_far() const noexcept;
     error_code read_failed(error_code ec);
     std::optional<error_code> deliver(std::string_view data);
+    bool is_fresh(std::string_view data, message_type type);
     bool heartbeat_consumed(std::string_view data);
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
     void pong_arrived(time_point now);
@@ -263,6 +271,8 @@ private:
 
     // heartbeat.cpp
     void heartbeat_tick(time_point now);
+    /// Sends the ping that confirms writes now, if one is due (delivery confirmation).
+    void confirm_writes(time_point now);
     void send_ping(time_point now);
     void on_ping_written(error_code ec);
 
@@ -278,6 +288,8 @@ private:
 
     // writer.cpp
     void write_next();
+    void write_piece();
+    void on_piece_written(error_code ec, std::size_t n);
     void start_close();
     void on_written(error_code ec);
     void on_closed(error_code ec);
@@ -288,6 +300,7 @@ private:
 
     friend struct session_access;
     struct write_done;
+    struct piece_done;
     struct close_done;
     struct ping_done;
 
@@ -318,6 +331,7 @@ private:
     std::unique_ptr<send_queue> queue_;
     send_queue& queue();
     std::uint32_t seed_;  // this session's jitter draws
+    std::uint64_t connection_id_ = 0;  // message_meta::connection of the open (or last) one
 
     // The arms that wait rather than loop park their completion here.
     wakeup<asio::any_io_executor> heartbeat_stop_;  // completed when the heartbeat ends

@@ -26,6 +26,11 @@ struct session_core::write_done {
     void operator()(error_code ec, std::size_t) const { self->on_written(ec); }
 };
 
+struct session_core::piece_done {
+    session_core* self;
+    void operator()(error_code ec, std::size_t n) const { self->on_piece_written(ec, n); }
+};
+
 struct session_core::close_done {
     session_core* self;
     void operator()(error_code ec) const { self->on_closed(ec); }
@@ -91,8 +96,40 @@ void session_core::write_next()
     live_.write_started(clock_type::now());
     reschedule();
     ws_->binary(conn_.inflight->type == message_type::binary);
+    conn_.inflight_sent = 0;
+    write_piece();
+}
+
+void session_core::write_piece()
+{
+    // A message longer than a piece goes out a piece at a time (frames of one message), and
+    // each piece written is progress that moves write_timeout on: a 16 MB snapshot on a thin
+    // link is not a stall; no progress for write_timeout is.
+    const auto all = conn_.inflight->bytes();
     ++conn_.pending_ops;
-    ws_->async_write(conn_.inflight->bytes(), write_done{this});
+    if (all.size() <= write_piece_size) {
+        ws_->async_write(all, write_done{this});
+        return;
+    }
+    const auto rest = all + conn_.inflight_sent;
+    if (rest.size() <= write_piece_size)
+        ws_->async_write_some(true, rest, write_done{this});
+    else
+        ws_->async_write_some(false, asio::buffer(rest, write_piece_size), piece_done{this});
+}
+
+void session_core::on_piece_written(error_code ec, std::size_t n)
+{
+    // Not written whole while the connection ends: the message stays in flight, and
+    // end_connection() completes it with the reason (the peer never saw it whole).
+    if (!ec && phase_ != phase::running)
+        ec = asio::error::operation_aborted;
+    if (ec)
+        return on_written(ec);
+    conn_.inflight_sent += n;
+    live_.write_progressed(clock_type::now());
+    write_piece();
+    op_done();
 }
 
 void session_core::start_close()
@@ -123,9 +160,10 @@ void session_core::on_written(error_code ec)
             if (!ec)
                 live_.message_written();  // first: a handler resumed inline reads its own count
             if (!ec && !ending && client_ && client_->on_confirmed)
-                reschedule();  // a confirming ping is due
-            // While ending, posted: an inline handler must not send into a session being torn down.
-            complete(std::move(done.handler), ec, !ending);
+                confirm_writes(clock_type::now());  // before the handler can queue more behind it
+            // While ending (on_ping may just have thrown), posted: an inline handler must not
+            // send into a session being torn down.
+            complete(std::move(done.handler), ec, phase_ == phase::running);
         }
     }
     // `closed`: Beast is closing on its own, and the reader reports why.

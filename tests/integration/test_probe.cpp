@@ -298,6 +298,28 @@ TEST_SUITE("probe")
         CHECK(messages[1]["text"] == "second message");
         CHECK(messages[2]["text"] == "end");
         CHECK(server.messages() == 3);
+        // Where each came from: one connection, in order.
+        for (std::size_t i = 0; i < messages.size(); ++i) {
+            CAPTURE(i);
+            REQUIRE(messages[i]["connection"].is_number_unsigned());
+            CHECK(messages[i]["connection"] == messages[0]["connection"]);
+            CHECK(messages[i]["sequence"] == i + 1);
+        }
+    }
+
+    TEST_CASE("probe --fresh-field: a feed that still sends, but nothing fresh, is stale")
+    {
+        // The peer streams "stream N" texts every 20 ms; none has the field, so none is fresh.
+        peer server({.behaviour = vigil::test::peer_behaviour::stream, .stream_period = std::chrono::milliseconds(20)});
+        auto run = run_probe({"--ping-interval", "0.2", "--pong-timeout", "0.1", "--idle-timeout", "0.4", "--fresh-field", "type=update", "--no-reconnect", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 1);
+        CHECK(events_named(run, "message").size() >= 5);  // still delivered
+        auto last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "idle_timeout");
     }
 
     TEST_CASE("probe sends each stdin line and keeps running after stdin ends")
@@ -664,6 +686,7 @@ TEST_SUITE("probe")
             {"--backoff-initial", "0", "ws://127.0.0.1:1/"},
             {"--backoff-initial", "2", "--backoff-max", "1", "ws://127.0.0.1:1/"},
             {"--no-reconnect=yes", "ws://127.0.0.1:1/"},
+            {"--fresh-field", "update", "ws://127.0.0.1:1/"},
         };
         for (const auto& args : bad) {
             std::string joined;

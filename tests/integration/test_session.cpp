@@ -22,10 +22,13 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -422,6 +425,132 @@ TEST_CASE("idle_timeout fires on a peer that answers pings but sends no data")
     CHECK(vt::wait_until([&] { return server.closes() == 1; }, 1s));
 }
 
+TEST_CASE("idle_timeout with is_fresh: messages that are not fresh do not keep a stale feed open")
+{
+    // The peer keeps sending (acks of our requests, say) but no update: with a rule that
+    // says what fresh data is, the feed is found stale although messages keep arriving.
+    vt::peer server({.behaviour = vt::peer_behaviour::stream, .stream_period = 20ms});
+    auto cfg = quick_config();
+    cfg.idle_timeout = 400ms;
+    std::string fresh_prefix = "update";
+    int judged = 0;
+    cfg.is_fresh = [&](std::string_view data, message_type) {
+        ++judged;
+        if (data == "throw")
+            throw std::runtime_error("is_fresh threw");
+        return data.substr(0, fresh_prefix.size()) == fresh_prefix;
+    };
+    error_code connect_ec = error::not_connected;
+    steady::time_point connected_at{};
+    auto start = [&](client& c) {
+        c.spawn([&]() -> asio::awaitable<void> {
+            connect_ec = co_await c.s.connect(server.url());
+            connected_at = steady::now();
+            if (!connect_ec)
+                c.start_run();
+        });
+    };
+
+    SUBCASE("none fresh: idle_timeout although messages keep arriving")
+    {
+        client c(cfg);
+        start(c);
+        c.ioc.run_for(3s);
+        REQUIRE_FALSE(connect_ec);
+        REQUIRE(c.run_done);
+        CHECK_CODE(c.run_ec, error::idle_timeout);
+        CHECK(c.messages.size() >= 5);  // every message still delivered
+        CHECK(judged >= static_cast<int>(c.messages.size()));
+        CHECK(c.run_ended - connected_at >= cfg.idle_timeout - 20ms);
+        CHECK(c.run_ended - connected_at <= cfg.idle_timeout + tolerance);
+    }
+    SUBCASE("the same messages fresh: no verdict")
+    {
+        fresh_prefix = "stream";
+        client c(cfg);
+        start(c);
+        c.ioc.run_for(1200ms);
+        REQUIRE_FALSE(connect_ec);
+        CHECK_FALSE(c.run_done);
+        CHECK(c.messages.size() >= 20);
+        c.s.cancel();
+        c.ioc.run_for(1s);
+        CHECK_CODE(c.run_ec, asio::error::operation_aborted);
+    }
+    SUBCASE("a rule that throws ends the connection as any handler does")
+    {
+        vt::peer echo;
+        client c(cfg);
+        std::exception_ptr thrown;
+        c.spawn([&]() -> asio::awaitable<void> {
+            connect_ec = co_await c.s.connect(echo.url());
+            if (connect_ec)
+                co_return;
+            asio::co_spawn(c.ioc, c.s.run(), [&](std::exception_ptr e, error_code) {
+                thrown = e;
+                c.run_done = true;
+            });
+            co_await c.s.send("throw");
+        });
+        c.ioc.run_for(3s);
+        REQUIRE_FALSE(connect_ec);
+        REQUIRE(c.run_done);
+        REQUIRE(thrown);
+        CHECK_THROWS_WITH_AS(std::rethrow_exception(thrown), "is_fresh threw", std::runtime_error);
+        CHECK_CODE(c.s.last_disconnect().reason, error::handler_exception);
+    }
+}
+
+TEST_CASE("message_meta: the connection's number and each message's place in it")
+{
+    vt::peer server;
+    client c;
+    std::vector<vigil::message_meta> metas;
+    c.s.events().on_message = [&](std::string_view, message_type, const vigil::message_meta& m) {
+        metas.push_back(m);
+    };
+    std::vector<std::uint64_t> ids;
+    error_code connect_ec = error::not_connected;
+    CHECK(c.s.connection_id() == 0);
+
+    c.spawn([&]() -> asio::awaitable<void> {
+        for (int round = 0; round < 2; ++round) {
+            connect_ec = co_await c.s.connect(server.url());
+            if (connect_ec)
+                co_return;
+            ids.push_back(c.s.connection_id());
+            c.start_run();
+            const auto before = metas.size();
+            for (int i = 0; i < 3; ++i)
+                co_await c.s.send("m" + std::to_string(i));
+            if (!co_await eventually([&] { return metas.size() == before + 3; }, 2s))
+                co_return;
+            co_await c.s.close();
+            if (!co_await eventually([&] { return c.run_done; }, 2s))
+                co_return;
+            c.run_done = false;
+        }
+    });
+    c.ioc.run_for(8s);
+
+    REQUIRE_FALSE(connect_ec);
+    REQUIRE(ids.size() == 2);
+    REQUIRE(metas.size() == 6);
+    CHECK(ids[0] > 0);
+    CHECK(ids[1] > ids[0]);  // a later connection has a larger number
+    for (std::size_t i = 0; i < 6; ++i) {
+        CAPTURE(i);
+        CHECK(metas[i].connection == ids[i / 3]);
+        CHECK(metas[i].sequence == i % 3 + 1);  // starts again at 1 on the new connection
+    }
+    // A two-argument handler still works, and the handler can be called by hand.
+    vigil::message_handler plain = [](std::string_view, message_type) {};
+    CHECK(static_cast<bool>(plain));
+    plain("x", message_type::text);
+    vigil::message_handler none = nullptr;
+    CHECK_FALSE(static_cast<bool>(none));
+}
+
 TEST_CASE("close_timeout: a close that is never answered does not hold the session")
 {
     auto cfg = quick_config();
@@ -509,6 +638,42 @@ TEST_CASE("cancel() during a close that is never answered ends run() and close()
     CHECK(c.run_ended - cancelled_at < tolerance);
     CHECK(close_returned - cancelled_at < tolerance);
     CHECK(c.ioc.stopped());  // nothing left pending
+}
+
+TEST_CASE("write_timeout bounds a write without progress, not a long message moving slowly")
+{
+    // A thin link: the peer takes 128 KiB, then pauses 20 ms (about 6 MB/s; reads of less
+    // than loopback's 64 KiB MSS would leave TCP waiting for its window probes instead). A
+    // 16 MiB snapshot then takes seconds beyond what the kernel buffers absorb, several times
+    // write_timeout, and still moves all the time: that is not a stall. (TCP's window
+    // updates come in bursts: the write progresses in steps about 250 ms apart at worst.)
+    vt::peer server({.behaviour = vt::peer_behaviour::slow_reading, .stream_period = 20ms, .slow_read_bytes = 128 * 1024});
+    auto cfg = quick_config();
+    cfg.ping_interval = 0ms;  // pings would queue behind megabytes the peer reads slowly
+    cfg.write_timeout = 600ms;
+    client c(cfg);
+    error_code connect_ec = error::not_connected;
+    error_code send_ec = error::not_connected;
+    steady::duration took{};
+
+    c.spawn([&]() -> asio::awaitable<void> {
+        connect_ec = co_await c.s.connect(server.url());
+        if (connect_ec)
+            co_return;
+        c.start_run();
+        const auto started = steady::now();
+        send_ec = co_await c.s.send(std::string(16 * 1024 * 1024, 's'), message_type::binary);
+        took = steady::now() - started;
+        c.s.cancel();
+    });
+    c.ioc.run_for(20s);
+
+    REQUIRE_FALSE(connect_ec);
+    CHECK_CODE(send_ec, error_code{});
+    // The rig really was slow: a deadline on the whole write would have fired.
+    CHECK(took > 2 * cfg.write_timeout);
+    REQUIRE(c.run_done);
+    CHECK_CODE(c.run_ec, asio::error::operation_aborted);  // our cancel, not write_timeout
 }
 
 TEST_CASE("write_timeout: a peer that stops reading while we write")

@@ -1783,6 +1783,49 @@ TEST_CASE("delivery confirmed: a send succeeds only once the peer has read it; a
     REQUIRE(h.run_done);
 }
 
+TEST_CASE("delivery confirmed: a confirmation costs about one round trip, not a wait for the timer grid")
+{
+    // The confirming ping goes out as soon as the write completes. It used to wait for the
+    // session's 10 ms timer grid: 0.4-10.4 ms after the write, where the round trip on
+    // loopback is well under a millisecond.
+    vt::peer server;
+    auto cfg = quick_config();
+    cfg.session.ping_interval = 20s;  // no heartbeat ping in the way: every ping confirms
+    cfg.session.pong_timeout = 5s;
+    cfg.delivery = vigil::delivery_guarantee::confirmed;
+    harness h(server.url(), cfg);
+    std::vector<std::chrono::microseconds> rtts;
+    h.sup.session_event_handlers().on_pong = [&](std::chrono::microseconds rtt) { rtts.push_back(rtt); };
+
+    constexpr int rounds = 31;
+    std::vector<double> extra_ms;  // send to confirmation, minus that ping's round trip
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.up; }, 2s))
+            co_return;
+        for (int i = 0; i < rounds; ++i) {
+            const auto before = rtts.size();
+            const auto sent = steady::now();
+            auto ec = co_await h.sup.send("order " + std::to_string(i));
+            const auto took = steady::now() - sent;
+            if (ec || rtts.size() != before + 1)
+                break;
+            extra_ms.push_back(std::chrono::duration<double, std::milli>(took - rtts.back()).count());
+        }
+        h.sup.stop();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(extra_ms.size() == static_cast<std::size_t>(rounds));  // one ping per confirmed send
+    std::sort(extra_ms.begin(), extra_ms.end());
+    const double median = extra_ms[extra_ms.size() / 2];
+    CAPTURE(median);
+    CAPTURE(extra_ms.back());
+    // Waiting for the grid would put the median near 5 ms.
+    CHECK(median < 2.0);
+    REQUIRE(h.run_done);
+}
+
 TEST_CASE("delivery resend_unconfirmed: what a dead connection left unconfirmed goes out again, in order")
 {
     vt::peer server;

@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include <support/peer.hpp>
 
+#include <algorithm>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -20,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <future>
@@ -219,6 +222,8 @@ private:
     // coroutine frame holds it, so the connection lives as long as any loop does.
     asio::awaitable<void> read_loop()
     {
+        if (owner_.behaviour_.load() == peer_behaviour::slow_reading)
+            co_return co_await slow_read_loop();
         beast::flat_buffer buf;
         for (;;) {
             auto [ec, n] = co_await ws_.async_read(buf, use_tuple);
@@ -230,6 +235,28 @@ private:
                 b == peer_behaviour::ignore_close)
                 enqueue(beast::buffers_to_string(buf.data()), ws_.got_binary());
             buf.consume(buf.size());
+        }
+    }
+
+    // slow_read_bytes of message data per stream_period, then a pause: a thin link.
+    asio::awaitable<void> slow_read_loop()
+    {
+        beast::flat_buffer buf;
+        for (;;) {
+            std::size_t budget = owner_.opts_.slow_read_bytes;
+            while (budget > 0) {
+                auto [ec, n] = co_await ws_.async_read_some(buf, budget, use_tuple);
+                if (ec || parked_ || done_)
+                    co_return;
+                budget -= std::min(budget, n);
+                if (ws_.is_message_done())
+                    ++owner_.messages_;
+                buf.consume(buf.size());
+            }
+            timer_.expires_after(owner_.opts_.stream_period);
+            co_await timer_.async_wait(use_tuple);
+            if (parked_ || done_)
+                co_return;
         }
     }
 

@@ -48,6 +48,9 @@ enum class peer_behaviour {
     /// Answers the upgrade request with `peer_options::raw_bytes` instead of an HTTP
     /// response, then behaves as `silent`. Affects new connections only.
     raw_upgrade_answer,
+    /// Reads `slow_read_bytes` of message data, then pauses for `stream_period`, and again: a
+    /// thin link that keeps moving. Never writes. New connections only.
+    slow_reading,
 };
 
 /// How a `peer` starts. Every member has an initializer, so designated initializers
@@ -65,8 +68,11 @@ struct peer_options {
     unsigned reject_status = 403;
     std::vector<std::pair<std::string, std::string>> reject_headers{};
 
-    /// For `stream`: time between two unsolicited messages.
+    /// For `stream`: time between two unsolicited messages; for `slow_reading`, between two reads.
     std::chrono::milliseconds stream_period{10};
+
+    /// For `slow_reading`: the message bytes read between two pauses.
+    std::size_t slow_read_bytes = 16 * 1024;
 
     /// For `close_with`: what the close frame carries.
     std::uint16_t close_code = 1008;

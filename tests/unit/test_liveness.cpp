@@ -290,6 +290,28 @@ TEST_SUITE("liveness")
         CHECK(off.l.expired(t0 + 24h) == expiry::none);
     }
 
+    TEST_CASE("the write deadline counts from the last progress of a long write")
+    {
+        auto s = settings(0ms, 0ms);
+        s.write_timeout = 2s;
+        session_model m(s);
+        m.l.write_started(t0);
+        // A piece written every 1.5 s: slow, never stalled, however long the message.
+        for (int piece = 1; piece <= 10; ++piece) {
+            const auto at = t0 + 1500ms * piece;
+            CHECK(m.l.expired(at - 1ms) == expiry::none);
+            m.l.write_progressed(at);
+            CHECK(m.l.next_deadline() == at + 2s);
+        }
+        const auto last = t0 + 15s;
+        m.l.write_progressed(last - 1s);  // an older report moves nothing back
+        CHECK(m.l.next_deadline() == last + 2s);
+        CHECK(m.l.expired(last + 2s) == expiry::write);  // then no progress for write_timeout
+        m.l.write_finished();
+        m.l.write_progressed(last + 3s);  // no write in progress: nothing to move
+        CHECK(m.l.next_deadline() == time_point::max());
+    }
+
     TEST_CASE("the close deadline: from its start, once, and no pings meanwhile")
     {
         session_model m(settings(1000ms, 500ms));
@@ -329,22 +351,28 @@ TEST_SUITE("liveness")
         CHECK(m.l.ping_due() == m.now + 3001ms);
     }
 
-    TEST_CASE("confirming writes: a ping soon after a write, one in flight, the pong confirms")
+    TEST_CASE("confirming writes: a ping at once after a write, one in flight, the pong confirms")
     {
         session_model m(settings(1000ms, 500ms), t0, 1, write_confirmation::on);
         CHECK(m.l.ping_due() == t0 + 1000ms);  // nothing written: the usual heartbeat
         m.l.message_written();
         m.l.message_written();
-        CHECK(m.l.ping_due() == t0 + vigil::detail::confirm_gap);
+        CHECK(m.l.confirmation_due());
+        CHECK(m.l.ping_due() <= t0);  // due now, whenever the writes completed
         m.tick();
         REQUIRE(m.pings.size() == 1);
         m.l.message_written();  // written after the ping: not covered by it
+        CHECK_FALSE(m.l.confirmation_due());
         CHECK(m.l.ping_due() == m.pings[0] + 1000ms);  // one in flight at a time
         auto news = m.l.pong_received(m.pings[0] + 3ms);
         REQUIRE(news.has_value());
         CHECK(news->confirmed == 2);
-        CHECK(m.l.ping_due() == m.pings[0] + vigil::detail::confirm_gap);
-        m.tick();
+        CHECK(m.l.confirmation_due());
+        CHECK(m.l.ping_due() == m.pings[0]);  // the next one goes as soon as the pong is in
+        m.now = m.pings[0] + 3ms;  // the session sends it on the pong, not on a wake-up
+        m.l.ping_sent(m.now, ping_carrier::control_frame);
+        m.l.ping_write_done();
+        CHECK_FALSE(m.l.confirmation_due());
         news = m.l.pong_received(m.now + 3ms);
         REQUIRE(news.has_value());
         CHECK(news->confirmed == 3);
