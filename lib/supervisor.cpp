@@ -922,6 +922,9 @@ void supervisor::impl::settle_replacement(link& sp, const reconnect_action& a, c
     case kind::hand_over:
         hand_over(reason);
         break;
+    case kind::adopt:  // the live connection ended meanwhile: this one is up in its place
+        went_up(clock_type::now());
+        break;
     case kind::keep: {
         count([](supervisor_counters& c) { ++c.failed_replacements; });
         replacement_failure info{last_, a.endpoint, a.attempt, std::nullopt};
@@ -936,7 +939,7 @@ void supervisor::impl::settle_replacement(link& sp, const reconnect_action& a, c
             asio::co_spawn(strand_, sp.s.close(1000, "stopping"), asio::detached);
         break;
     default:
-        break;  // the live connection ended meanwhile: await_replacement() takes it on
+        break;  // a regular attempt's failure: await_replacement() carries it out
     }
 }
 

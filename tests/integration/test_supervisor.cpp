@@ -2418,6 +2418,73 @@ TEST_CASE("make-before-break: sends during the overlaps complete exactly once an
     CHECK(h.sup.counters().messages_failed == 0);
 }
 
+TEST_CASE("make-before-break: reconnect() opens the new connection before closing the old one with its reason")
+{
+    feed_rig r(aging(0ms, true));
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    bool replaced = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1 && r.values().size() > 50; }, 3s))
+            co_return;
+        h.sup.reconnect("checksum mismatch");
+        replaced = co_await eventually([&] { return h.ups == 2 && r.feed.ends.size() == 1; }, 3s);
+        co_await eventually([&] { return r.values().size() > 150; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(replaced);
+    CHECK(r.reasons == std::vector<std::string>{"checksum mismatch"});
+    CHECK(r.feed.max_open == 2);
+    CHECK(r.feed.ends[0].close_code == 1000);
+    CHECK(r.feed.ends[0].close_reason == "checksum mismatch");
+    CHECK(missing(r.values()) == 0);
+    CHECK(h.retries.empty());
+    CHECK(h.sup.counters().planned_reconnects == 1);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: the old connection dying during the overlap leaves the new attempt to carry on")
+{
+    auto cfg = aging(300ms, true);
+    feed_rig r(cfg);
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    // When the replacement arrives, the server tears the first connection down (no close
+    // handshake) while the replacement's subscription is still being prepared.
+    r.feed.srv.events().on_connected = [&](vigil::connection& c) {
+        r.feed.max_open = std::max(r.feed.max_open, ++r.feed.open);
+        if (c.id() == 2)
+            for (const auto& other : r.feed.srv.connections())
+                if (other->id() == 1)
+                    other->cancel();
+    };
+    bool up_again = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        up_again = co_await eventually([&] { return h.ups == 2; }, 3s);
+        co_await eventually([&] { return r.values().size() > 100; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(up_again);
+    REQUIRE(!r.client_ends.empty());
+    CHECK(r.client_ends[0]);  // the first connection failed (torn down), not closed by us
+    CHECK(r.reasons.size() == 1);
+    CHECK(h.retries.empty());  // no backoff wait: the replacement became the attempt
+    const auto c = h.sup.counters();
+    CHECK(c.attempts == 2);
+    CHECK(c.connects == 2);
+    CHECK(c.planned_reconnects == 0);  // nothing was handed over
+    CHECK(c.failed_replacements == 0);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
 TEST_CASE("make-before-break needs delivery_guarantee::written")
 {
     auto cfg = quick_config();
