@@ -2192,14 +2192,6 @@ std::size_t missing(const std::set<std::uint64_t>& values)
     return static_cast<std::size_t>(*values.rbegin() - *values.begin() + 1) - values.size();
 }
 
-// "m0", "m1" ... (built by appending: see local_url()).
-std::string numbered(std::size_t i)
-{
-    std::string m = "m";
-    m += std::to_string(i);
-    return m;
-}
-
 vigil::supervisor_config aging(milliseconds age, bool make_before_break)
 {
     auto cfg = quick_config();
@@ -2383,7 +2375,7 @@ TEST_CASE("make-before-break: sends during the overlaps complete exactly once an
             co_return;
         asio::steady_timer t(co_await asio::this_coro::executor);
         for (std::size_t i = 0; i < count; ++i) {
-            h.send(numbered(i), i);
+            h.send(numbered(static_cast<int>(i)), i);
             t.expires_after(2ms);
             co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
         }
@@ -2410,7 +2402,7 @@ TEST_CASE("make-before-break: sends during the overlaps complete exactly once an
     std::uint64_t conn = 0;
     for (std::size_t i = 0; i < count; ++i) {
         CAPTURE(i);
-        CHECK(r.feed.received[i].second == numbered(i));
+        CHECK(r.feed.received[i].second == numbered(static_cast<int>(i)));
         CHECK(r.feed.received[i].first >= conn);
         conn = r.feed.received[i].first;
     }
@@ -2481,6 +2473,55 @@ TEST_CASE("make-before-break: the old connection dying during the overlap leaves
     CHECK(c.connects == 2);
     CHECK(c.planned_reconnects == 0);  // nothing was handed over
     CHECK(c.failed_replacements == 0);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: failback tries the primary beside the backup, and keeps the backup while it is down")
+{
+    auto cfg = quick_config();
+    cfg.stable_after = 200ms;
+    cfg.failback_after = 250ms;
+    cfg.min_delay = 2s;  // a retry would wait this long: none may happen
+    cfg.make_before_break = true;
+    failover_rig f(cfg);
+    auto& h = f.h;
+    std::vector<vigil::replacement_failure> failures;
+    h.sup.events().on_replacement_failed = [&](const vigil::replacement_failure& r) { failures.push_back(r); };
+    bool back_on_primary = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        // On the backup; the primary refuses the first failback tries.
+        if (!co_await eventually([&] { return h.ups == 1 && failures.size() >= 2; }, 3s))
+            co_return;
+        f.restore_primary();
+        back_on_primary = co_await eventually([&] { return !f.up_on.empty() && f.up_on.back() == 0; }, 3s);
+        co_await eventually([&] { return f.backup.closes() >= 1; }, 2s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(back_on_primary);
+    CHECK(f.up_on == std::vector<std::size_t>{1, 0});  // the backup was kept until then
+    REQUIRE(failures.size() >= 2);
+    for (std::size_t i = 0; i < failures.size(); ++i) {
+        CAPTURE(i);
+        CHECK_CODE(failures[i].last.reason, error_code(asio::error::connection_refused));
+        CHECK(failures[i].endpoint == 0);
+        CHECK(failures[i].failures == i + 1);
+        REQUIRE(failures[i].retry_in.has_value());
+        CHECK(*failures[i].retry_in == 250ms);  // the next try comes a failback period later
+    }
+    CHECK(f.reasons.size() == failures.size() + 1);
+    for (const auto& r : f.reasons)
+        CHECK(r == "failback");
+    // Only the first attempt (to the primary, refused) was a failure of the supervisor's.
+    REQUIRE(h.retries.size() == 1);
+    CHECK(h.retries[0].delay == 0ms);
+    CHECK(f.backup.upgrades() == 1);
+    CHECK(f.backup.closes() >= 1);  // closed by us once the primary was up
+    CHECK(f.primary->upgrades() == 1);
+    CHECK(h.sup.counters().planned_reconnects == 1);
     REQUIRE(h.run_done);
     CHECK_CODE(h.run_ec, error_code{});
 }
