@@ -343,7 +343,8 @@ public:
     /// next one at once). A second concurrent `run()` returns `already_running`.
     ///
     /// **Per-operation cancellation:** terminal, partial and total: the current attempt or
-    /// wait is abandoned, the socket closed, and `run()` returns `operation_aborted`.
+    /// wait is abandoned, the socket closed (both, during a make-before-break overlap), and
+    /// `run()` returns `operation_aborted`.
     boost::asio::awaitable<error_code> run();
 
     /// Cancels a pending backoff wait so the next attempt starts now (the network came
@@ -370,8 +371,10 @@ public:
     void reconnect(std::string reason = {});
 
     /// Ends `run()`: closes the current session with a close handshake (bounded by
-    /// `close_timeout`), or abandons the wait or attempt in progress. Returns at once; `run()`
-    /// completes afterwards. May be called from the supervisor's own event handlers.
+    /// `close_timeout`; during a make-before-break overlap both sessions, or the live one while
+    /// the replacement's attempt is abandoned), or abandons the wait or attempt in progress.
+    /// Returns at once; `run()` completes afterwards. May be called from the supervisor's own
+    /// event handlers.
     void stop();
 
     /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`;
