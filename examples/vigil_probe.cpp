@@ -109,6 +109,10 @@ constexpr std::string_view usage_text =
     "                         (default 30)\n"
     "  --max-connection-age S replace a connection up about S seconds with a new one\n"
     "                         (event reconnect; default 0: never)\n"
+    "  --make-before-break    planned replacements (--max-connection-age, --failback,\n"
+    "                         SIGUSR2) open the new connection first and close the old one\n"
+    "                         once the new one is up: no message missed, duplicates possible\n"
+    "                         (event replacement_failed when the new one fails; the old stays)\n"
     "  --message-ttl S        a line from stdin waiting longer than S for a connection is\n"
     "                         dropped and reported on stderr (default 0: no limit)\n"
     "  --connect-limit N/S    at most N connection attempts in any S seconds\n"
@@ -292,6 +296,9 @@ options parse_args(int argc, char** argv)
             opts.cfg.policy_violation_delay = parse_seconds(flag, value());
         } else if (flag == "--max-connection-age") {
             opts.cfg.max_connection_age = parse_seconds(flag, value());
+        } else if (flag == "--make-before-break") {
+            no_value();
+            opts.cfg.make_before_break = true;
         } else if (flag == "--failback") {
             opts.cfg.failback_after = parse_seconds(flag, value());
         } else if (flag == "--message-ttl") {
@@ -539,6 +546,18 @@ private:
         };
         ev.on_reconnect = [this](const std::string& reason) {
             emit({{"event", "reconnect"}, {"reason", reason}});
+        };
+        ev.on_replacement_failed = [this](const vigil::replacement_failure& f) {
+            json j = {{"event", "replacement_failed"},
+                      {"reason", vigil::error_name(f.last.reason)},
+                      {"detail", f.last.detail},
+                      {"endpoint", f.endpoint},
+                      {"failures", f.failures}};
+            add_status(j, f.last);
+            if (f.retry_in) {
+                j["retry_in_ms"] = f.retry_in->count();
+            }
+            emit(std::move(j));
         };
         ev.on_gave_up = [this](const error_code& reason, const vigil::disconnect_info& last) {
             if (!reported_) {

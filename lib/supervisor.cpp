@@ -28,6 +28,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <mutex>
 #include <random>
@@ -104,6 +105,9 @@ error_code validate(const supervisor_config& cfg, std::string* detail)
     if (cfg.delivery != delivery_guarantee::written && cfg.delivery != delivery_guarantee::confirmed &&
         cfg.delivery != delivery_guarantee::resend_unconfirmed)
         return fail("delivery (" + std::to_string(static_cast<int>(cfg.delivery)) + ") is not a delivery_guarantee");
+    if (cfg.make_before_break && cfg.delivery != delivery_guarantee::written)
+        return fail("make_before_break needs delivery_guarantee::written: confirmations are counted on one "
+                    "connection at a time");
     if (cfg.delivery != delivery_guarantee::written && cfg.session.ping_interval.count() <= 0)
         return fail("delivery confirmation needs the heartbeat (session.ping_interval > 0): its pongs are the "
                     "confirmation");
@@ -122,7 +126,8 @@ detail::reconnect_settings reconnect_settings_of(const supervisor_config& cfg)
             cfg.is_permanent,
             1 + cfg.backup_urls.size(),
             cfg.failback_after,
-            cfg.max_connection_age};
+            cfg.max_connection_age,
+            cfg.make_before_break};
 }
 
 // A close frame holds 123 bytes of reason, and it must stay valid UTF-8: cut at a character
@@ -162,6 +167,32 @@ const char* replacement_reason(detail::replacement why)
     return why == detail::replacement::failback ? "failback" : "max_connection_age";
 }
 
+// One connection of the supervisor: a session, and whether its run() is in progress. run()
+// is spawned on its own rather than awaited by the step that opened it, so that under
+// make-before-break a connection can be handed over to the next step while the one it
+// replaces closes in the background.
+enum class link_phase {
+    idle,  ///< no run() in progress
+    running,  ///< run() in progress; a step of the supervisor awaits its end
+    retiring,  ///< handed over: it closes in the background, and nobody awaits it
+};
+
+struct link {
+    link(const asio::any_io_executor& ex, const session_config& cfg) : s(ex, cfg) {}
+    session s;
+    link_phase phase = link_phase::idle;
+    error_code result;  // what the last run() returned
+};
+
+// Whether a connection's on_connected hook has yet to run.
+enum class hook_stage { pending, done };
+
+// What cancelling the arm that awaits a session's end does to the session.
+enum class on_cancel { end_session, leave_running };
+
+// The replacement's coroutine (make-before-break).
+enum class task_phase { idle, running };
+
 }  // namespace
 
 struct supervisor::impl {
@@ -170,17 +201,19 @@ struct supervisor::impl {
           policy_(std::move(policy)), fsm_(reconnect_settings_of(cfg_), policy_),
           // The session shares our executor (see detail::serialized() for why). Its writer may
           // then resume our outbox pump inline when a send completes; its teardown posts.
-          session_(strand_, cfg_.session), outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()),
-          delivery_(cfg_.delivery, completer()), outbox_wake_(strand_), backoff_timer_(strand_),
-          attempt_timer_(strand_), pace_timer_(strand_)
+          outbox_(cfg_.outbox_limit, cfg_.message_ttl, completer()), delivery_(cfg_.delivery, completer()),
+          outbox_wake_(strand_), backoff_timer_(strand_), attempt_timer_(strand_), pace_timer_(strand_),
+          replace_timer_(strand_), settled_(strand_, clock_type::time_point::max())
     {
+        links_[0] = std::make_unique<link>(strand_, cfg_.session);
     }
 
     // run(): one step per action of the state machine, each returning the next.
     asio::awaitable<error_code> run_op();
     error_code prepare_run();
     asio::awaitable<reconnect_action> attempt_connect(const reconnect_action& a);
-    asio::awaitable<error_code> prepare_attempt(attempt_params& p);
+    asio::awaitable<error_code> open_link(link& l, attempt_params& p);
+    asio::awaitable<error_code> prepare_attempt(link& l, attempt_params& p);
     asio::awaitable<error_code> wait_turn(bool& waited);
     asio::awaitable<error_code> wait_begin(bool& waited);
     asio::awaitable<error_code> throttled_until(clock_type::time_point at, bool& waited);
@@ -188,11 +221,28 @@ struct supervisor::impl {
     asio::awaitable<error_code> call_prepare(attempt_params& p);
     asio::awaitable<error_code> prepare_deadline();
     error_code failed_before_connect(error_code ec, std::string detail);
-    asio::awaitable<reconnect_action> attempt_run();
-    asio::awaitable<error_code> run_session();
-    asio::awaitable<error_code> attempt_body();
-    asio::awaitable<error_code> pump_outbox();
+    asio::awaitable<reconnect_action> attempt_run(link& l, hook_stage stage);
+    void start_run(link& l);
+    void run_ended(link& l, std::exception_ptr e, error_code ec);
+    asio::awaitable<error_code> session_ended(link& l, on_cancel how);
+    asio::awaitable<void> until_idle(const link& l);
+    asio::awaitable<error_code> attempt_body(link& l, hook_stage stage);
+    asio::awaitable<error_code> run_hook(link& l);
+    void went_up(clock_type::time_point now);
+    asio::awaitable<error_code> pump_outbox(link& l);
     asio::awaitable<error_code> replace_when_due();
+    // Make-before-break: the replacement, opened beside the live connection.
+    void start_replacement(std::string reason);
+    asio::awaitable<void> make_replacement(std::string reason);
+    asio::awaitable<reconnect_action> open_replacement(link& spare);
+    asio::awaitable<reconnect_action> hook_replacement(link& spare);
+    reconnect_action replacement_failed(error_code ec);
+    void settle_replacement(link& spare, const reconnect_action& a, const std::string& reason);
+    void hand_over(const std::string& reason);
+    bool halted() const noexcept;
+    void abort_replacement();
+    asio::awaitable<reconnect_action> await_replacement();
+    asio::awaitable<void> wind_down(const reconnect_action& a);
     asio::awaitable<error_code> until_cancelled();
     asio::awaitable<reconnect_action> close_opened();
     asio::awaitable<reconnect_action> wait_between(const reconnect_action& a);
@@ -226,10 +276,21 @@ struct supervisor::impl {
     supervisor_config cfg_;
     any_backoff policy_;
     detail::reconnect_fsm fsm_;
-    session session_;
     connected_hook hook_;
     prepare_hook prepare_;
     std::size_t attempt_endpoint_ = 0;  // the endpoint of the latest attempt
+    // Two connections under make-before-break (the second made by run()), one otherwise.
+    // live_ indexes the live one (or the one the regular attempt uses); the other is the
+    // replacement's, or the one closing after a hand-over.
+    std::array<std::unique_ptr<link>, 2> links_;
+    std::size_t live_ = 0;
+    link* attempt_link_ = nullptr;  // the link being connected: stop() aborts its connect()
+    link& live() noexcept { return *links_[live_]; }
+    link& spare() noexcept { return *links_[1 - live_]; }
+    task_phase replacement_task_ = task_phase::idle;
+    link* replacement_link_ = nullptr;  // the link the replacement's coroutine uses
+    reconnect_action replacement_result_;  // its last step, for await_replacement()
+    std::string requested_reason_;  // reconnect()'s reason, for the retries of its replacement
     supervisor_events events_;
     disconnect_info last_;
 
@@ -241,6 +302,10 @@ struct supervisor::impl {
     // before_attempt hook's deadline. stop() cancels it (abort_attempt).
     asio::steady_timer attempt_timer_;
     asio::steady_timer pace_timer_;  // the outbox pump waits on it for the message limit
+    asio::steady_timer replace_timer_;  // replace_when_due() waits on it for the planned moment
+    // Never expires: cancelled whenever a link's run() ends or is handed over, or the
+    // replacement's coroutine ends, to wake whoever waits for that.
+    asio::steady_timer settled_;
     detail::window_limit message_window_{0, std::chrono::milliseconds(0)};  // this connection's messages
     activity activity_ = activity::idle;
     error_code last_result_;  // what the last run() returned: sends fail with it
@@ -332,6 +397,10 @@ void supervisor::impl::request_reconnect(std::string reason)
     case detail::reconnect_interrupt::close_session:
         replace_live(close_reason_of(std::move(reason)));
         break;
+    case detail::reconnect_interrupt::open_replacement:
+        requested_reason_ = close_reason_of(std::move(reason));
+        start_replacement(requested_reason_);
+        break;
     default:
         break;
     }
@@ -342,7 +411,7 @@ void supervisor::impl::replace_live(std::string reason)
     count([](supervisor_counters& c) { ++c.planned_reconnects; });
     emit(events_.on_reconnect, std::as_const(reason));
     // The session's end then brings the machine to its next attempt (attempt_ended).
-    asio::co_spawn(strand_, session_.close(1000, std::move(reason)), asio::detached);
+    asio::co_spawn(strand_, live().s.close(1000, std::move(reason)), asio::detached);
 }
 
 void supervisor::impl::request_stop()
@@ -355,11 +424,17 @@ void supervisor::impl::request_stop()
         break;
     case detail::reconnect_interrupt::abort_attempt:
         attempt_timer_.cancel();  // ends the before_attempt hook, if it runs
-        session_.cancel();
+        if (attempt_link_)
+            attempt_link_->s.cancel();
         break;
     case detail::reconnect_interrupt::close_session:
         // A close handshake, bounded by close_timeout; run() then returns and we end.
-        asio::co_spawn(strand_, session_.close(1000, "stopping"), asio::detached);
+        asio::co_spawn(strand_, live().s.close(1000, "stopping"), asio::detached);
+        if (fsm_.replacing_phase() != detail::replacement_phase::none &&
+            fsm_.replacing_role() == detail::replacement_role::beside_live)
+            abort_replacement();  // stop() during the overlap closes both
+        break;
+    default:
         break;
     }
 }
@@ -384,12 +459,17 @@ asio::awaitable<error_code> supervisor::impl::run_op()
             else if (action.what == kind::connect)
                 action = co_await attempt_connect(action);
             else if (action.what == kind::run)
-                action = co_await attempt_run();
+                action = co_await attempt_run(live(), hook_stage::pending);
+            else if (action.what == kind::adopt)
+                action = co_await attempt_run(live(), hook_stage::done);
+            else if (action.what == kind::await_replacement)
+                action = co_await await_replacement();
             else if (action.what == kind::close_session)
                 action = co_await close_opened();
             else
                 action = co_await wait_between(action);
         }
+        co_await wind_down(action);
         result = finish_run(action);
     }
     activity_ = activity::idle;
@@ -410,13 +490,20 @@ error_code supervisor::impl::prepare_run()
         emit(events_.on_gave_up, ec, std::as_const(last_));
         return ec;
     }
-    session_.set_config(cfg_.session);
+    if (cfg_.make_before_break && !links_[1])
+        links_[1] = std::make_unique<link>(strand_, cfg_.session);
+    live_ = 0;
+    for (auto& l : links_) {
+        if (!l)
+            continue;
+        l->s.set_config(cfg_.session);
+        if (delivery_.confirms())
+            detail::session_access::track_writes(l->s, [this](std::uint64_t n) { delivery_.confirm_upto(n); });
+        else
+            detail::session_access::track_writes(l->s, {});
+    }
     if (cfg_.limiter && cfg_.limiter->limits().messages > 0)
         message_window_ = detail::window_limit(message_slots(cfg_), cfg_.limiter->limits().message_window);
-    if (delivery_.confirms())
-        detail::session_access::track_writes(session_, [this](std::uint64_t n) { delivery_.confirm_upto(n); });
-    else
-        detail::session_access::track_writes(session_, {});
     return {};
 }
 
@@ -428,8 +515,9 @@ error_code supervisor::impl::finish_run(const reconnect_action& a)
     last_result_ =
         (result && result != asio::error::operation_aborted) ? result : error_code(error::supervisor_stopped);
     outbox_.fail_all(last_result_);
-    if (session_.is_open())
-        session_.cancel();  // cancelled between connect() and run(): nothing else would close it
+    for (auto& l : links_)
+        if (l && l->s.is_open())
+            l->s.cancel();  // cancelled between connect() and run(): nothing else would close it
     return result;
 }
 
@@ -453,30 +541,39 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_connect(const reconn
     count([](supervisor_counters& c) { ++c.attempts; });
     attempt_endpoint_ = a.endpoint;
     attempt_params p{endpoints_.at(a.endpoint), cfg_.session.headers, a.endpoint, fsm_.streak() + 1};
-    // Before connecting: the limiter's turn, fresh parameters, then the limiter counts it.
+    if (const error_code ec = co_await open_link(live(), p))
+        co_return attempt_ended(ec);
+    co_return fsm_.connected();
+}
+
+// An attempt's steps on `l`, a regular attempt's or a replacement's: the limiter's turn,
+// fresh parameters, the limiter counts it, then connect().
+asio::awaitable<error_code> supervisor::impl::open_link(link& l, attempt_params& p)
+{
     bool throttled = false;  // counted once per attempt, however many waits it took
     error_code ec = co_await wait_turn(throttled);
     if (!ec && prepare_)
-        ec = co_await prepare_attempt(p);
+        ec = co_await prepare_attempt(l, p);
     if (!ec)
         ec = co_await wait_begin(throttled);
     if (throttled)
         count([](supervisor_counters& c) { ++c.throttled_connects; });
     if (ec)
-        co_return attempt_ended(ec);
+        co_return ec;
     emit(events_.on_connecting, std::as_const(p));
-    if (fsm_.state() == detail::reconnect_state::stopping)  // stop() meanwhile, or the handler threw
-        co_return attempt_ended(failed_before_connect(asio::error::operation_aborted, "cancelled"));
-    ec = co_await session_.connect(std::move(p.url));
-    last_ = session_.last_disconnect();
-    if (!ec)
-        co_return fsm_.connected();
-    co_return attempt_ended(ec);
+    if (halted())  // stop() meanwhile, or the handler threw
+        co_return failed_before_connect(asio::error::operation_aborted, "cancelled");
+    if (&l != links_[0].get())
+        l.s.events() = links_[0]->s.events();  // the application set the first one's
+    attempt_link_ = &l;
+    ec = co_await l.s.connect(std::move(p.url));
+    last_ = l.s.last_disconnect();
+    co_return ec;
 }
 
 // The before_attempt hook, bounded by prepare_timeout; its headers are checked as the
 // config's are. An error here fails the attempt before any connect.
-asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
+asio::awaitable<error_code> supervisor::impl::prepare_attempt(link& l, attempt_params& p)
 {
     using namespace asio::experimental::awaitable_operators;
     attempt_timer_.expires_after(cfg_.prepare_timeout);
@@ -498,7 +595,7 @@ asio::awaitable<error_code> supervisor::impl::prepare_attempt(attempt_params& p)
     std::string why;
     if (auto ec = validate(checked, &why))
         co_return failed_before_connect(ec, "before_attempt: " + why);
-    detail::session_access::use_headers(session_, std::make_shared<const detail::session_access::header_list>(
+    detail::session_access::use_headers(l.s, std::make_shared<const detail::session_access::header_list>(
                                                       std::move(checked.headers)));
     co_return error_code{};
 }
@@ -583,19 +680,31 @@ error_code supervisor::impl::failed_before_connect(error_code ec, std::string de
 
 asio::awaitable<reconnect_action> supervisor::impl::close_opened()
 {
-    const error_code ec = co_await session_.close(1000, "stopping");
-    last_ = session_.last_disconnect();
+    const error_code ec = co_await live().s.close(1000, "stopping");
+    last_ = live().s.last_disconnect();
     co_return attempt_ended(ec);
 }
 
-asio::awaitable<reconnect_action> supervisor::impl::attempt_run()
+// The live connection: its session runs (spawned: see `link`) beside the hook, then the
+// outbox pump and the planned replacement. `stage` is `done` for a replacement that was
+// handed over with its hook already run.
+asio::awaitable<reconnect_action> supervisor::impl::attempt_run(link& l, hook_stage stage)
 {
     using namespace asio::experimental::awaitable_operators;
-    auto ended = co_await (run_session() || attempt_body());
+    if (stage == hook_stage::pending)
+        start_run(l);
+    auto ended = co_await (session_ended(l, on_cancel::end_session) || attempt_body(l, stage));
+    if (&l != &live()) {  // handed over: it closes on its own
+        if (l.phase == link_phase::idle)  // it had ended already
+            count([&](supervisor_counters& c) { ++c.disconnects[error_name(l.result)]; });
+        reconnect_action adopt;
+        adopt.what = kind::adopt;
+        co_return adopt;
+    }
     // Whatever the dead connection did not confirm is reported (or queued again).
     delivery_.settle(outbox_);
     const std::string hook_detail = last_.detail;
-    last_ = session_.last_disconnect();
+    last_ = l.s.last_disconnect();
     const error_code ec = ended.index() == 0 ? std::get<0>(ended) : std::get<1>(ended);
     if (ended.index() == 1) {
         // The hook failed (and `||` tore the session down): that is the reason.
@@ -606,66 +715,129 @@ asio::awaitable<reconnect_action> supervisor::impl::attempt_run()
     co_return attempt_ended(ec);
 }
 
-asio::awaitable<error_code> supervisor::impl::run_session()
+void supervisor::impl::start_run(link& l)
 {
-    // An arm of `||` must not throw (its sibling would not be cancelled): a session event
-    // handler's exception becomes a code here, and run() rethrows it at the end.
-    try {
-        co_return co_await session_.run();
-    } catch (...) {
-        if (!handler_exception_)
-            handler_exception_ = std::current_exception();
-        request_stop();
-    }
-    co_return error::handler_exception;
+    l.phase = link_phase::running;
+    asio::co_spawn(strand_, l.s.run(),
+                   [this, &l](std::exception_ptr e, error_code ec) { run_ended(l, std::move(e), ec); });
 }
 
-asio::awaitable<error_code> supervisor::impl::attempt_body()
+void supervisor::impl::run_ended(link& l, std::exception_ptr e, error_code ec)
+{
+    if (e) {
+        // A session event handler threw: run() rethrows it at the end.
+        if (!handler_exception_)
+            handler_exception_ = std::move(e);
+        ec = error::handler_exception;
+        request_stop();
+    }
+    l.result = ec;
+    if (l.phase == link_phase::retiring)  // nobody awaits it: count its end here
+        count([&](supervisor_counters& c) { ++c.disconnects[error_name(ec)]; });
+    l.phase = link_phase::idle;
+    settled_.cancel();
+}
+
+// An arm of `||`: the end of `l`'s run(), or its hand-over. Cancelled, it ends the session
+// (as cancelling run() itself would) and still waits for the end, unless told to leave it.
+asio::awaitable<error_code> supervisor::impl::session_ended(link& l, on_cancel how)
+{
+    bool ending = false;
+    while (l.phase == link_phase::running) {
+        if (!ending && detail::cancelled(co_await asio::this_coro::cancellation_state)) {
+            if (how == on_cancel::leave_running)
+                co_return asio::error::operation_aborted;
+            ending = true;
+            l.s.cancel();
+        }
+        co_await settled_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return l.result;
+}
+
+asio::awaitable<void> supervisor::impl::until_idle(const link& l)
+{
+    while (l.phase != link_phase::idle)
+        co_await settled_.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+asio::awaitable<error_code> supervisor::impl::attempt_body(link& l, hook_stage stage)
 {
     co_await detail::enter_operation();
-    if (hook_) {
-        error_code ec;
-        try {
-            ec = co_await hook_(session_);
-        } catch (...) {
-            ec = error::handler_exception;  // the hook's failure, classified like any other
-        }
-        if (ec) {
-            last_.detail = "on_connected failed: " + error_name(ec);
+    if (stage == hook_stage::pending) {
+        if (const error_code ec = co_await run_hook(l))
             co_return ec;
-        }
-        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
-            co_return asio::error::operation_aborted;
+        const auto now = clock_type::now();
+        fsm_.hook_succeeded(now, random_fraction());
+        if (fsm_.state() != detail::reconnect_state::up)
+            co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
+        went_up(now);
     }
-    const auto now = clock_type::now();
-    fsm_.hook_succeeded(now, random_fraction());
-    if (fsm_.state() != detail::reconnect_state::up)
-        co_return co_await until_cancelled();  // stop() or reconnect() came during the hook
+    if (!cfg_.make_before_break && fsm_.replacement().why == detail::replacement::none)
+        co_return co_await pump_outbox(l);
+    using namespace asio::experimental::awaitable_operators;
+    auto ended = co_await (pump_outbox(l) || replace_when_due());
+    co_return std::visit([](error_code ec) { return ec; }, ended);
+}
+
+// The on_connected hook on `l`; an exception counts as its failure.
+asio::awaitable<error_code> supervisor::impl::run_hook(link& l)
+{
+    if (!hook_)
+        co_return error_code{};
+    error_code ec;
+    try {
+        ec = co_await hook_(l.s);
+    } catch (...) {
+        ec = error::handler_exception;  // the hook's failure, classified like any other
+    }
+    if (ec) {
+        last_.detail = "on_connected failed: " + error_name(ec);
+        co_return ec;
+    }
+    if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+        co_return asio::error::operation_aborted;
+    co_return error_code{};
+}
+
+// A connection is up (its hook succeeded): it is the live one from `now`.
+void supervisor::impl::went_up(clock_type::time_point now)
+{
     count([&](supervisor_counters& c) {
         ++c.connects;
+        if (live_since_ != clock_type::time_point{})  // a hand-over: the old one's time ends here
+            c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(now - live_since_);
         live_since_ = now;
     });
     message_window_.clear();  // servers count per connection
     emit(events_.on_up);
-    if (fsm_.replacement().why == detail::replacement::none)
-        co_return co_await pump_outbox();
-    using namespace asio::experimental::awaitable_operators;
-    auto ended = co_await (pump_outbox() || replace_when_due());
-    co_return std::visit([](error_code ec) { return ec; }, ended);
 }
 
-// The machine's planned replacement (max_connection_age, failback), when it comes.
+// The machine's planned replacement (max_connection_age, failback, and under
+// make-before-break a failed replacement's next try), when it comes.
 asio::awaitable<error_code> supervisor::impl::replace_when_due()
 {
-    const auto planned = fsm_.replacement();
-    asio::steady_timer timer(strand_);
-    timer.expires_at(planned.at);
-    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (!ec && !detail::cancelled(co_await asio::this_coro::cancellation_state) &&
-        fsm_.replacement_due(clock_type::now()) == detail::reconnect_interrupt::close_session)
-        replace_live(replacement_reason(planned.why));
-    // The session's close ends run_session(), and `||` cancels this arm with the others.
-    co_return co_await until_cancelled();
+    for (;;) {
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return asio::error::operation_aborted;
+        const auto planned = fsm_.replacement();
+        replace_timer_.expires_at(planned.at);
+        co_await replace_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            continue;
+        switch (fsm_.replacement_due(clock_type::now())) {
+        case detail::reconnect_interrupt::close_session:
+            replace_live(replacement_reason(planned.why));
+            // The session's close ends session_ended(), and `||` cancels this arm with the others.
+            co_return co_await until_cancelled();
+        case detail::reconnect_interrupt::open_replacement:
+            start_replacement(planned.why == detail::replacement::requested ? requested_reason_
+                                                                           : replacement_reason(planned.why));
+            break;
+        default:
+            break;  // not yet, or the plan changed (replace_timer_ was cancelled): look again
+        }
+    }
 }
 
 asio::awaitable<error_code> supervisor::impl::until_cancelled()
@@ -676,7 +848,170 @@ asio::awaitable<error_code> supervisor::impl::until_cancelled()
     co_return asio::error::operation_aborted;
 }
 
-asio::awaitable<error_code> supervisor::impl::pump_outbox()
+// ---------------------------------------------------------------------------------------
+// make-before-break: the replacement is opened on the spare link while the live connection
+// keeps running; once its hook succeeded, the outbox moves to it and the old one closes.
+
+void supervisor::impl::start_replacement(std::string reason)
+{
+    emit(events_.on_reconnect, std::as_const(reason));
+    replacement_task_ = task_phase::running;
+    asio::co_spawn(strand_, make_replacement(std::move(reason)), asio::detached);
+}
+
+asio::awaitable<void> supervisor::impl::make_replacement(std::string reason)
+{
+    link& sp = spare();
+    replacement_link_ = &sp;
+    co_await until_idle(sp);  // a connection handed over before may still be closing
+    auto a = halted() ? replacement_failed(asio::error::operation_aborted) : co_await open_replacement(sp);
+    if (a.what == kind::run)
+        a = co_await hook_replacement(sp);
+    settle_replacement(sp, a, reason);
+    replacement_task_ = task_phase::idle;
+    settled_.cancel();
+}
+
+asio::awaitable<reconnect_action> supervisor::impl::open_replacement(link& sp)
+{
+    count([](supervisor_counters& c) { ++c.attempts; });
+    const std::size_t ep = fsm_.replacement_endpoint();
+    attempt_params p{endpoints_.at(ep), cfg_.session.headers, ep, fsm_.replacement_failures() + 1};
+    if (const error_code ec = co_await open_link(sp, p))
+        co_return replacement_failed(ec);
+    auto a = fsm_.replacement_connected();
+    if (a.what == kind::close_session) {  // stop() came
+        co_await sp.s.close(1000, "stopping");
+        co_return replacement_failed(asio::error::operation_aborted);
+    }
+    co_return a;
+}
+
+// Its session runs beside its hook; the live connection goes on meanwhile.
+asio::awaitable<reconnect_action> supervisor::impl::hook_replacement(link& sp)
+{
+    using namespace asio::experimental::awaitable_operators;
+    start_run(sp);
+    auto ended = co_await (session_ended(sp, on_cancel::leave_running) || run_hook(sp));
+    if (ended.index() == 1 && !std::get<1>(ended))
+        co_return fsm_.replacement_up(clock_type::now(), random_fraction());
+    error_code ec = ended.index() == 0 ? std::get<0>(ended) : std::get<1>(ended);
+    if (sp.phase == link_phase::running)
+        sp.s.cancel();  // the hook failed: end its session
+    co_await until_idle(sp);
+    if (ended.index() == 0) {
+        last_ = sp.s.last_disconnect();
+        if (!ec)
+            ec = asio::error::operation_aborted;  // closed by stop() during its hook
+    } else {
+        last_.reason = ec;
+    }
+    co_return replacement_failed(ec);
+}
+
+reconnect_action supervisor::impl::replacement_failed(error_code ec)
+{
+    count([&](supervisor_counters& c) { ++c.disconnects[error_name(ec)]; });
+    return fsm_.replacement_failed({ec, last_.retry_after, &last_}, clock_type::now());
+}
+
+void supervisor::impl::settle_replacement(link& sp, const reconnect_action& a, const std::string& reason)
+{
+    replacement_result_ = a;
+    switch (a.what) {
+    case kind::hand_over:
+        hand_over(reason);
+        break;
+    case kind::adopt:  // the live connection ended meanwhile: this one is up in its place
+        went_up(clock_type::now());
+        break;
+    case kind::keep: {
+        count([](supervisor_counters& c) { ++c.failed_replacements; });
+        replacement_failure info{last_, a.endpoint, a.attempt, std::nullopt};
+        if (fsm_.replacement().why != detail::replacement::none)
+            info.retry_in = a.delay;
+        replace_timer_.cancel();  // replace_when_due() looks at the new plan
+        emit(events_.on_replacement_failed, std::as_const(info));
+        break;
+    }
+    case kind::stop:
+        if (sp.phase == link_phase::running)  // stop() came as it went up: close it too
+            asio::co_spawn(strand_, sp.s.close(1000, "stopping"), asio::detached);
+        break;
+    default:
+        break;  // a regular attempt's failure: await_replacement() carries it out
+    }
+}
+
+// The replacement is up: the outbox moves to it (the old link's arms end, and the run
+// loop adopts it), and the old connection closes with the reason, in the background.
+void supervisor::impl::hand_over(const std::string& reason)
+{
+    link& old = live();
+    live_ = 1 - live_;
+    count([](supervisor_counters& c) { ++c.planned_reconnects; });
+    if (old.phase == link_phase::running) {  // (it may have ended just now, its step not yet told)
+        old.phase = link_phase::retiring;
+        asio::co_spawn(strand_, old.s.close(1000, reason), asio::detached);
+        settled_.cancel();  // old's session_ended() arm: it is handed over
+    }
+    went_up(clock_type::now());
+}
+
+// stop() or cancellation came: no new connect may begin.
+bool supervisor::impl::halted() const noexcept
+{
+    return !active();
+}
+
+// stop() during the overlap: the replacement closes too (or its attempt is abandoned).
+void supervisor::impl::abort_replacement()
+{
+    attempt_timer_.cancel();  // its limiter turn or before_attempt hook
+    if (!replacement_link_)
+        return;
+    link& sp = *replacement_link_;
+    if (sp.phase == link_phase::running)
+        asio::co_spawn(strand_, sp.s.close(1000, "stopping"), asio::detached);
+    else
+        sp.s.cancel();  // its connect(), if it runs
+}
+
+// The live connection ended while its replacement was being opened: that replacement is the
+// attempt now. Its outcome is what the machine said to its last step.
+asio::awaitable<reconnect_action> supervisor::impl::await_replacement()
+{
+    live_ = 1 - live_;
+    bool aborted = false;
+    while (replacement_task_ == task_phase::running) {
+        if (!aborted && detail::cancelled(co_await asio::this_coro::cancellation_state)) {
+            aborted = true;
+            abort_replacement();
+        }
+        co_await settled_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (aborted)
+        co_return fsm_.cancelled();
+    co_return replacement_result_;
+}
+
+// Before run() returns: no replacement left running, no connection left closing.
+asio::awaitable<void> supervisor::impl::wind_down(const reconnect_action& a)
+{
+    if (replacement_task_ == task_phase::running)
+        abort_replacement();
+    if (a.reason == asio::error::operation_aborted)  // cancelled: no close handshake to wait for
+        for (auto& l : links_)
+            if (l && l->phase != link_phase::idle)
+                l->s.cancel();
+    while (replacement_task_ == task_phase::running)
+        co_await settled_.async_wait(asio::as_tuple(asio::use_awaitable));
+    for (auto& l : links_)
+        if (l)
+            co_await until_idle(*l);
+}
+
+asio::awaitable<error_code> supervisor::impl::pump_outbox(link& l)
 {
     // One message at a time: a message leaves the outbox only once the session reports it
     // written, so a connection that dies mid-write leaves it at the head for the next one.
@@ -698,7 +1033,7 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox()
         if (outbox_.empty())
             continue;
         auto msg = outbox_.take_front();
-        const auto ec = co_await session_.send(msg.data, msg.type);
+        const auto ec = co_await l.s.send(msg.data, msg.type);
         if (ec) {
             // Not written: the session is ending. The message waits for the next connection,
             // and this arm for `||` to end it; run()'s reason is what counts, not this echo.
@@ -706,7 +1041,7 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox()
             break;
         }
         if (delivery_.confirms())
-            delivery_.written(std::move(msg), detail::session_access::writes(session_));
+            delivery_.written(std::move(msg), detail::session_access::writes(l.s));
         else
             complete_send(this, std::move(msg.handler), {});
     }
@@ -764,7 +1099,7 @@ std::size_t supervisor::current_endpoint() const noexcept
 
 vigil::session_events& supervisor::session_event_handlers() noexcept
 {
-    return impl_->session_.events();
+    return impl_->links_[0]->s.events();
 }
 
 supervisor_events& supervisor::events() noexcept

@@ -96,9 +96,40 @@ struct supervisor_config {
     /// connection has been up for a moment drawn uniformly from the last tenth of this age
     /// (so that a fleet connected together does not reconnect together), the supervisor
     /// makes a planned reconnect, as `reconnect("max_connection_age")` does. Default 0: no
-    /// limit. The old connection is closed before the new one is opened; messages sent
-    /// meanwhile wait in the outbox, as during any reconnect.
+    /// limit. The old connection is closed before the new one is opened (messages sent
+    /// meanwhile wait in the outbox, as during any reconnect), unless `make_before_break`.
     std::chrono::milliseconds max_connection_age{0};
+
+    /// Planned replacements (`max_connection_age`, `failback_after`, `reconnect()`) open the
+    /// new connection first, while the old one stays up and keeps delivering messages:
+    /// - the new one goes through a whole attempt (the limiter's turn, `before_attempt`,
+    ///   `on_connecting`, connect, the `on_connected` hook) beside the old one;
+    /// - once its hook succeeded (`on_up`), the outbox moves to it and the old one is closed
+    ///   with 1000 and the reason (`on_disconnected` reports it); a message being written on
+    ///   the old one completes there, and the next goes to the new one;
+    /// - meanwhile both deliver to `on_message`, in the order each receives: a message the
+    ///   server sends to both arrives twice. No message is missed across the replacement; drop
+    ///   the duplicates by the feed's own sequence numbers.
+    ///
+    /// If the new connection fails, the old one stays and nothing is lost
+    /// (`supervisor_events::on_replacement_failed`, `supervisor_counters::failed_replacements`).
+    /// A transient failure is tried again: for a failback after `failback_after`; otherwise
+    /// after the policy's delay (asked as for a streak of the replacement's failures, at least
+    /// `min_delay`, the server's `Retry-After` and the 1008 floor applied), but no later than
+    /// halfway to `max_connection_age` of the old connection while that is still ahead, so
+    /// that several tries fit before the server's cut. A permanent failure (see
+    /// `is_permanent`) is not tried again for this connection: it stays until it ends, and
+    /// the regular attempt that follows then meets the failure as usual. Failed replacements
+    /// are not charged to `max_attempts` and do not grow the backoff streak.
+    ///
+    /// If the old connection ends while the new one is being opened, the new attempt goes on
+    /// as the regular reconnect (no delay, no failure counted for the old one's end; a
+    /// permanent reason still ends `run()`). `stop()` during the overlap closes both.
+    ///
+    /// Needs `delivery == delivery_guarantee::written` (confirmations are counted on one
+    /// connection at a time); `validate()` refuses other combinations. Default false: the old
+    /// connection is closed first, then the new one opened (messages sent meanwhile wait).
+    bool make_before_break = false;
 
     /// Consecutive failed attempts after which the supervisor gives up with
     /// `error::retries_exhausted`. A connection that became stable resets the count.
@@ -147,6 +178,19 @@ struct retry_info {
     std::size_t next_endpoint = 0;
 };
 
+/// A make-before-break replacement that failed while the live connection stayed up.
+struct replacement_failure {
+    /// Why the new connection failed (its attempt, its hook, or its end during the hook).
+    disconnect_info last;
+    /// The endpoint it went to (an index into `supervisor::endpoints()`).
+    std::size_t endpoint = 0;
+    /// Failed tries in a row for this live connection: 1, 2 ...
+    std::size_t failures = 0;
+    /// When the next try comes, from now; empty after a permanent failure: no more tries
+    /// while this connection lives.
+    std::optional<std::chrono::milliseconds> retry_in;
+};
+
 /// One attempt's connection parameters, which the `before_attempt` hook may change.
 struct attempt_params {
     /// The URL to connect to. Preset to the endpoint's URL (`supervisor::endpoints()`).
@@ -175,10 +219,15 @@ struct supervisor_events {
     std::function<void()> on_up;
     /// An attempt failed or a connection ended, and another attempt follows after a delay.
     std::function<void(const retry_info&)> on_retry;
-    /// A planned reconnect began (`reconnect()` or `max_connection_age`): the live connection
-    /// is being closed, and the next attempt follows as soon as it is closed, with no delay
-    /// and no failure counted. `reason` is the one given (the close frame carries it).
+    /// A planned reconnect began (`reconnect()`, `max_connection_age` or failback): the live
+    /// connection is being closed, and the next attempt follows as soon as it is closed, with
+    /// no delay and no failure counted. `reason` is the one given (the close frame carries
+    /// it). Under `make_before_break` the new connection is being opened beside the live one
+    /// instead (each try of it, the first and the retries after `on_replacement_failed`); its
+    /// `on_up` comes when the outbox moves to it.
     std::function<void(const std::string& reason)> on_reconnect;
+    /// Under `make_before_break`: the new connection failed, and the live one stays.
+    std::function<void(const replacement_failure&)> on_replacement_failed;
     /// The supervisor stopped retrying: a permanent failure or `max_attempts`.
     /// `reason` is what `run()` returns; `last` is the failure that caused it.
     std::function<void(const error_code& reason, const disconnect_info& last)> on_gave_up;
@@ -189,7 +238,8 @@ struct supervisor_counters {
     std::size_t attempts = 0;      ///< connection attempts started (the `before_attempt` hook included)
     std::size_t connects = 0;      ///< sessions that came up (hook included)
     std::size_t retries = 0;       ///< waits between attempts
-    std::size_t planned_reconnects = 0;  ///< `reconnect()` calls and `max_connection_age` replacements carried out
+    std::size_t planned_reconnects = 0;  ///< `reconnect()` calls, `max_connection_age` and failback replacements carried out (under `make_before_break`: handed over)
+    std::size_t failed_replacements = 0;  ///< `make_before_break` replacements that failed, the live connection kept
     std::size_t throttled_connects = 0;  ///< attempts that waited for the limiter's connect window
     std::size_t paced_messages = 0;      ///< messages that waited for the limiter's message window
     std::map<std::string, std::size_t> disconnects;  ///< by error_name() of the reason
@@ -269,7 +319,10 @@ public:
     /// Set before `run()`. Default: none (every attempt uses the endpoint's URL and
     /// `session_config::headers`).
     void before_attempt(prepare_hook hook);
-    /// Events of every session the supervisor opens. Set before `run()`.
+    /// Events of every session the supervisor opens. Set before `run()`. Under
+    /// `supervisor_config::make_before_break` two sessions may run at once during a
+    /// replacement, and both report here (each connection's own `on_disconnected` included,
+    /// and a failed replacement's).
     vigil::session_events& session_event_handlers() noexcept;
     /// The supervisor's own events. Set before `run()`.
     supervisor_events& events() noexcept;
@@ -290,7 +343,8 @@ public:
     /// next one at once). A second concurrent `run()` returns `already_running`.
     ///
     /// **Per-operation cancellation:** terminal, partial and total: the current attempt or
-    /// wait is abandoned, the socket closed, and `run()` returns `operation_aborted`.
+    /// wait is abandoned, the socket closed (both, during a make-before-break overlap), and
+    /// `run()` returns `operation_aborted`.
     boost::asio::awaitable<error_code> run();
 
     /// Cancels a pending backoff wait so the next attempt starts now (the network came
@@ -309,11 +363,18 @@ public:
     /// in the outbox; one whose write was cut off goes out first on the new connection. While
     /// waiting between attempts it acts as `retry_now()`; while connecting, stopping or
     /// stopped it does nothing. Emits `supervisor_events::on_reconnect`. Returns at once.
+    ///
+    /// Under `supervisor_config::make_before_break` (once the live connection is up): the new
+    /// connection is opened first and the live one closed with `reason` once the new one is
+    /// up; if it fails, the live one stays and the replacement is tried again as that field
+    /// says. While a replacement is being opened, `reconnect()` does nothing.
     void reconnect(std::string reason = {});
 
     /// Ends `run()`: closes the current session with a close handshake (bounded by
-    /// `close_timeout`), or abandons the wait or attempt in progress. Returns at once; `run()`
-    /// completes afterwards. May be called from the supervisor's own event handlers.
+    /// `close_timeout`; during a make-before-break overlap both sessions, or the live one while
+    /// the replacement's attempt is abandoned), or abandons the wait or attempt in progress.
+    /// Returns at once; `run()` completes afterwards. May be called from the supervisor's own
+    /// event handlers.
     void stop();
 
     /// Queues a message (see "Message fate" above). Completion signature `void(error_code)`;

@@ -30,6 +30,8 @@ reconnect_action reconnect_fsm::start()
         return finish(reconnect_state::stopped, {});
     streak_ = 0;
     endpoint_ = 0;
+    replacing_ = replacement_phase::none;
+    replacement_failures_ = 0;
     state_ = reconnect_state::connecting;
     return connect_next();
 }
@@ -57,8 +59,15 @@ void reconnect_fsm::hook_succeeded(time_point now, double draw) noexcept
     if (state_ != reconnect_state::running_hook)
         return;
     state_ = reconnect_state::up;
+    plan_replacement(now, draw);
+}
+
+// The connection came up at `now`: when it is to be replaced unasked.
+void reconnect_fsm::plan_replacement(time_point now, double draw)
+{
     up_since_ = now;
     replacement_ = {};
+    replacement_failures_ = 0;
     if (s_.max_connection_age > std::chrono::milliseconds::zero()) {
         const auto spread = static_cast<double>(s_.max_connection_age.count()) / 10.0;
         const auto early = std::chrono::milliseconds(static_cast<std::int64_t>(spread * std::clamp(draw, 0.0, 1.0)));
@@ -79,26 +88,55 @@ reconnect_action reconnect_fsm::attempt_ended(const attempt_result& r, time_poin
         return finish(reconnect_state::stopped, r.reason);
     // Only a connection that stayed up resets the streak: a server that accepts and drops
     // every connection meets growing delays, not a reconnect loop.
-    const bool was_up = state_ == reconnect_state::up || state_ == reconnect_state::replacing;
-    if (was_up && up_since_ != time_point{} && now - up_since_ >= s_.stable_after) {
-        policy_->reset();
-        streak_ = 0;
-    }
+    if (state_ == reconnect_state::up || state_ == reconnect_state::replacing)
+        reset_if_stable(now);
+    if (state_ == reconnect_state::up && replacing_ != replacement_phase::none)
+        return live_ended_while_replacing(r);
     if (state_ == reconnect_state::replacing) {
         // Planned: however the old session ended, the next attempt starts now, and the
         // streak stays what it was (a planned reconnect is neither a failure nor a success).
         // A backup's replacement goes to the primary when failing back is configured.
-        if (replacement_.why == replacement::failback ||
-            (replacement_.why == replacement::max_connection_age && s_.failback_after.count() > 0))
-            endpoint_ = 0;
+        endpoint_ = endpoint_for(replacement_.why);
         state_ = reconnect_state::connecting;
         return connect_next();
     }
+    return classify_failure(r, now);
+}
+
+reconnect_action reconnect_fsm::classify_failure(const attempt_result& r, time_point now)
+{
+    if (r.reason == boost::asio::error::operation_aborted)
+        return finish(reconnect_state::stopped, r.reason);
     if (!r.reason)
         return finish(reconnect_state::stopped, {});  // the application closed it cleanly
     if (permanent(r.reason))
         return finish(reconnect_state::gave_up, r.reason);
     return retry_after_failure(r, now);
+}
+
+void reconnect_fsm::reset_if_stable(time_point now)
+{
+    if (up_since_ != time_point{} && now - up_since_ >= s_.stable_after) {
+        policy_->reset();
+        streak_ = 0;
+    }
+}
+
+// Make-before-break: the live connection ended while its replacement was being opened. The
+// replacement carries on as the supervisor's attempt (no failure counted: the connection it
+// was to replace is the one that ended); stop and a permanent reason end run() as always.
+reconnect_action reconnect_fsm::live_ended_while_replacing(const attempt_result& r)
+{
+    if (r.reason == boost::asio::error::operation_aborted)
+        return finish(reconnect_state::stopped, r.reason);
+    if (r.reason && permanent(r.reason))
+        return finish(reconnect_state::gave_up, r.reason);
+    role_ = replacement_role::attempt;
+    endpoint_ = replacement_endpoint_;
+    state_ = replacing_ == replacement_phase::hooking ? reconnect_state::running_hook : reconnect_state::connecting;
+    up_since_ = {};
+    replacement_ = {};
+    return just(kind::await_replacement);
 }
 
 reconnect_action reconnect_fsm::retry_after_failure(const attempt_result& r, time_point now)
@@ -200,8 +238,12 @@ reconnect_interrupt reconnect_fsm::retry_now(time_point now)
 reconnect_interrupt reconnect_fsm::reconnect(time_point now)
 {
     switch (state_) {
-    case reconnect_state::running_hook:
     case reconnect_state::up:
+        if (s_.make_before_break)
+            return replacing_ == replacement_phase::none ? begin_replacement(replacement::requested)
+                                                         : reconnect_interrupt::none;
+        [[fallthrough]];
+    case reconnect_state::running_hook:
         state_ = reconnect_state::replacing;
         replacement_ = {};  // asked for: the same endpoint again
         return reconnect_interrupt::close_session;
@@ -214,10 +256,121 @@ reconnect_interrupt reconnect_fsm::reconnect(time_point now)
 
 reconnect_interrupt reconnect_fsm::replacement_due(time_point now)
 {
-    if (state_ != reconnect_state::up || replacement_.why == replacement::none || now < replacement_.at)
+    if (state_ != reconnect_state::up || replacing_ != replacement_phase::none ||
+        replacement_.why == replacement::none || now < replacement_.at)
         return reconnect_interrupt::none;
+    if (s_.make_before_break)
+        return begin_replacement(replacement_.why);
     state_ = reconnect_state::replacing;
     return reconnect_interrupt::close_session;
+}
+
+reconnect_interrupt reconnect_fsm::begin_replacement(vigil::detail::replacement why)
+{
+    replacing_ = replacement_phase::opening;
+    role_ = replacement_role::beside_live;
+    replacement_endpoint_ = endpoint_for(why);
+    replacement_ = {time_point::max(), why};  // nothing more is due while it is opened
+    return reconnect_interrupt::open_replacement;
+}
+
+// A backup's replacement goes to the primary when failing back is configured.
+std::size_t reconnect_fsm::endpoint_for(vigil::detail::replacement why) const noexcept
+{
+    if (why == replacement::failback || (why == replacement::max_connection_age && s_.failback_after.count() > 0))
+        return 0;
+    return endpoint_;
+}
+
+reconnect_action reconnect_fsm::replacement_connected()
+{
+    switch (state_) {
+    case reconnect_state::up:
+        replacing_ = replacement_phase::hooking;
+        return just(kind::run);
+    case reconnect_state::connecting:  // the live connection ended: this is the attempt now
+        replacing_ = replacement_phase::hooking;
+        state_ = reconnect_state::running_hook;
+        return just(kind::run);
+    default:  // stop() came: close what was just opened, then report it failed
+        return just(kind::close_session);
+    }
+}
+
+reconnect_action reconnect_fsm::replacement_up(time_point now, double draw)
+{
+    replacing_ = replacement_phase::none;
+    switch (state_) {
+    case reconnect_state::up:
+        // The old connection's time ends here, as if it had ended: stable, it resets the streak.
+        reset_if_stable(now);
+        endpoint_ = replacement_endpoint_;
+        plan_replacement(now, draw);
+        return just(kind::hand_over);
+    case reconnect_state::running_hook:
+        hook_succeeded(now, draw);
+        return just(kind::adopt);
+    default:
+        return just(kind::stop);  // stop() came: the caller closes it
+    }
+}
+
+reconnect_action reconnect_fsm::replacement_failed(const attempt_result& r, time_point now)
+{
+    replacing_ = replacement_phase::none;
+    switch (state_) {
+    case reconnect_state::up: {
+        // The live connection stays. Transient: try again later; permanent (or cancelled):
+        // no more tries for this connection, whose own end then leads to a regular attempt.
+        if (++replacement_failures_ == 1)
+            replacement_failing_since_ = now;
+        if (r.reason == boost::asio::error::operation_aborted || permanent(r.reason)) {
+            replacement_ = {};
+            return {kind::keep, std::chrono::milliseconds::zero(), replacement_endpoint_, replacement_failures_,
+                    r.reason};
+        }
+        const auto delay = replacement_.why == replacement::failback ? s_.failback_after
+                                                                     : replacement_retry_delay(r, now);
+        replacement_.at = now + delay;
+        return {kind::keep, delay, replacement_endpoint_, replacement_failures_, r.reason};
+    }
+    case reconnect_state::connecting:
+    case reconnect_state::running_hook:
+        return classify_failure(r, now);  // it was the attempt: a failure like any other
+    case reconnect_state::stopping:
+        if (role_ == replacement_role::attempt)
+            return finish(reconnect_state::stopped, {});
+        return just(kind::stop);  // the live connection's end will end run()
+    default:
+        return just(kind::stop);
+    }
+}
+
+// The policy's delay (asked as for a streak of this replacement's failures), no later than
+// halfway to the moment the server is expected to cut (max_connection_age after the
+// connection came up), so that several tries fit before it; then the usual floors.
+std::chrono::milliseconds reconnect_fsm::replacement_retry_delay(const attempt_result& r, time_point now)
+{
+    retry_context ctx;
+    ctx.attempt = replacement_failures_;
+    ctx.reason = r.reason;
+    ctx.retry_after = r.retry_after;
+    ctx.failing_for = std::chrono::duration_cast<std::chrono::milliseconds>(now - replacement_failing_since_);
+    ctx.previous_delay = replacement_failures_ == 1 ? std::chrono::milliseconds::zero() : replacement_last_delay_;
+    ctx.last = r.last;
+    auto delay = policy_->next_delay(ctx);
+    if (s_.max_connection_age > std::chrono::milliseconds::zero()) {
+        const auto cut = up_since_ + s_.max_connection_age;
+        if (cut > now)
+            delay = std::min(delay, std::chrono::ceil<std::chrono::milliseconds>((cut - now) / 2));
+    }
+    delay = std::max(delay, s_.min_delay);
+    if (s_.max_retry_after > std::chrono::milliseconds::zero() && r.retry_after > std::chrono::milliseconds::zero())
+        delay = std::max(delay, std::min(r.retry_after, s_.max_retry_after));
+    if (close_code_of(r.reason) == 1008)
+        delay = std::max(delay, s_.policy_violation_delay);
+    replacement_last_delay_ = delay;
+    return delay;
 }
 
 reconnect_action reconnect_fsm::finish(reconnect_state how, error_code reason)

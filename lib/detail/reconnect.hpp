@@ -32,6 +32,8 @@ struct reconnect_settings {
     std::chrono::milliseconds failback_after{0};
     /// Replace a connection after about this long (zero: never).
     std::chrono::milliseconds max_connection_age{0};
+    /// Planned replacements open the new connection before the old one is closed.
+    bool make_before_break = false;
 };
 
 /// Why a live connection is to be replaced although nobody asked.
@@ -39,6 +41,21 @@ enum class replacement {
     none,
     max_connection_age,  ///< in the last tenth of max_connection_age
     failback,  ///< up on a backup for failback_after: back to the primary
+    requested,  ///< reconnect(), under make-before-break: retried if it fails
+};
+
+/// Make-before-break: how far the replacement of the live connection has come. It runs
+/// beside the live connection's own state.
+enum class replacement_phase {
+    none,
+    opening,  ///< its attempt (limiter turn, before_attempt, connect) is in progress
+    hooking,  ///< connected; its on_connected hook runs
+};
+
+/// Make-before-break: what the replacement in progress stands for.
+enum class replacement_role {
+    beside_live,  ///< the live connection stays up while it is opened
+    attempt,  ///< the live connection ended meanwhile: it is the supervisor's attempt now
 };
 
 /// When the live connection is to be replaced, and why (`at` is max() for never).
@@ -68,6 +85,11 @@ struct reconnect_action {
         wait,  ///< wait `delay` (or until retry_now()) before the next attempt
         stop,  ///< end run() with `reason`: empty after stop(), operation_aborted when cancelled
         give_up,  ///< end run() with `reason`: the permanent failure or retries_exhausted
+        // Make-before-break, in answer to the replacement's steps:
+        keep,  ///< the replacement failed; the live connection stays (see replacement())
+        hand_over,  ///< the replacement is up: the outbox moves to it, the old one closes
+        await_replacement,  ///< the live connection ended: the replacement's attempt is now the attempt
+        adopt,  ///< the replacement's hook succeeded: run it as the live connection
     };
     kind what = kind::connect;
     std::chrono::milliseconds delay{0};  ///< for wait: policy, floor and Retry-After applied
@@ -82,6 +104,7 @@ enum class reconnect_interrupt {
     cancel_wait,  ///< end the wait between attempts now
     abort_attempt,  ///< cancel the connect() in progress
     close_session,  ///< close the live session with a close handshake
+    open_replacement,  ///< make-before-break: open the replacement beside the live session
 };
 
 /// How an attempt ended: the reason, the server's Retry-After if it sent one, and the full
@@ -107,8 +130,18 @@ public:
     std::size_t streak() const noexcept { return streak_; }
     /// The endpoint of the attempt in progress or next (0: the primary).
     std::size_t endpoint() const noexcept { return endpoint_; }
-    /// While up: when the connection is to be replaced unasked (see hook_succeeded()).
+    /// While up: when the connection is to be replaced unasked (see hook_succeeded()), or,
+    /// under make-before-break, when a failed replacement is tried again.
     planned_replacement replacement() const noexcept { return replacement_; }
+    /// Make-before-break: the replacement in progress, if any.
+    replacement_phase replacing_phase() const noexcept { return replacing_; }
+    /// Make-before-break: whether the replacement in progress still has a live connection
+    /// beside it, or became the attempt after that connection ended (await_replacement).
+    replacement_role replacing_role() const noexcept { return role_; }
+    /// Make-before-break: the endpoint the replacement goes to, and its failed tries in a
+    /// row (reset once one comes up).
+    std::size_t replacement_endpoint() const noexcept { return replacement_endpoint_; }
+    std::size_t replacement_failures() const noexcept { return replacement_failures_; }
 
     /// run() began.
     reconnect_action start();
@@ -137,10 +170,28 @@ public:
     /// the connection is no longer up.
     reconnect_interrupt replacement_due(time_point now);
 
+    // Make-before-break: the replacement's steps (after open_replacement).
+    /// Its handshake succeeded: `run` (run its hook), or `close_session` (stop() came).
+    reconnect_action replacement_connected();
+    /// Its hook succeeded at `now`: `hand_over` while the old connection lives, `adopt` once
+    /// it has ended, `stop` after stop().
+    reconnect_action replacement_up(time_point now, double draw);
+    /// Its attempt or its hook failed: `keep` while the old connection lives (replacement()
+    /// says when the next try comes; `at` is max() after a permanent failure: no more tries
+    /// for this connection; `delay` is the wait), else what a regular attempt's failure leads to.
+    reconnect_action replacement_failed(const attempt_result& r, time_point now);
+
 private:
     reconnect_action finish(reconnect_state how, error_code reason);
     reconnect_action connect_next() const;
     reconnect_action retry_after_failure(const attempt_result& r, time_point now);
+    reconnect_action classify_failure(const attempt_result& r, time_point now);
+    void plan_replacement(time_point now, double draw);
+    void reset_if_stable(time_point now);
+    reconnect_action live_ended_while_replacing(const attempt_result& r);
+    reconnect_interrupt begin_replacement(vigil::detail::replacement why);
+    std::size_t endpoint_for(vigil::detail::replacement why) const noexcept;
+    std::chrono::milliseconds replacement_retry_delay(const attempt_result& r, time_point now);
     bool permanent(const error_code& ec) const;
 
     reconnect_settings s_;
@@ -149,6 +200,12 @@ private:
     std::size_t streak_ = 0;
     std::size_t endpoint_ = 0;
     planned_replacement replacement_;
+    replacement_phase replacing_ = replacement_phase::none;
+    replacement_role role_ = replacement_role::beside_live;
+    std::chrono::milliseconds replacement_last_delay_{0};
+    std::size_t replacement_endpoint_ = 0;
+    std::size_t replacement_failures_ = 0;
+    time_point replacement_failing_since_{};
     time_point streak_began_{};  // when the streak's first failed attempt ended
     std::chrono::milliseconds last_delay_{0};  // the wait chosen at the end of the streak's latest round
     time_point up_since_{};  // since when the current session is up; zero if it never was

@@ -990,4 +990,47 @@ TEST_SUITE("probe")
         }
         CHECK(server.upgrades() == connected);
     }
+    TEST_CASE("probe --make-before-break: the new connection is up before the old one closes")
+    {
+        peer server;
+        auto run = run_probe({"--make-before-break", "--max-connection-age", "0.4", "--backoff-initial", "5", "--send",
+                              "sub", "--duration", "1.5", server.url()});
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        CHECK(find_event(run, "retry") == nullptr);
+        CHECK(find_event(run, "replacement_failed") == nullptr);
+        const auto connected = events_named(run, "connected").size();
+        CHECK(connected >= 3);  // up at about 0, 0.4, 0.8, 1.2
+        CHECK(events_named(run, "reconnect").size() == connected - 1);
+        // Each replacement: reconnect, the new one's connecting and connected, then (its
+        // subscription echoed meanwhile or after) the old one's clean end, before the next.
+        std::size_t replacements = 0;
+        for (std::size_t at = 0; at < run.events.size(); ++at) {
+            if (run.events[at]["event"] != "reconnect")
+                continue;
+            CAPTURE(at);
+            ++replacements;
+            CHECK(run.events[at]["reason"] == "max_connection_age");
+            REQUIRE(at + 2 < run.events.size());
+            CHECK(run.events[at + 1]["event"] == "connecting");
+            CHECK(run.events[at + 2]["event"] == "connected");
+            bool old_closed = false;
+            bool resubscribed = false;
+            for (std::size_t i = at + 3; i < run.events.size() && run.events[i]["event"] != "reconnect"; ++i) {
+                if (run.events[i]["event"] == "disconnected" && !old_closed) {
+                    old_closed = true;
+                    CHECK(run.events[i]["reason"] == "ok");
+                }
+                if (run.events[i]["event"] == "message" && run.events[i]["text"] == "sub")
+                    resubscribed = true;
+            }
+            CHECK(old_closed);
+            CHECK(resubscribed);
+        }
+        CHECK(replacements >= 2);
+        CHECK(server.upgrades() == connected);
+    }
 }
+

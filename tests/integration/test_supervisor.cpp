@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include <vigil/supervisor.hpp>
 
+#include <vigil/server.hpp>
+
 #include <support/one_thread.hpp>
 #include <support/peer.hpp>
 #include <support/pki.hpp>
@@ -30,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -2062,6 +2065,520 @@ TEST_CASE("policy_violation_delay and max_connection_age must not be negative")
         CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
         CHECK(detail.find("max_connection_age") != std::string::npos);
     }
+}
+
+// make-before-break ------------------------------------------------------------------------
+
+// A free port on 127.0.0.1 for a server made after the supervisor that connects to it.
+std::uint16_t free_port()
+{
+    asio::io_context ioc;
+    asio::ip::tcp::acceptor a(ioc, asio::ip::tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0));
+    return a.local_endpoint().port();
+}
+
+// A vigil::server on the test's io_context, as an exchange's feed: a connection that sends
+// "subscribe" is answered "subscribed" 20 ms later (the snapshot being prepared), and from then
+// on gets an increasing counter, sent to every subscribed connection every millisecond. Other
+// messages are echoed and recorded with the connection they came on. It counts how many
+// connections it held at once.
+struct counter_feed {
+    counter_feed(asio::io_context& ioc, std::uint16_t port, std::size_t max_connections = 100)
+        : ticker(ioc), srv(ioc.get_executor(), config(port, max_connections),
+                           [this](vigil::server::connection_ptr c) { return echo(std::move(c)); })
+    {
+        srv.events().on_connected = [this](vigil::connection&) { max_open = std::max(max_open, ++open); };
+        srv.events().on_disconnected = [this](vigil::connection& c) {
+            --open;
+            ends.push_back(c.last_disconnect());
+        };
+        srv.events().on_rejected = [this](const std::string&, const error_code&, const std::string&) { ++rejected; };
+        REQUIRE_FALSE(srv.listen());
+        asio::co_spawn(ioc, srv.run(), [this](std::exception_ptr, error_code) { stopped = true; });
+        asio::co_spawn(ioc, tick(), asio::detached);
+    }
+
+    static vigil::server_config config(std::uint16_t port, std::size_t max_connections)
+    {
+        vigil::server_config cfg;
+        cfg.port = port;
+        cfg.max_connections = max_connections;
+        cfg.retry_after = 1s;
+        return cfg;
+    }
+
+    void stop()
+    {
+        ticking = false;
+        ticker.cancel();
+        srv.stop();
+    }
+
+    asio::awaitable<void> tick()
+    {
+        while (ticking) {
+            ticker.expires_after(1ms);
+            co_await ticker.async_wait(asio::as_tuple(asio::use_awaitable));
+            auto value = std::make_shared<const std::string>(std::to_string(next++));
+            for (const auto& c : srv.connections())
+                if (subscribed.count(c->id()))
+                    c->async_send(value, message_type::text, asio::detached);
+        }
+    }
+
+    asio::awaitable<void> echo(vigil::server::connection_ptr c)
+    {
+        for (;;) {
+            auto r = co_await c->receive();
+            if (r.ec)
+                co_return;
+            if (r.data == "subscribe") {
+                asio::steady_timer snapshot(c->get_executor(), 20ms);
+                co_await snapshot.async_wait(asio::as_tuple(asio::use_awaitable));
+                subscribed.insert(c->id());
+                co_await c->send("subscribed");
+                continue;
+            }
+            received.emplace_back(c->id(), r.data);
+            std::string reply = "echo ";
+            reply += r.data;
+            co_await c->send(std::move(reply));
+        }
+    }
+
+    asio::steady_timer ticker;
+    vigil::server srv;
+    bool ticking = true;
+    bool stopped = false;
+    std::uint64_t next = 0;
+    int open = 0;
+    int max_open = 0;
+    int rejected = 0;
+    std::set<std::uint64_t> subscribed;  // connection ids
+    std::vector<vigil::disconnect_info> ends;
+    std::vector<std::pair<std::uint64_t, std::string>> received;  // (connection id, message)
+};
+
+// A supervisor and a counter feed on the same io_context, and what the supervisor's events said.
+struct feed_rig {
+    explicit feed_rig(vigil::supervisor_config cfg, std::size_t max_connections = 100)
+        : h(local_url(port), std::move(cfg), vigil::constant_backoff(100ms)), feed(h.ioc, port, max_connections)
+    {
+        h.sup.events().on_reconnect = [this](const std::string& r) { reasons.push_back(r); };
+        h.sup.events().on_replacement_failed = [this](const vigil::replacement_failure& f) {
+            failures.push_back(f);
+            failure_at_value.push_back(feed.next);
+        };
+        h.sup.session_event_handlers().on_disconnected = [this](const vigil::disconnect_info& i) {
+            client_ends.push_back(i.reason);
+        };
+        h.sup.session_event_handlers().on_message = [this](std::string_view data, message_type) {
+            h.messages.emplace_back(data);
+            if (data == "subscribed")
+                ++acks;
+        };
+    }
+
+    // Each connection subscribes in its on_connected hook and is up once the feed confirmed.
+    void subscribe_on_connect()
+    {
+        h.sup.on_connected([this](vigil::session& s) -> asio::awaitable<error_code> {
+            const int before = acks;
+            if (auto ec = co_await s.send("subscribe"))
+                co_return ec;
+            if (!co_await eventually([&] { return acks > before; }, 2s))
+                co_return error::handshake_timeout;
+            co_return error_code{};
+        });
+    }
+
+    // Stops the supervisor, then the feed, and lets both finish.
+    asio::awaitable<void> stop_all()
+    {
+        h.sup.stop();
+        co_await eventually([this] { return h.run_done; }, 3s);
+        feed.stop();
+    }
+
+    // The counter values received, in order of arrival (acks and echoes left out).
+    std::vector<std::uint64_t> counters() const
+    {
+        std::vector<std::uint64_t> v;
+        for (const auto& m : h.messages)
+            if (!m.empty() && m.front() >= '0' && m.front() <= '9')
+                v.push_back(std::stoull(m));
+        return v;
+    }
+
+    // The same, duplicates merged.
+    std::set<std::uint64_t> values() const
+    {
+        const auto all = counters();
+        return {all.begin(), all.end()};
+    }
+
+    std::uint16_t port = free_port();
+    harness h;
+    counter_feed feed;
+    std::vector<std::string> reasons;
+    std::vector<vigil::replacement_failure> failures;
+    std::vector<std::uint64_t> failure_at_value;
+    std::vector<error_code> client_ends;
+    int acks = 0;  // "subscribed" received, on any connection
+};
+
+// How many values between the lowest and the highest received are missing.
+std::size_t missing(const std::set<std::uint64_t>& values)
+{
+    if (values.empty())
+        return 0;
+    return static_cast<std::size_t>(*values.rbegin() - *values.begin() + 1) - values.size();
+}
+
+vigil::supervisor_config aging(milliseconds age, bool make_before_break)
+{
+    auto cfg = quick_config();
+    cfg.max_connection_age = age;
+    cfg.make_before_break = make_before_break;
+    cfg.min_delay = 2s;  // a retry would wait this long: none may happen
+    return cfg;
+}
+
+TEST_CASE("make-before-break: across replacements of a 1 ms feed every value arrives, with two connections up at once")
+{
+    feed_rig r(aging(300ms, true));
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    bool replaced = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        replaced = co_await eventually([&] { return h.ups >= 4; }, 5s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(replaced);
+    const auto values = r.values();
+    CAPTURE(values.size());
+    CHECK(values.size() > 500);  // about 0.9 s of a 1 ms feed
+    CHECK(missing(values) == 0);
+    // The new connection's subscription took 20 ms while the old one delivered: in the last
+    // moments of each overlap both delivered.
+    CHECK(r.counters().size() > values.size());
+    CHECK(r.feed.max_open == 2);
+    REQUIRE(r.reasons.size() >= 3);
+    for (const auto& reason : r.reasons)
+        CHECK(reason == "max_connection_age");
+    CHECK(h.retries.empty());
+    CHECK(r.failures.empty());
+    const auto c = h.sup.counters();
+    CHECK(c.planned_reconnects >= 3);
+    CHECK(c.connects >= 4);
+    CHECK(c.attempts <= c.connects + 1);  // a replacement may have been under way at stop()
+    CHECK(c.failed_replacements == 0);
+    // Each replaced connection was closed by the client with 1000 and the reason.
+    REQUIRE(r.feed.ends.size() >= 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(r.feed.ends[i].close_code == 1000);
+        CHECK(r.feed.ends[i].close_reason == "max_connection_age");
+    }
+    REQUIRE(r.client_ends.size() >= 3);
+    for (std::size_t i = 0; i < 3; ++i)
+        CHECK_CODE(r.client_ends[i], error_code{});
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break off (the control): one connection at a time, and the feed's values in between are lost")
+{
+    feed_rig r(aging(300ms, false));
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    bool replaced = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        replaced = co_await eventually([&] { return h.ups >= 4; }, 5s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(replaced);
+    CHECK(r.feed.max_open == 1);
+    const auto values = r.values();
+    MESSAGE("values missed across 3 break-first replacements: ", missing(values));
+    CHECK(missing(values) >= 3 * 5);  // the 20 ms of each new subscription, and the handshakes
+    CHECK(r.counters().size() == values.size());  // one connection at a time: no duplicates
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: a refused replacement keeps the live connection, tried again before the cut")
+{
+    auto cfg = aging(600ms, true);
+    cfg.min_delay = 50ms;
+    cfg.max_retry_after = 0ms;  // ignore the 503's Retry-After of 1 s: the policy decides
+    feed_rig r(cfg, 1);  // one connection: the replacement's upgrade is answered 503
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    bool refused_thrice = false;
+    std::uint64_t last_value_then = 0;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        refused_thrice = co_await eventually([&] { return r.failures.size() >= 3; }, 5s);
+        last_value_then = r.feed.next;
+        // Messages keep flowing on the connection that stayed.
+        co_await eventually([&] { return !r.values().empty() && *r.values().rbegin() > last_value_then + 50; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(refused_thrice);
+    CHECK(h.ups == 1);  // the first connection stayed up throughout
+    // It ended only with stop(); every other end was a refused replacement's.
+    REQUIRE(!r.client_ends.empty());
+    CHECK_CODE(r.client_ends.back(), error_code{});
+    for (std::size_t i = 0; i + 1 < r.client_ends.size(); ++i)
+        CHECK(vigil::http_status_of(r.client_ends[i]) == 503);
+    const auto values = r.values();
+    CHECK(missing(values) == 0);
+    CHECK(*values.rbegin() > last_value_then + 50);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        const auto& f = r.failures[i];
+        CHECK(vigil::http_status_of(f.last.reason) == 503);
+        CHECK(f.failures == i + 1);
+        CHECK(f.endpoint == 0);
+        REQUIRE(f.retry_in.has_value());
+        // The policy's 100 ms, no later than halfway to the cut, at least min_delay.
+        CHECK(*f.retry_in <= 100ms);
+        CHECK(*f.retry_in >= 50ms);
+    }
+    // One reconnect event per try: each failed, and one more may have been under way at stop().
+    CHECK(r.reasons.size() >= r.failures.size());
+    CHECK(r.reasons.size() <= r.failures.size() + 1);
+    CHECK(h.retries.empty());  // not a failure of the supervisor's: no backoff wait
+    const auto c = h.sup.counters();
+    CHECK(c.failed_replacements == r.failures.size());
+    CHECK(c.planned_reconnects == 0);
+    CHECK(c.connects == 1);
+    CHECK(r.feed.rejected >= 3);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: stop() during the overlap closes both connections")
+{
+    feed_rig r(aging(300ms, true));
+    auto& h = r.h;
+    int hooks = 0;
+    steady::time_point stopped_at{};
+    h.sup.on_connected([&](vigil::session&) -> asio::awaitable<error_code> {
+        if (++hooks == 2) {
+            // The replacement is connected, the live one still runs: stop now.
+            stopped_at = steady::now();
+            h.sup.stop();
+            asio::steady_timer t(co_await asio::this_coro::executor, 2s);
+            co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        co_return error_code{};
+    });
+    bool done = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        done = co_await eventually([&] { return h.run_done; }, 3s);
+        co_await eventually([&] { return r.feed.open == 0; }, 2s);
+        r.feed.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(done);
+    CHECK_CODE(h.run_ec, error_code{});
+    CHECK(hooks == 2);
+    CHECK(h.ups == 1);  // the replacement never came up
+    CHECK(ms_between(stopped_at, h.run_ended) < 1s);
+    CHECK(r.feed.max_open == 2);
+    CHECK(r.feed.open == 0);
+    REQUIRE(r.feed.ends.size() == 2);
+    for (const auto& e : r.feed.ends)
+        CHECK(e.close_code == 1000);  // both closed with a close handshake
+    CHECK(r.client_ends.size() == 2);
+    CHECK(h.sup.counters().planned_reconnects == 0);
+}
+
+TEST_CASE("make-before-break: sends during the overlaps complete exactly once and reach the server in order")
+{
+    feed_rig r(aging(200ms, true));
+    auto& h = r.h;
+    constexpr std::size_t count = 300;
+    bool all = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1; }, 3s))
+            co_return;
+        asio::steady_timer t(co_await asio::this_coro::executor);
+        for (std::size_t i = 0; i < count; ++i) {
+            h.send(numbered(static_cast<int>(i)), i);
+            t.expires_after(2ms);
+            co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        all = co_await eventually(
+            [&] {
+                return std::all_of(h.fates.begin(), h.fates.end(), [](const auto& f) { return f.completions > 0; });
+            },
+            3s);
+        co_await eventually([&] { return r.feed.received.size() >= count; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(12s);
+
+    REQUIRE(all);
+    CHECK(h.ups >= 3);  // the sends spanned two replacements at least
+    for (std::size_t i = 0; i < count; ++i) {
+        CAPTURE(i);
+        CHECK(h.fates[i].completions == 1);
+        CHECK_CODE(h.fates[i].ec, error_code{});
+    }
+    // The server got each once, in order, and a later message never went back to an older
+    // connection.
+    REQUIRE(r.feed.received.size() == count);
+    std::uint64_t conn = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        CAPTURE(i);
+        CHECK(r.feed.received[i].second == numbered(static_cast<int>(i)));
+        CHECK(r.feed.received[i].first >= conn);
+        conn = r.feed.received[i].first;
+    }
+    CHECK(h.sup.counters().messages_sent == count);
+    CHECK(h.sup.counters().messages_failed == 0);
+}
+
+TEST_CASE("make-before-break: reconnect() opens the new connection before closing the old one with its reason")
+{
+    feed_rig r(aging(0ms, true));
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    bool replaced = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        if (!co_await eventually([&] { return h.ups == 1 && r.values().size() > 50; }, 3s))
+            co_return;
+        h.sup.reconnect("checksum mismatch");
+        replaced = co_await eventually([&] { return h.ups == 2 && r.feed.ends.size() == 1; }, 3s);
+        co_await eventually([&] { return r.values().size() > 150; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(replaced);
+    CHECK(r.reasons == std::vector<std::string>{"checksum mismatch"});
+    CHECK(r.feed.max_open == 2);
+    CHECK(r.feed.ends[0].close_code == 1000);
+    CHECK(r.feed.ends[0].close_reason == "checksum mismatch");
+    CHECK(missing(r.values()) == 0);
+    CHECK(h.retries.empty());
+    CHECK(h.sup.counters().planned_reconnects == 1);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: the old connection dying during the overlap leaves the new attempt to carry on")
+{
+    auto cfg = aging(300ms, true);
+    feed_rig r(cfg);
+    auto& h = r.h;
+    r.subscribe_on_connect();
+    // When the replacement arrives, the server tears the first connection down (no close
+    // handshake) while the replacement's subscription is still being prepared.
+    r.feed.srv.events().on_connected = [&](vigil::connection& c) {
+        r.feed.max_open = std::max(r.feed.max_open, ++r.feed.open);
+        if (c.id() == 2)
+            for (const auto& other : r.feed.srv.connections())
+                if (other->id() == 1)
+                    other->cancel();
+    };
+    bool up_again = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        up_again = co_await eventually([&] { return h.ups == 2; }, 3s);
+        co_await eventually([&] { return r.values().size() > 100; }, 2s);
+        co_await r.stop_all();
+    });
+    h.ioc.run_for(10s);
+
+    REQUIRE(up_again);
+    REQUIRE(!r.client_ends.empty());
+    CHECK(r.client_ends[0]);  // the first connection failed (torn down), not closed by us
+    CHECK(r.reasons.size() == 1);
+    CHECK(h.retries.empty());  // no backoff wait: the replacement became the attempt
+    const auto c = h.sup.counters();
+    CHECK(c.attempts == 2);
+    CHECK(c.connects == 2);
+    CHECK(c.planned_reconnects == 0);  // nothing was handed over
+    CHECK(c.failed_replacements == 0);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break: failback tries the primary beside the backup, and keeps the backup while it is down")
+{
+    auto cfg = quick_config();
+    cfg.stable_after = 200ms;
+    cfg.failback_after = 250ms;
+    cfg.min_delay = 2s;  // a retry would wait this long: none may happen
+    cfg.make_before_break = true;
+    failover_rig f(cfg);
+    auto& h = f.h;
+    std::vector<vigil::replacement_failure> failures;
+    h.sup.events().on_replacement_failed = [&](const vigil::replacement_failure& r) { failures.push_back(r); };
+    bool back_on_primary = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        // On the backup; the primary refuses the first failback tries.
+        if (!co_await eventually([&] { return h.ups == 1 && failures.size() >= 2; }, 3s))
+            co_return;
+        f.restore_primary();
+        back_on_primary = co_await eventually([&] { return !f.up_on.empty() && f.up_on.back() == 0; }, 3s);
+        co_await eventually([&] { return f.backup.closes() >= 1; }, 2s);
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(back_on_primary);
+    CHECK(f.up_on == std::vector<std::size_t>{1, 0});  // the backup was kept until then
+    REQUIRE(failures.size() >= 2);
+    for (std::size_t i = 0; i < failures.size(); ++i) {
+        CAPTURE(i);
+        CHECK_CODE(failures[i].last.reason, error_code(asio::error::connection_refused));
+        CHECK(failures[i].endpoint == 0);
+        CHECK(failures[i].failures == i + 1);
+        REQUIRE(failures[i].retry_in.has_value());
+        CHECK(*failures[i].retry_in == 250ms);  // the next try comes a failback period later
+    }
+    CHECK(f.reasons.size() == failures.size() + 1);
+    for (const auto& r : f.reasons)
+        CHECK(r == "failback");
+    // Only the first attempt (to the primary, refused) was a failure of the supervisor's.
+    REQUIRE(h.retries.size() == 1);
+    CHECK(h.retries[0].delay == 0ms);
+    CHECK(f.backup.upgrades() == 1);
+    CHECK(f.backup.closes() >= 1);  // closed by us once the primary was up
+    CHECK(f.primary->upgrades() == 1);
+    CHECK(h.sup.counters().planned_reconnects == 1);
+    REQUIRE(h.run_done);
+    CHECK_CODE(h.run_ec, error_code{});
+}
+
+TEST_CASE("make-before-break needs delivery_guarantee::written")
+{
+    auto cfg = quick_config();
+    cfg.make_before_break = true;
+    cfg.delivery = vigil::delivery_guarantee::confirmed;
+    std::string detail;
+    CHECK(vigil::validate(cfg, &detail) == error_code(error::invalid_config));
+    CHECK(detail.find("make_before_break") != std::string::npos);
+    cfg.delivery = vigil::delivery_guarantee::written;
+    CHECK_FALSE(vigil::validate(cfg));
 }
 
 }  // TEST_SUITE

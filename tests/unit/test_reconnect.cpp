@@ -713,4 +713,251 @@ TEST_SUITE("reconnect")
         REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::close_session);
         CHECK(r.fsm.attempt_ended({error_code{}}, t0 + 100s).endpoint == 0);
     }
+
+    // make-before-break: the replacement is opened beside the live connection.
+
+    TEST_CASE("make-before-break: the age limit opens the replacement beside the live connection, then hands over")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        s.stable_after = 5s;
+        s.make_before_break = true;
+        rig r(s);
+        bring_to(r, reconnect_state::up);  // up at t0, due at t0 + 100 s (draw 0)
+        const auto due = r.fsm.replacement().at;
+        CHECK(due == t0 + 100s);
+        REQUIRE(r.fsm.replacement_due(due) == reconnect_interrupt::open_replacement);
+        // The live connection stays up; nothing more is due while the replacement is opened.
+        CHECK(r.fsm.state() == reconnect_state::up);
+        CHECK(r.fsm.replacing_phase() == vigil::detail::replacement_phase::opening);
+        CHECK(r.fsm.replacement().at == time_point::max());
+        CHECK(r.fsm.replacement_due(due + 1h) == reconnect_interrupt::none);
+        CHECK(r.fsm.reconnect(due) == reconnect_interrupt::none);
+        CHECK(r.fsm.replacement_connected().what == kind::run);
+        CHECK(r.fsm.replacing_phase() == vigil::detail::replacement_phase::hooking);
+        // Up: handed over. The old one was stable, so the streak starts over; the new one's
+        // age counts from now.
+        CHECK(r.fsm.replacement_up(due + 1s, 0.5).what == kind::hand_over);
+        CHECK(r.fsm.state() == reconnect_state::up);
+        CHECK(r.fsm.replacing_phase() == vigil::detail::replacement_phase::none);
+        CHECK(r.resets == 1);
+        CHECK(r.fsm.replacement().at == due + 1s + 95s);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::max_connection_age);
+        CHECK(r.asked.empty());  // no delay asked: nothing failed
+    }
+
+    TEST_CASE("make-before-break: a failed replacement keeps the live one and is tried again before the cut")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        s.min_delay = 100ms;
+        s.make_before_break = true;
+        // Drawn at the start of the last tenth: due at t0 + 90 s, the cut at t0 + 100 s.
+        rig r2(s);
+        bring_to(r2, reconnect_state::connecting);
+        REQUIRE(r2.fsm.connected().what == kind::run);
+        r2.fsm.hook_succeeded(t0, 1.0);
+        auto now = r2.fsm.replacement().at;
+        REQUIRE(now == t0 + 90s);
+        // The policy says 1 s, 2 s, 3 s ...; halfway to the cut bounds it as the cut nears.
+        const std::vector<milliseconds> expected = {1s, 2s, 3s, 2s, 1s};
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+            CAPTURE(i);
+            REQUIRE(r2.fsm.replacement_due(now) == reconnect_interrupt::open_replacement);
+            auto a = r2.fsm.replacement_failed({refused}, now);
+            CHECK(a.what == kind::keep);
+            CHECK(a.delay == expected[i]);
+            CHECK(a.attempt == i + 1);
+            CHECK(r2.fsm.replacement_failures() == i + 1);
+            CHECK(r2.fsm.state() == reconnect_state::up);
+            CHECK(r2.fsm.replacement().at == now + expected[i]);
+            CHECK(r2.fsm.replacement_due(now + expected[i] - 1ms) == reconnect_interrupt::none);
+            now += expected[i];
+        }
+        CHECK(r2.asked.size() == expected.size());
+        CHECK(r2.asked[1].attempt == 2);
+        CHECK(r2.asked[1].failing_for == 1s);
+        CHECK(r2.asked[1].previous_delay == 1s);
+        CHECK(r2.fsm.streak() == 0);  // no failure of the supervisor's own
+        // Past the cut (the server did not cut after all), the policy's delay stands.
+        now = t0 + 101s;
+        REQUIRE(r2.fsm.replacement_due(now) == reconnect_interrupt::open_replacement);
+        CHECK(r2.fsm.replacement_failed({refused}, now).delay == 6s);
+        // One that comes up resets the count.
+        REQUIRE(r2.fsm.replacement_due(now + 6s) == reconnect_interrupt::open_replacement);
+        REQUIRE(r2.fsm.replacement_connected().what == kind::run);
+        CHECK(r2.fsm.replacement_up(now + 6s, 0.0).what == kind::hand_over);
+        CHECK(r2.fsm.replacement_failures() == 0);
+    }
+
+    TEST_CASE("make-before-break: a permanent failure of the replacement keeps the live one, with no more tries")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        s.make_before_break = true;
+        rig r(s);
+        bring_to(r, reconnect_state::up);
+        REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+        auto a = r.fsm.replacement_failed({vigil::make_http_status_error(401)}, t0 + 100s);
+        CHECK(a.what == kind::keep);
+        CHECK(r.fsm.state() == reconnect_state::up);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::none);
+        CHECK(r.fsm.replacement_due(t0 + 24h) == reconnect_interrupt::none);
+        CHECK(r.asked.empty());
+        // reconnect() can still ask for one.
+        CHECK(r.fsm.reconnect(t0 + 24h) == reconnect_interrupt::open_replacement);
+    }
+
+    TEST_CASE("make-before-break: a failed failback is tried again after failback_after, on the primary")
+    {
+        reconnect_settings s;
+        s.endpoints = 2;
+        s.failback_after = 60s;
+        s.make_before_break = true;
+        rig r(s);
+        r.up_on_backup();
+        REQUIRE(r.fsm.replacement_due(t0 + 60s) == reconnect_interrupt::open_replacement);
+        CHECK(r.fsm.replacement_endpoint() == 0);
+        CHECK(r.fsm.endpoint() == 1);  // still live on the backup
+        auto a = r.fsm.replacement_failed({refused}, t0 + 60s);
+        CHECK(a.what == kind::keep);
+        CHECK(a.delay == 60s);
+        CHECK(a.endpoint == 0);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::failback);
+        REQUIRE(r.fsm.replacement_due(t0 + 120s) == reconnect_interrupt::open_replacement);
+        REQUIRE(r.fsm.replacement_connected().what == kind::run);
+        CHECK(r.fsm.replacement_up(t0 + 121s, 0.0).what == kind::hand_over);
+        CHECK(r.fsm.endpoint() == 0);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::none);  // on the primary: stay
+    }
+
+    TEST_CASE("make-before-break: reconnect() opens a replacement to the same endpoint, retried if it fails")
+    {
+        reconnect_settings s;
+        s.make_before_break = true;
+        rig r(s);
+        bring_to(r, reconnect_state::up);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::none);
+        REQUIRE(r.fsm.reconnect(t0 + 1s) == reconnect_interrupt::open_replacement);
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::requested);
+        CHECK(r.fsm.reconnect(t0 + 1s) == reconnect_interrupt::none);  // one at a time
+        auto a = r.fsm.replacement_failed({refused}, t0 + 2s);
+        CHECK(a.delay == 1s);  // the policy's first delay
+        CHECK(r.fsm.replacement().why == vigil::detail::replacement::requested);
+        CHECK(r.fsm.replacement_due(t0 + 3s) == reconnect_interrupt::open_replacement);
+        // While the hook of a connection runs, there is nothing live to keep: break first.
+        rig h(s);
+        bring_to(h, reconnect_state::running_hook);
+        CHECK(h.fsm.reconnect(t0) == reconnect_interrupt::close_session);
+    }
+
+    TEST_CASE("make-before-break: the live one ending meanwhile makes the replacement the attempt")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        s.make_before_break = true;
+        SUBCASE("it comes up: adopted, no failure counted")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            auto a = r.fsm.attempt_ended({error_code(1001, vigil::close_code_category())}, t0 + 100s);
+            CHECK(a.what == kind::await_replacement);
+            CHECK(r.fsm.state() == reconnect_state::connecting);
+            CHECK(r.fsm.replacing_role() == vigil::detail::replacement_role::attempt);
+            CHECK(r.fsm.replacement_connected().what == kind::run);
+            CHECK(r.fsm.state() == reconnect_state::running_hook);
+            CHECK(r.fsm.replacement_up(t0 + 101s, 0.0).what == kind::adopt);
+            CHECK(r.fsm.state() == reconnect_state::up);
+            CHECK(r.fsm.streak() == 0);
+            CHECK(r.asked.empty());
+            CHECK(r.fsm.replacement().at == t0 + 201s);
+        }
+        SUBCASE("ended during its hook")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            REQUIRE(r.fsm.replacement_connected().what == kind::run);
+            CHECK(r.fsm.attempt_ended({refused}, t0 + 100s).what == kind::await_replacement);
+            CHECK(r.fsm.state() == reconnect_state::running_hook);
+            CHECK(r.fsm.replacement_up(t0 + 101s, 0.0).what == kind::adopt);
+        }
+        SUBCASE("it fails: a failure like any other attempt's")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            REQUIRE(r.fsm.attempt_ended({refused}, t0 + 100s).what == kind::await_replacement);
+            auto a = r.fsm.replacement_failed({refused}, t0 + 101s);
+            CHECK(a.what == kind::wait);
+            CHECK(a.delay == 1s);
+            CHECK(r.fsm.streak() == 1);
+            CHECK(r.fsm.state() == reconnect_state::waiting);
+        }
+        SUBCASE("a permanent reason ends run() as always")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            auto a = r.fsm.attempt_ended({vigil::make_http_status_error(403)}, t0 + 100s);
+            CHECK(a.what == kind::give_up);
+            CHECK(r.fsm.replacement_failed({aborted}, t0 + 100s).what == kind::stop);
+            CHECK(r.fsm.state() == reconnect_state::gave_up);
+        }
+    }
+
+    TEST_CASE("make-before-break: stop() during the overlap, or once the replacement is the attempt")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        s.make_before_break = true;
+        SUBCASE("beside the live one: both close; the live one's end ends run()")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            REQUIRE(r.fsm.replacement_connected().what == kind::run);
+            CHECK(r.fsm.stop() == reconnect_interrupt::close_session);
+            CHECK(r.fsm.replacement_up(t0 + 100s, 0.0).what == kind::stop);  // raced: close it
+            CHECK(r.fsm.state() == reconnect_state::stopping);
+            auto a = r.fsm.attempt_ended({error_code{}}, t0 + 100s);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+        }
+        SUBCASE("beside the live one, still connecting")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            CHECK(r.fsm.stop() == reconnect_interrupt::close_session);
+            CHECK(r.fsm.replacement_connected().what == kind::close_session);
+            CHECK(r.fsm.replacement_failed({aborted}, t0 + 100s).what == kind::stop);
+            CHECK(r.fsm.state() == reconnect_state::stopping);  // the live one's end decides
+            CHECK(r.fsm.attempt_ended({error_code{}}, t0 + 100s).what == kind::stop);
+            CHECK(r.fsm.state() == reconnect_state::stopped);
+        }
+        SUBCASE("the replacement as the attempt")
+        {
+            rig r(s);
+            bring_to(r, reconnect_state::up);
+            REQUIRE(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::open_replacement);
+            REQUIRE(r.fsm.attempt_ended({refused}, t0 + 100s).what == kind::await_replacement);
+            CHECK(r.fsm.stop() == reconnect_interrupt::abort_attempt);
+            auto a = r.fsm.replacement_failed({aborted}, t0 + 100s);
+            CHECK(a.what == kind::stop);
+            CHECK_FALSE(a.reason);
+            CHECK(r.fsm.state() == reconnect_state::stopped);
+        }
+    }
+
+    TEST_CASE("without make-before-break, the replacement closes first, as before")
+    {
+        reconnect_settings s;
+        s.max_connection_age = 100s;
+        rig r(s);
+        bring_to(r, reconnect_state::up);
+        CHECK(r.fsm.replacement_due(t0 + 100s) == reconnect_interrupt::close_session);
+        CHECK(r.fsm.replacing_phase() == vigil::detail::replacement_phase::none);
+    }
 }
