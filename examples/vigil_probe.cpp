@@ -82,6 +82,8 @@ constexpr std::string_view usage_text =
     "  --connect-timeout S    bound on DNS resolution plus TCP connect\n"
     "  --handshake-timeout S  bound on the WebSocket upgrade\n"
     "  --close-timeout S      bound on the close handshake\n"
+    "  --write-timeout S      end when a message write makes no progress for S seconds\n"
+    "                         (default 10; 0: off)\n"
     "  --stall-threshold S    report our own loop running later than S (event stall;\n"
     "                         default a quarter of the pong timeout)\n"
     "  --end-on-suspect       end as soon as TCP retransmits our ping unacknowledged (event\n"
@@ -246,6 +248,8 @@ options parse_args(int argc, char** argv)
             cfg.handshake_timeout = parse_seconds(flag, value());
         } else if (flag == "--close-timeout") {
             cfg.close_timeout = parse_seconds(flag, value());
+        } else if (flag == "--write-timeout") {
+            cfg.write_timeout = parse_seconds(flag, value());
         } else if (flag == "--stall-threshold") {
             cfg.stall_threshold = parse_seconds(flag, value());
         } else if (flag == "--end-on-suspect") {

@@ -177,23 +177,20 @@ probe_run run_probe(const std::vector<std::string>& args, const probe_options& o
         run.bad_lines.push_back(pending);
     }
 
-    // Output closed means the probe is on its way out; still, never wait unboundedly.
+    // Output closed means the probe is on its way out; still, never wait unboundedly (a
+    // probe that timed out is killed first: it may never exit on its own).
     int status = 0;
     for (;;) {
-        pid_t done = ::waitpid(pid, &status, run.timed_out ? 0 : WNOHANG);
-        if (done == pid) {
-            break;
-        }
         if (run.timed_out || clock_type::now() >= deadline) {
             run.timed_out = true;
             ::kill(pid, SIGKILL);
             ::waitpid(pid, &status, 0);
             break;
         }
+        if (::waitpid(pid, &status, WNOHANG) == pid) {
+            break;
+        }
         ::poll(nullptr, 0, 5);
-    }
-    if (run.timed_out) {
-        ::kill(pid, SIGKILL);
     }
     run.wall_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
     run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -305,6 +302,25 @@ TEST_SUITE("probe")
             CHECK(messages[i]["connection"] == messages[0]["connection"]);
             CHECK(messages[i]["sequence"] == i + 1);
         }
+    }
+
+    TEST_CASE("probe --write-timeout: a peer that stops reading ends the connection")
+    {
+        // The peer never reads, with a small receive buffer: once the kernel's buffers are
+        // full (a few MiB), the stdin lines' writes stall.
+        peer server({.behaviour = peer_behaviour::stop_reading});
+        probe_options opts;
+        opts.stdin_text = std::string();
+        for (int i = 0; i < 128; ++i)
+            *opts.stdin_text += std::string(128 * 1024, 'w') + '\n';
+        auto run = run_probe({"--ping-interval", "0", "--write-timeout", "0.3", "--no-reconnect", server.url()}, opts);
+        INFO("stderr: ", run.err);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 1);
+        auto last = run.events.back();
+        CHECK(last["event"] == "disconnected");
+        CHECK(last["reason"] == "write_timeout");
     }
 
     TEST_CASE("probe --fresh-field: a feed that still sends, but nothing fresh, is stale")
@@ -687,6 +703,7 @@ TEST_SUITE("probe")
             {"--backoff-initial", "2", "--backoff-max", "1", "ws://127.0.0.1:1/"},
             {"--no-reconnect=yes", "ws://127.0.0.1:1/"},
             {"--fresh-field", "update", "ws://127.0.0.1:1/"},
+            {"--write-timeout", "-1", "ws://127.0.0.1:1/"},
         };
         for (const auto& args : bad) {
             std::string joined;
