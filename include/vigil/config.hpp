@@ -119,7 +119,8 @@ struct session_config {
     /// that answers pings but stopped sending. Default zero: off.
     std::chrono::milliseconds idle_timeout{0};
 
-    /// DNS resolution plus TCP connect (all resolved addresses), `error::connect_timeout`.
+    /// DNS resolution plus TCP connect (all resolved addresses), and through a proxy also the
+    /// proxy's own connection and its CONNECT or SOCKS5 exchange, `error::connect_timeout`.
     /// Default 10 s. Must be positive.
     std::chrono::milliseconds connect_timeout = std::chrono::seconds(10);
 

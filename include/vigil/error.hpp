@@ -69,12 +69,12 @@ enum class error {
     server_shutdown,
     /// A supervisor's `before_attempt` hook did not finish within `prepare_timeout`.
     prepare_timeout,
-    /// The proxy wants credentials, or rejected the ones given: HTTP 407 to CONNECT, a
-    /// SOCKS5 proxy that accepts none of the offered methods or fails the username/password
-    /// check. Permanent.
+    /// The proxy wants credentials, or rejected the ones given: HTTP 407 (or 401, which some
+    /// proxies send for wrong credentials) to CONNECT, a SOCKS5 proxy that accepts none of
+    /// the offered methods or fails the username/password check. Permanent.
     proxy_auth_required,
     /// The proxy refused to open the tunnel by its policy: an HTTP status to CONNECT other
-    /// than 2xx, 407, 408, 429 and 5xx (403 typically), or SOCKS5 replies 2 (not allowed by
+    /// than 2xx, 401, 407, 408, 429 and 5xx (403 typically), or SOCKS5 replies 2 (not allowed by
     /// ruleset), 7 (command not supported) and 8 (address type not supported). Permanent.
     proxy_denied,
     /// The proxy could not reach (or serve) the server right now: HTTP 408, 429 or 5xx to

@@ -22,7 +22,8 @@ namespace vigil {
 /// (`error::proxy_denied`) or does not speak the protocol (`error::proxy_protocol_error`) is
 /// permanent; one that cannot reach the target now (`error::proxy_target_unreachable`),
 /// refuses the connection or does not answer in time is transient. Every detail names the
-/// proxy by host and port; a password is never part of any message.
+/// proxy by host and port; a password is never part of any message. Cancelling `connect()`
+/// during the proxy steps ends it with `operation_aborted`, as in any other step.
 struct proxy_config {
     /// The proxy to use for every URL, overriding the environment:
     /// - `http://[user[:password]@]host[:port]`: HTTP CONNECT, with Basic authentication when
@@ -87,13 +88,14 @@ struct proxy_endpoint {
 /// unsupported scheme (naming the ones supported), a missing or bad host, a bad port, a
 /// path, query or fragment, a user name with ':' in it, or SOCKS5 credentials longer than
 /// 255 bytes. The message shows the URL with its user info masked. Never throws for bad
-/// input.
+/// input. Pure: thread safe.
 error_code parse_proxy_url(std::string_view url, proxy_endpoint& out, std::string* detail = nullptr);
 
 /// Reads one environment variable: its value, or nullopt when it is not set.
 using env_lookup = std::function<std::optional<std::string>(std::string_view name)>;
 
-/// The process environment (getenv), for `choose_proxy`.
+/// The process environment, for `choose_proxy`: each call of the returned function reads
+/// `getenv` then, so it is as thread safe as `getenv` (not against a concurrent `setenv`).
 env_lookup process_environment();
 
 /// Which proxy, if any, a connection to `host` uses (see `proxy_config`).
@@ -112,7 +114,7 @@ struct proxy_choice {
 proxy_choice choose_proxy(const proxy_config& cfg, bool tls, std::string_view host, const env_lookup& env);
 
 /// True when `host` (a name, or an IP literal, IPv6 with or without brackets) matches an
-/// entry of the no-proxy `list` (syntax in `proxy_config::no_proxy`).
+/// entry of the no-proxy `list` (syntax in `proxy_config::no_proxy`). Pure: thread safe.
 bool no_proxy_matches(std::string_view list, std::string_view host);
 
 }  // namespace vigil

@@ -120,7 +120,7 @@ asio::awaitable<error_code> session_core::connect_each(const asio::ip::tcp::reso
         last = ec;
         last_address = remote.address().to_string();
     }
-    if (tried == 0) {
+    if (tried == 0 && local) {
         record().detail = "local_address " + cfg_->local_address + " is IPv" + (local->is_v4() ? "4" : "6")
             + ", and none of the " + std::to_string(results.size()) + " addresses of " + where + " is";
         co_return error::local_address_unusable;

@@ -105,7 +105,8 @@ error_code connect_status_error(unsigned status) noexcept
 {
     if (status >= 200 && status <= 299)
         return {};
-    if (status == 407)
+    // 407 is the standard answer; some proxies (tinyproxy) send 401 to wrong credentials.
+    if (status == 407 || status == 401)
         return error::proxy_auth_required;
     if (status == 408 || status == 429 || (status >= 500 && status <= 599))
         return error::proxy_target_unreachable;

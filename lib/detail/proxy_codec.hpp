@@ -27,7 +27,7 @@ std::string http_connect_request(const proxy_endpoint& p, std::string_view host,
                                  std::string_view user_agent);
 
 /// The verdict on the status of a CONNECT reply: empty for 2xx, else `proxy_auth_required`
-/// (407), `proxy_target_unreachable` (408, 429, 5xx) or `proxy_denied` (anything else).
+/// (407, 401), `proxy_target_unreachable` (408, 429, 5xx) or `proxy_denied` (anything else).
 error_code connect_status_error(unsigned status) noexcept;
 
 /// The greeting: version 5 and the methods offered (no authentication, and

@@ -37,7 +37,7 @@ std::string explain_status(const proxy_endpoint& p, const std::string& what, uns
 {
     std::string why = "proxy " + p.where() + " answered " + what + " with HTTP " + std::to_string(status) + " "
         + printable(reason, 80, false);
-    if (status == 407)
+    if (status == 407 || status == 401)
         why += p.username.empty() ? " (the proxy URL has no credentials)" : " (the credentials were rejected)";
     return why;
 }

@@ -243,6 +243,7 @@ TEST_CASE("HTTP CONNECT: the request, Basic credentials, and the verdict on each
     CHECK_FALSE(vd::connect_status_error(200));
     CHECK_FALSE(vd::connect_status_error(204));
     CHECK_CODE(vd::connect_status_error(407), error::proxy_auth_required);
+    CHECK_CODE(vd::connect_status_error(401), error::proxy_auth_required);  // tinyproxy, wrong credentials
     CHECK_CODE(vd::connect_status_error(403), error::proxy_denied);
     CHECK_CODE(vd::connect_status_error(400), error::proxy_denied);
     CHECK_CODE(vd::connect_status_error(301), error::proxy_denied);
