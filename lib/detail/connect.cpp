@@ -44,6 +44,12 @@ std::string ms_text(std::chrono::milliseconds d)
     return std::to_string(d.count()) + " ms";
 }
 
+// After the tunnel the failures are the server's, but where the bytes went is worth saying.
+std::string through(const std::optional<proxy_endpoint>& proxy)
+{
+    return proxy ? " (through proxy " + proxy->where() + ")" : std::string();
+}
+
 }  // namespace
 
 asio::awaitable<error_code> session_core::resolve(const std::string& host, std::uint16_t port,
@@ -125,9 +131,9 @@ asio::awaitable<error_code> session_core::connect_each(const asio::ip::tcp::reso
             + ", and none of the " + std::to_string(results.size()) + " addresses of " + where + " is";
         co_return error::local_address_unusable;
     }
-    record().detail = with_context(
-        "connecting to " + where + (tried > 1 ? " (" + std::to_string(tried) + " addresses, the last " + last_address + ")" : ""),
-        last);
+    const std::string which =
+        tried > 1 ? " (" + std::to_string(tried) + " addresses, the last " + last_address + ")" : std::string();
+    record().detail = with_context("connecting to " + where + which, last);
     co_return last;
 }
 
@@ -179,7 +185,8 @@ std::string session_core::explain_connect_timeout(const endpoint& ep) const
     case step::resolving_proxy: stuck = "still resolving the proxy's name"; break;
     case step::connecting: stuck = "still connecting to the proxy"; break;
     case step::tunnel:
-        stuck = p.scheme == proxy_scheme::http ? "the proxy did not answer CONNECT" : "the SOCKS5 negotiation did not finish";
+        stuck = p.scheme == proxy_scheme::http ? "the proxy did not answer CONNECT"
+                                               : "the SOCKS5 negotiation did not finish";
         break;
     }
     return "no tunnel to " + ep.host + " port " + std::to_string(ep.port) + " through proxy " + p.where() + within
@@ -190,7 +197,8 @@ error_code session_core::choose_route(const endpoint& ep, std::string& detail)
 {
     client_->proxy.reset();
     const auto& want = cfg_->proxy;
-    const auto choice = choose_proxy(want, ep.tls, ep.host, want.from_environment ? process_environment() : env_lookup());
+    const auto env = want.from_environment ? process_environment() : env_lookup();
+    const auto choice = choose_proxy(want, ep.tls, ep.host, env);
     if (choice.url.empty())
         return {};
     proxy_endpoint p;
@@ -287,9 +295,9 @@ void session_core::prepare_stream(websocket::stream_base::decorator decorator)
 std::string session_core::explain_tls_failure(const error_code& ec, const endpoint& ep)
 {
     if (ec == error::tls_handshake_timeout)
-        return "no TLS handshake with " + ep.host + " within " + ms_text(cfg_->tls_handshake_timeout) +
-               " (tls_handshake_timeout)";
-    std::string why = with_context("TLS handshake with " + ep.host, ec);
+        return "no TLS handshake with " + ep.host + through(client_->proxy) + " within " +
+               ms_text(cfg_->tls_handshake_timeout) + " (tls_handshake_timeout)";
+    std::string why = with_context("TLS handshake with " + ep.host + through(client_->proxy), ec);
     const long verify = SSL_get_verify_result(ws_->next_layer().tls()->native_handle());
     if (verify != X509_V_OK)
         why += std::string(" (certificate: ") + X509_verify_cert_error_string(verify) + ")";
@@ -306,12 +314,12 @@ std::string session_core::explain_upgrade_failure(error_code& ec, const websocke
             if (auto delay = parse_retry_after(it->value()))
                 record().retry_after = *delay;
         }
-        return "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(record().http_status) + " " +
-               std::string(res.reason());
+        return "upgrade rejected by " + ep.host + through(client_->proxy) + ": HTTP " +
+               std::to_string(record().http_status) + " " + std::string(res.reason());
     }
     if (ec == error::handshake_timeout)
         return "no answer to the upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
-    return with_context("WebSocket handshake with " + ep.host, ec);
+    return with_context("WebSocket handshake with " + ep.host + through(client_->proxy), ec);
 }
 
 namespace {
