@@ -79,7 +79,7 @@ constexpr std::string_view usage_text =
     "  --idle-timeout S       end when no data message arrives for S seconds (0: off)\n"
     "  --fresh-field F=V      only messages whose JSON field F is V count as data for\n"
     "                         --idle-timeout (a feed whose acks still arrive is stale)\n"
-    "  --connect-timeout S    bound on DNS resolution plus TCP connect\n"
+    "  --connect-timeout S    bound on DNS resolution plus TCP connect (and a proxy's tunnel)\n"
     "  --handshake-timeout S  bound on the WebSocket upgrade\n"
     "  --close-timeout S      bound on the close handshake\n"
     "  --write-timeout S      end when a message write makes no progress for S seconds\n"
@@ -98,6 +98,18 @@ constexpr std::string_view usage_text =
     "                         answers the server's pings\n"
     "  --ca FILE              trust this PEM CA for wss://\n"
     "  --insecure             no certificate verification (test servers only)\n"
+    "  --proxy URL            connect through a proxy: http://[USER:PASS@]HOST[:PORT] (HTTP\n"
+    "                         CONNECT), socks5h://[USER:PASS@]HOST[:PORT] (SOCKS5, the proxy\n"
+    "                         resolves the server's name) or socks5:// (resolved here);\n"
+    "                         default port 1080\n"
+    "  --proxy-from-env       take the proxy from http_proxy (ws://), https_proxy or\n"
+    "                         HTTPS_PROXY (wss://), then all_proxy or ALL_PROXY, and the\n"
+    "                         hosts to reach directly from no_proxy or NO_PROXY, as curl does\n"
+    "                         (--proxy wins over the environment)\n"
+    "  --no-proxy LIST        hosts reached directly, never through the proxy: host names\n"
+    "                         (their subdomains too), IP addresses, or * (comma-separated)\n"
+    "  --bind ADDR            connect from the local IP address ADDR (hosts with several\n"
+    "                         interfaces)\n"
     "  --send TEXT            send TEXT after every connect, e.g. a subscription (repeatable);\n"
     "                         each stdin line is sent once, queued while disconnected\n"
     "  --duration S           close cleanly after S seconds\n"
@@ -132,8 +144,8 @@ constexpr std::string_view usage_text =
     "exit status: 0 after --duration, a signal or a clean close; 1 when the single session of\n"
     "--no-reconnect failed transiently; 2 on a permanent failure as vigil::is_permanent\n"
     "classifies it (bad URL or config, upgrade rejected with 401/403/404..., untrusted\n"
-    "certificate, close code 1002/1003/1007/1010) or when --max-attempts ran out; 64 for\n"
-    "bad arguments.\n";
+    "certificate, close code 1002/1003/1007/1010, a proxy that wants other credentials or\n"
+    "refuses the server) or when --max-attempts ran out; 64 for bad arguments.\n";
 
 struct options {
     vigil::supervisor_config cfg;
@@ -281,6 +293,15 @@ options parse_args(int argc, char** argv)
         } else if (flag == "--insecure") {
             no_value();
             cfg.tls.insecure_skip_verify = true;
+        } else if (flag == "--proxy") {
+            cfg.proxy.url = std::string(value());
+        } else if (flag == "--proxy-from-env") {
+            no_value();
+            cfg.proxy.from_environment = true;
+        } else if (flag == "--no-proxy") {
+            cfg.proxy.no_proxy = std::string(value());
+        } else if (flag == "--bind") {
+            cfg.local_address = std::string(value());
         } else if (flag == "--send") {
             opts.sends.emplace_back(value());
         } else if (flag == "--duration") {

@@ -5,6 +5,8 @@
 
 #include "detail/printable.hpp"
 
+#include <boost/asio/ip/address.hpp>
+
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -108,6 +110,25 @@ void check_ca_file(checker& check, const std::string& path)
         check.fail("tls.ca_file \"" + printable(path) + "\" cannot be opened for reading");
 }
 
+void check_network(checker& check, const session_config& cfg)
+{
+    if (!cfg.proxy.url.empty()) {
+        proxy_endpoint ignored;
+        std::string why;
+        if (parse_proxy_url(cfg.proxy.url, ignored, &why))
+            check.fail("proxy.url: " + why);
+    }
+    if (has_line_break_or_nul(cfg.proxy.no_proxy))
+        check.fail("proxy.no_proxy contains CR, LF or NUL");
+    if (!cfg.local_address.empty()) {
+        boost::system::error_code ec;
+        boost::asio::ip::make_address(cfg.local_address, ec);
+        if (ec)
+            check.fail("local_address \"" + printable(cfg.local_address)
+                + "\" is not an IP address (an IPv4 or IPv6 literal such as 10.0.1.7 or fe80::1%eth0)");
+    }
+}
+
 }  // namespace
 
 error_code validate(const session_config& cfg, std::string* detail)
@@ -156,6 +177,7 @@ error_code validate(const session_config& cfg, std::string* detail)
     if (has_line_break_or_nul(cfg.user_agent))
         check.fail("user_agent contains CR, LF or NUL");
     check_headers(check, cfg);
+    check_network(check, cfg);
     if (!check.failed())
         check_ca_file(check, cfg.tls.ca_file);
 

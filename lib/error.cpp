@@ -56,6 +56,11 @@ const char* vigil_error_name(int value) noexcept
     case error::server_shutdown: return "server_shutdown";
     case error::prepare_timeout: return "prepare_timeout";
     case error::delivery_unconfirmed: return "delivery_unconfirmed";
+    case error::proxy_auth_required: return "proxy_auth_required";
+    case error::proxy_denied: return "proxy_denied";
+    case error::proxy_target_unreachable: return "proxy_target_unreachable";
+    case error::proxy_protocol_error: return "proxy_protocol_error";
+    case error::local_address_unusable: return "local_address_unusable";
     }
     return nullptr;
 }

@@ -101,6 +101,12 @@ bool is_permanent(const error_code& ec) noexcept
         case error::invalid_host:
         case error::invalid_port:
         case error::invalid_config:
+        // The same address, proxy credentials and request would fail the same way again;
+        // a proxy that cannot reach the server now (proxy_target_unreachable) may later.
+        case error::local_address_unusable:
+        case error::proxy_auth_required:
+        case error::proxy_denied:
+        case error::proxy_protocol_error:
             return true;
         default:
             return false;

@@ -5,6 +5,7 @@
 #include <vigil/error.hpp>
 #include <vigil/heartbeat.hpp>
 #include <vigil/message_type.hpp>
+#include <vigil/proxy.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -129,7 +130,8 @@ struct session_config {
     /// Empty (default): every data message counts.
     std::function<bool(std::string_view data, message_type type)> is_fresh;
 
-    /// DNS resolution plus TCP connect (all resolved addresses), `error::connect_timeout`.
+    /// DNS resolution plus TCP connect (all resolved addresses), and through a proxy also the
+    /// proxy's own connection and its CONNECT or SOCKS5 exchange, `error::connect_timeout`.
     /// Default 10 s. Must be positive.
     std::chrono::milliseconds connect_timeout = std::chrono::seconds(10);
 
@@ -172,6 +174,19 @@ struct session_config {
 
     /// TLS settings for `wss://`.
     tls_config tls;
+
+    /// The proxy to reach servers through, if any (see `proxy_config`). Default: none, and
+    /// the environment is not read.
+    proxy_config proxy;
+
+    /// The local IP address to connect from (an IPv4 or IPv6 literal such as `10.0.1.7`), for
+    /// hosts with several interfaces. Each connection (to the proxy, when one is used) is
+    /// bound to it before connecting, and only server (or proxy) addresses of the same family
+    /// are tried. Default empty: any address, chosen by the system's routing. Anything but an
+    /// IP literal makes `validate()` fail with `error::invalid_config`; an address that is
+    /// not on this host fails the connect with `error::local_address_unusable`, as does a
+    /// server with no address of the same family.
+    std::string local_address;
 };
 
 /// Checks `cfg`. Returns an empty code when it can be used; otherwise

@@ -69,6 +69,26 @@ enum class error {
     server_shutdown,
     /// A supervisor's `before_attempt` hook did not finish within `prepare_timeout`.
     prepare_timeout,
+    /// The proxy wants credentials, or rejected the ones given: HTTP 407 (or 401, which some
+    /// proxies send for wrong credentials) to CONNECT, a SOCKS5 proxy that accepts none of
+    /// the offered methods or fails the username/password check. Permanent.
+    proxy_auth_required,
+    /// The proxy refused to open the tunnel by its policy: an HTTP status to CONNECT other
+    /// than 2xx, 401, 407, 408, 429 and 5xx (403 typically), or SOCKS5 replies 2 (not allowed by
+    /// ruleset), 7 (command not supported) and 8 (address type not supported). Permanent.
+    proxy_denied,
+    /// The proxy could not reach (or serve) the server right now: HTTP 408, 429 or 5xx to
+    /// CONNECT (502, 503, 504 typically), SOCKS5 replies 1 (general failure), 3, 4, 5 and 6
+    /// (network or host unreachable, refused, TTL expired), and unknown SOCKS5 replies.
+    /// Transient.
+    proxy_target_unreachable,
+    /// What answered at the proxy's address does not speak the configured protocol: not
+    /// HTTP, not SOCKS version 5, a reply with bytes after it that the tunnel would take for
+    /// the server's. Usually the wrong scheme or port in the proxy URL. Permanent.
+    proxy_protocol_error,
+    /// `session_config::local_address` cannot be used: it is not an address of this host,
+    /// or the server (or proxy) has no address of its family. Permanent.
+    local_address_unusable,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).
@@ -112,7 +132,8 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 ///
 /// | permanent: stop | transient: retry later |
 /// |---|---|
-/// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
+/// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config`, `local_address_unusable` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
+/// | proxy: `proxy_auth_required` (407, SOCKS5 credentials), `proxy_denied` (403, SOCKS5 not allowed), `proxy_protocol_error` (not the configured protocol) | proxy: `proxy_target_unreachable` (502/503/504, SOCKS5 host unreachable ...); a proxy that refuses the connection or does not answer within `connect_timeout` (`connection_refused`, `connect_timeout`) |
 /// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
 /// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1008 (policy violation: a supervisor waits at least `policy_violation_delay`), 1009, 1011-1014, 3000-4999 |
 /// | TLS certificate verification failure | every other network or TLS failure: refused, reset, eof, unreachable, DNS ... |

@@ -1,17 +1,18 @@
 // vigil: WebSocket connections that always find out they are dead.
 // SPDX-License-Identifier: BSL-1.0
 
-// The client's side of opening a connection: the URL, DNS and TCP within connect_timeout,
-// TLS with certificate and host name verification within tls_handshake_timeout, and the
-// upgrade within handshake_timeout. Each step's failure says what and where.
+// The client's side of opening a connection: the URL, DNS and TCP (and a proxy's tunnel)
+// within connect_timeout, TLS with certificate and host name verification within
+// tls_handshake_timeout, and the upgrade within handshake_timeout. Each step's failure says
+// what and where.
 
+#include "proxy_tunnel.hpp"
 #include "session_core.hpp"
 #include "with_deadline.hpp"
 
 #include <vigil/url.hpp>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/field.hpp>
@@ -43,13 +44,20 @@ std::string ms_text(std::chrono::milliseconds d)
     return std::to_string(d.count()) + " ms";
 }
 
+// After the tunnel the failures are the server's, but where the bytes went is worth saying.
+std::string through(const std::optional<proxy_endpoint>& proxy)
+{
+    return proxy ? " (through proxy " + proxy->where() + ")" : std::string();
+}
+
 }  // namespace
 
-asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep)
+asio::awaitable<error_code> session_core::resolve(const std::string& host, std::uint16_t port,
+                                                  asio::ip::tcp::resolver::results_type& out)
 {
     auto state = std::make_shared<lookup>(strand_);
     client_->dns = state;
-    client_->resolver->async_resolve(ep.host, std::to_string(ep.port),
+    client_->resolver->async_resolve(host, std::to_string(port),
                                      [state](error_code ec, asio::ip::tcp::resolver::results_type results) {
                                          state->ec = ec;
                                          state->results = std::move(results);
@@ -61,14 +69,146 @@ asio::awaitable<error_code> session_core::resolve_and_connect(const endpoint& ep
     if (state->status != lookup::state::finished)
         co_return asio::error::operation_aborted;
     if (state->ec) {
-        record().detail = with_context("resolving \"" + ep.host + "\"", state->ec);
+        record().detail = with_context("resolving \"" + host + "\"", state->ec);
         co_return state->ec;
     }
-    auto [ec, peer] =
-        co_await asio::async_connect(ws_->next_layer().socket(), state->results, asio::as_tuple(asio::use_awaitable));
+    out = std::move(state->results);
+    co_return error_code{};
+}
+
+// A fresh socket for `remote`, bound to local_address when one is set.
+error_code session_core::open_bound(const asio::ip::tcp::endpoint& remote)
+{
+    auto& sock = ws_->next_layer().socket();
+    error_code ec;
+    sock.close(ec);
+    sock.open(remote.protocol(), ec);
+    if (ec) {
+        record().detail = with_context("opening a socket", ec);
+        return ec;
+    }
+    if (cfg_->local_address.empty())
+        return {};
+    sock.bind({asio::ip::make_address(cfg_->local_address, ec), 0}, ec);
+    if (!ec)
+        return {};
+    record().detail = with_context("binding to local_address " + cfg_->local_address, ec);
+    // Not an address of this host: the same config fails the same way on every attempt.
+    // Others (no ephemeral port left) pass.
+    if (ec == boost::system::errc::address_not_available || ec == boost::system::errc::address_family_not_supported)
+        return error::local_address_unusable;
+    return ec;
+}
+
+// Each address in turn, as asio::async_connect would, but on a socket opened and bound here:
+// Asio's range connect reopens the socket for every address and would drop the bind.
+asio::awaitable<error_code> session_core::connect_each(const asio::ip::tcp::resolver::results_type& results,
+                                                       const std::string& where)
+{
+    std::optional<asio::ip::address> local;
+    if (!cfg_->local_address.empty()) {
+        error_code ignored;  // validate() checked it
+        local = asio::ip::make_address(cfg_->local_address, ignored);
+    }
+    error_code last = asio::error::host_not_found;
+    std::string last_address;
+    std::size_t tried = 0;
+    for (const auto& entry : results) {
+        const auto remote = entry.endpoint();
+        if (local && local->is_v4() != remote.address().is_v4())
+            continue;  // cannot connect from an address of the other family
+        ++tried;
+        if (auto ec = open_bound(remote))
+            co_return ec;
+        auto [ec] = co_await ws_->next_layer().socket().async_connect(remote, asio::as_tuple(asio::use_awaitable));
+        if (!ec || ec == asio::error::operation_aborted)
+            co_return ec;
+        last = ec;
+        last_address = remote.address().to_string();
+    }
+    if (tried == 0 && local) {
+        record().detail = "local_address " + cfg_->local_address + " is IPv" + (local->is_v4() ? "4" : "6")
+            + ", and none of the " + std::to_string(results.size()) + " addresses of " + where + " is";
+        co_return error::local_address_unusable;
+    }
+    const std::string which =
+        tried > 1 ? " (" + std::to_string(tried) + " addresses, the last " + last_address + ")" : std::string();
+    record().detail = with_context("connecting to " + where + which, last);
+    co_return last;
+}
+
+// DNS, TCP and, through a proxy, the tunnel: everything connect_timeout bounds.
+asio::awaitable<error_code> session_core::reach(const endpoint& ep)
+{
+    using step = client_side::step;
+    auto& at = client_->at;
+    asio::ip::tcp::resolver::results_type results;
+    at = step::resolving_target;
+    if (!client_->proxy) {
+        if (auto ec = co_await resolve(ep.host, ep.port, results))
+            co_return ec;
+        at = step::connecting;
+        co_return co_await connect_each(results, ep.host + " port " + std::to_string(ep.port));
+    }
+    const auto& p = *client_->proxy;
+    std::string target = ep.host;
+    if (p.scheme == proxy_scheme::socks5 && !ep.host_is_ip) {
+        // socks5:// resolves here (curl's meaning); socks5h:// leaves the name to the proxy.
+        if (auto ec = co_await resolve(ep.host, ep.port, results))
+            co_return ec;
+        target = results.begin()->endpoint().address().to_string();
+    }
+    at = step::resolving_proxy;
+    if (auto ec = co_await resolve(p.host, p.port, results))
+        co_return ec;
+    at = step::connecting;
+    if (auto ec = co_await connect_each(results, "proxy " + p.where()))
+        co_return ec;
+    at = step::tunnel;
+    std::string detail;
+    auto ec = co_await open_tunnel(ws_->next_layer().socket(), p, target, ep.port, cfg_->user_agent, detail);
     if (ec)
-        record().detail = with_context("connecting to " + ep.host + " port " + std::to_string(ep.port), ec);
+        record().detail = std::move(detail);
     co_return ec;
+}
+
+std::string session_core::explain_connect_timeout(const endpoint& ep) const
+{
+    const std::string within = " within " + ms_text(cfg_->connect_timeout) + " (connect_timeout)";
+    if (!client_->proxy)
+        return "no connection to " + ep.host + " port " + std::to_string(ep.port) + within;
+    const auto& p = *client_->proxy;
+    using step = client_side::step;
+    std::string stuck;
+    switch (client_->at) {
+    case step::resolving_target: stuck = "still resolving \"" + ep.host + "\""; break;
+    case step::resolving_proxy: stuck = "still resolving the proxy's name"; break;
+    case step::connecting: stuck = "still connecting to the proxy"; break;
+    case step::tunnel:
+        stuck = p.scheme == proxy_scheme::http ? "the proxy did not answer CONNECT"
+                                               : "the SOCKS5 negotiation did not finish";
+        break;
+    }
+    return "no tunnel to " + ep.host + " port " + std::to_string(ep.port) + " through proxy " + p.where() + within
+        + ": " + stuck;
+}
+
+error_code session_core::choose_route(const endpoint& ep, std::string& detail)
+{
+    client_->proxy.reset();
+    const auto& want = cfg_->proxy;
+    const auto env = want.from_environment ? process_environment() : env_lookup();
+    const auto choice = choose_proxy(want, ep.tls, ep.host, env);
+    if (choice.url.empty())
+        return {};
+    proxy_endpoint p;
+    std::string why;
+    if (parse_proxy_url(choice.url, p, &why)) {
+        detail = choice.source + (choice.source == "proxy.url" ? ": " : " (from the environment): ") + why;
+        return error::invalid_config;
+    }
+    client_->proxy = std::move(p);
+    return {};
 }
 
 void session_core::abort_connect() noexcept
@@ -155,9 +295,9 @@ void session_core::prepare_stream(websocket::stream_base::decorator decorator)
 std::string session_core::explain_tls_failure(const error_code& ec, const endpoint& ep)
 {
     if (ec == error::tls_handshake_timeout)
-        return "no TLS handshake with " + ep.host + " within " + ms_text(cfg_->tls_handshake_timeout) +
-               " (tls_handshake_timeout)";
-    std::string why = with_context("TLS handshake with " + ep.host, ec);
+        return "no TLS handshake with " + ep.host + through(client_->proxy) + " within " +
+               ms_text(cfg_->tls_handshake_timeout) + " (tls_handshake_timeout)";
+    std::string why = with_context("TLS handshake with " + ep.host + through(client_->proxy), ec);
     const long verify = SSL_get_verify_result(ws_->next_layer().tls()->native_handle());
     if (verify != X509_V_OK)
         why += std::string(" (certificate: ") + X509_verify_cert_error_string(verify) + ")";
@@ -174,12 +314,12 @@ std::string session_core::explain_upgrade_failure(error_code& ec, const websocke
             if (auto delay = parse_retry_after(it->value()))
                 record().retry_after = *delay;
         }
-        return "upgrade rejected by " + ep.host + ": HTTP " + std::to_string(record().http_status) + " " +
-               std::string(res.reason());
+        return "upgrade rejected by " + ep.host + through(client_->proxy) + ": HTTP " +
+               std::to_string(record().http_status) + " " + std::string(res.reason());
     }
     if (ec == error::handshake_timeout)
         return "no answer to the upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
-    return with_context("WebSocket handshake with " + ep.host, ec);
+    return with_context("WebSocket handshake with " + ep.host + through(client_->proxy), ec);
 }
 
 namespace {
@@ -232,6 +372,8 @@ error_code session_core::prepare_connect(const std::string& url, endpoint& ep)
         return fail_connect(ec, std::move(detail));
     if (auto ec = validate(*cfg_, &detail))
         return fail_connect(ec, std::move(detail));
+    if (auto ec = choose_route(ep, detail))
+        return fail_connect(ec, std::move(detail));
     if (ep.tls) {
         if (auto ec = setup_tls_context(detail))
             return fail_connect(ec, std::move(detail));
@@ -245,12 +387,11 @@ error_code session_core::prepare_connect(const std::string& url, endpoint& ep)
 
 asio::awaitable<error_code> session_core::open_transport(const endpoint& ep)
 {
-    // DNS + TCP within connect_timeout.
-    auto ec = co_await with_deadline(resolve_and_connect(ep), cfg_->connect_timeout, error::connect_timeout,
+    // DNS + TCP (+ the proxy's tunnel) within connect_timeout.
+    auto ec = co_await with_deadline(reach(ep), cfg_->connect_timeout, error::connect_timeout,
                                      [this] { abort_connect(); });
     if (ec == error::connect_timeout)
-        record().detail = "no connection to " + ep.host + " port " + std::to_string(ep.port) + " within " +
-                       ms_text(cfg_->connect_timeout) + " (connect_timeout)";
+        record().detail = explain_connect_timeout(ep);
     if (ec)
         co_return fail_connect(ec, record().detail);
     set_no_delay();

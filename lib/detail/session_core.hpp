@@ -242,7 +242,14 @@ private:
     error_code prepare_connect(const std::string& url, endpoint& ep);
     asio::awaitable<error_code> open_transport(const endpoint& ep);
     asio::awaitable<error_code> open_websocket(const endpoint& ep);
-    asio::awaitable<error_code> resolve_and_connect(const endpoint& ep);
+    error_code choose_route(const endpoint& ep, std::string& detail);
+    asio::awaitable<error_code> reach(const endpoint& ep);
+    asio::awaitable<error_code> resolve(const std::string& host, std::uint16_t port,
+                                        asio::ip::tcp::resolver::results_type& out);
+    asio::awaitable<error_code> connect_each(const asio::ip::tcp::resolver::results_type& results,
+                                             const std::string& where);
+    error_code open_bound(const asio::ip::tcp::endpoint& remote);
+    std::string explain_connect_timeout(const endpoint& ep) const;
     asio::awaitable<error_code> tls_handshake(asio::ssl::stream_base::handshake_type role);
     asio::awaitable<error_code> upgrade(websocket::response_type& res, const endpoint& ep);
     error_code setup_tls_context(std::string& detail);
@@ -344,6 +351,9 @@ private:
         std::shared_ptr<asio::ssl::context> tls_ctx;  // for wss://
         std::unique_ptr<asio::ip::tcp::resolver> resolver;
         std::shared_ptr<lookup> dns;  // a DNS lookup in progress
+        std::optional<proxy_endpoint> proxy;  // this attempt's proxy, if any
+        // How far the attempt got within connect_timeout, for the timeout's detail.
+        enum class step { resolving_target, resolving_proxy, connecting, tunnel } at = step::resolving_target;
         std::function<void(std::uint64_t)> on_confirmed;  // a supervisor confirming delivery
         // A supervisor's per-attempt headers, replacing cfg_->headers when set.
         std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers;

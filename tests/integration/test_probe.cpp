@@ -740,6 +740,8 @@ TEST_SUITE("probe")
             {{"--ping-interval", "0.1", "--pong-timeout", "0.2", "ws://127.0.0.1:1/"},
              "invalid_config"},
             {{"ws://127.0.0.1:1/", "not a url"}, "invalid_config"},
+            {{"--proxy", "socks4://127.0.0.1:1080", "ws://127.0.0.1:1/"}, "invalid_config"},
+            {{"--bind", "eth0", "ws://127.0.0.1:1/"}, "invalid_config"},
         };
         for (const auto& c : cases) {
             CAPTURE(c.reason);

@@ -59,7 +59,7 @@ struct spawn_attributes {
 
 }  // namespace
 
-child_process::child_process(std::vector<std::string> argv)
+child_process::child_process(std::vector<std::string> argv, std::optional<std::vector<std::string>> env)
 {
     if (argv.empty())
         throw std::invalid_argument("child_process: empty argv");
@@ -99,7 +99,14 @@ child_process::child_process(std::vector<std::string> argv)
         args.push_back(a.data());
     args.push_back(nullptr);
 
-    int rc = ::posix_spawn(&pid_, argv[0].c_str(), &actions.fa, &attributes.attr, args.data(), environ);
+    std::vector<char*> vars;
+    if (env) {
+        for (auto& v : *env)
+            vars.push_back(v.data());
+        vars.push_back(nullptr);
+    }
+    int rc = ::posix_spawn(&pid_, argv[0].c_str(), &actions.fa, &attributes.attr, args.data(),
+                           env ? vars.data() : environ);
     close_fd(out[1]);
     close_fd(err[1]);
     if (rc != 0) {

@@ -25,9 +25,11 @@ namespace vigil::test {
 /// Its stdin is /dev/null; its stderr is collected for failure messages.
 class child_process {
 public:
-    /// Starts `argv[0]` (a path; no PATH search) with the given arguments. Throws
-    /// std::runtime_error when it cannot be started.
-    explicit child_process(std::vector<std::string> argv);
+    /// Starts `argv[0]` (a path; no PATH search) with the given arguments, and `env`
+    /// (`NAME=value` entries) as its whole environment, or the test's own when nullopt.
+    /// Throws std::runtime_error when it cannot be started.
+    explicit child_process(std::vector<std::string> argv,
+                           std::optional<std::vector<std::string>> env = std::nullopt);
     /// Terminates the child if it is still running (SIGTERM, SIGKILL after a second) and
     /// reaps it.
     ~child_process();

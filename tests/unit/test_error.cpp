@@ -203,6 +203,11 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::server_shutdown, "server_shutdown"},
         {error::delivery_unconfirmed, "delivery_unconfirmed"},
         {error::prepare_timeout, "prepare_timeout"},
+        {error::proxy_auth_required, "proxy_auth_required"},
+        {error::proxy_denied, "proxy_denied"},
+        {error::proxy_target_unreachable, "proxy_target_unreachable"},
+        {error::proxy_protocol_error, "proxy_protocol_error"},
+        {error::local_address_unusable, "local_address_unusable"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
@@ -506,6 +511,13 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {error::close_timeout, transient},
         {error::prepare_timeout, transient},
         {error::send_queue_full, transient},
+        // Proxies and the local address: our credentials, the proxy's policy, the wrong
+        // protocol or address fail again; a target out of the proxy's reach may come back.
+        {error::proxy_auth_required, permanent},
+        {error::proxy_denied, permanent},
+        {error::proxy_protocol_error, permanent},
+        {error::local_address_unusable, permanent},
+        {error::proxy_target_unreachable, transient},
         {error::not_connected, transient},
         // The network.
         {asio_error::connection_refused, transient},
