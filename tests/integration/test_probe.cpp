@@ -1022,11 +1022,16 @@ TEST_SUITE("probe")
         CHECK(find_event(run, "replacement_failed") == nullptr);
         const auto connected = events_named(run, "connected").size();
         CHECK(connected >= 3);  // up at about 0, 0.4, 0.8, 1.2
-        CHECK(events_named(run, "reconnect").size() == connected - 1);
+        // A replacement begun (at a jittered moment) just before --duration ran out may be
+        // abandoned by the stop before its connection is up: then one reconnect more.
+        const auto reconnects = events_named(run, "reconnect");
+        CHECK(reconnects.size() >= connected - 1);
+        CHECK(reconnects.size() <= connected);
         // Each replacement: reconnect, the new one's connecting and connected, then (its
         // subscription echoed meanwhile or after) the old one's clean end, before the next.
+        const std::size_t judged = connected - 1;  // the replacements that came up
         std::size_t replacements = 0;
-        for (std::size_t at = 0; at < run.events.size(); ++at) {
+        for (std::size_t at = 0; at < run.events.size() && replacements < judged; ++at) {
             if (run.events[at]["event"] != "reconnect")
                 continue;
             CAPTURE(at);
