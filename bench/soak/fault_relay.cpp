@@ -59,7 +59,10 @@ struct link {
     tcp::socket server;
     // Pumps wait on it while the link is silenced; cancelled to let them go on.
     asio::steady_timer gate;
-    bool silenced = false;
+    // How a silenced link's silence ends: bytes held are delivered, or the link is reset (a
+    // NAT entry that is gone). restore() honours it too: resuming a link meant to die would
+    // deliver, late, bytes its client already gave up on, after what it sent on a new one.
+    enum class silence { none, until_resumed, until_reset } silenced = silence::none;
     bool dead = false;
     int directions = 2;
     std::list<std::shared_ptr<link>>::iterator where;
@@ -121,7 +124,7 @@ struct fault_relay::impl {
             auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), use_tuple);
             // What was read while silenced, including an end of stream, is held until the
             // silence ends.
-            while (l->silenced && !l->dead)
+            while (l->silenced != link::silence::none && !l->dead)
                 co_await l->gate.async_wait(use_tuple);
             if (l->dead)
                 break;
@@ -152,7 +155,7 @@ struct fault_relay::impl {
     {
         std::vector<std::shared_ptr<link>> live;
         for (auto& l : links)
-            if (!l->dead && !l->silenced && l->server.is_open())
+            if (!l->dead && l->silenced == link::silence::none && l->server.is_open())
                 live.push_back(l);
         std::shuffle(live.begin(), live.end(), rng);
         std::size_t n = live.empty() ? 0 : std::max<std::size_t>(1, static_cast<std::size_t>(fraction * live.size()));
@@ -172,7 +175,7 @@ struct fault_relay::impl {
                 if (!l->dead)
                     l->kill();
             } else {
-                l->silenced = false;
+                l->silenced = link::silence::none;
                 l->gate.cancel();
             }
         }
@@ -263,7 +266,7 @@ std::size_t fault_relay::silence(double fraction, std::chrono::milliseconds dura
     return impl_->on_thread([p = impl_.get(), fraction, duration, reset_after] {
         auto chosen = p->pick(fraction);
         for (auto& l : chosen)
-            l->silenced = true;
+            l->silenced = reset_after ? link::silence::until_reset : link::silence::until_resumed;
         (reset_after ? p->c.silenced_dead : p->c.silenced_brief) += chosen.size();
         const auto n = chosen.size();
         asio::co_spawn(p->ioc, p->silence_for(std::move(chosen), duration, reset_after, p->restore_generation),
@@ -307,9 +310,11 @@ void fault_relay::restore()
 {
     impl_->on_thread([p = impl_.get()] {
         ++p->restore_generation;
-        for (auto& l : p->links) {
-            if (l->silenced) {
-                l->silenced = false;
+        for (auto& l : std::list<std::shared_ptr<link>>(p->links)) {
+            if (l->silenced == link::silence::until_reset && !l->dead) {
+                l->kill();
+            } else if (l->silenced == link::silence::until_resumed) {
+                l->silenced = link::silence::none;
                 l->gate.cancel();
             }
         }

@@ -42,7 +42,8 @@ public:
     /// read; each is closed after `hold`.
     void open_slow_consumers(std::uint16_t server_port, int n, std::chrono::milliseconds hold);
 
-    /// Resumes every silenced connection and accepting.
+    /// Ends every silence as it was meant to end (resumed, or reset on both sides), and
+    /// resumes accepting.
     void restore();
 
     struct counters {
