@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "faults.hpp"
 
+#include <support/ports.hpp>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -23,6 +25,9 @@
 #include <utility>
 
 namespace vigil::faults {
+
+using vigil::test::accepts;
+using vigil::test::free_port;
 
 namespace {
 
@@ -86,41 +91,6 @@ std::string ns_prefix()
     return "vigil-";
 }
 
-// A port nobody listens on right now (the system's pick, released again). nginx cannot be
-// told to pick one itself and say which; a start that loses the race is retried.
-std::uint16_t free_port()
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        int e = errno;
-        ::close(fd);
-        throw std::runtime_error(std::string("bind: ") + std::strerror(e));
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
-
-bool accepts(std::uint16_t port)
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
 
 std::string read_file(const fs::path& p)
 {

@@ -3,6 +3,8 @@
 
 #include "proxies.hpp"
 
+#include <support/ports.hpp>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -20,23 +22,11 @@
 
 namespace vigil::proxy_test {
 
+using vigil::test::accepts;
+
 namespace fs = std::filesystem;
 
 namespace {
-
-bool accepts(std::uint16_t port)
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
 
 std::string make_temp_dir()
 {
@@ -94,25 +84,6 @@ std::optional<std::string> microsocks_unavailable()
     if (!find_tool("microsocks"))
         return "no 'microsocks' command (Debian package microsocks)";
     return std::nullopt;
-}
-
-std::uint16_t free_port()
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
-        || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        const int e = errno;
-        ::close(fd);
-        throw std::runtime_error(std::string("bind: ") + std::strerror(e));
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
 }
 
 proxy_process::proxy_process(kind k, credentials auth) : dir_(make_temp_dir())

@@ -7,6 +7,7 @@
 // authentication) and microsocks (SOCKS5, optionally with username/password). The
 // destructor stops the proxy and removes its files. No Asio here.
 
+#include <support/ports.hpp>
 #include <support/process.hpp>
 
 #include <cstdint>
@@ -16,6 +17,8 @@
 
 namespace vigil::proxy_test {
 
+using vigil::test::free_port;  // a port on 127.0.0.1 nobody listens on now
+
 /// An executable found in PATH or in the sbin directories (which a non-login PATH may lack).
 std::optional<std::string> find_tool(std::string_view name);
 
@@ -23,9 +26,6 @@ std::optional<std::string> find_tool(std::string_view name);
 /// here, or nullopt when it can.
 std::optional<std::string> tinyproxy_unavailable();
 std::optional<std::string> microsocks_unavailable();
-
-/// A port on 127.0.0.1 that nobody listens on right now (the system's pick, released).
-std::uint16_t free_port();
 
 /// Credentials a proxy demands; none when empty.
 struct credentials {
