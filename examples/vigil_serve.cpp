@@ -69,7 +69,15 @@ constexpr std::string_view usage_text =
     "  --handshake-timeout S  bound on a client's TLS handshake and upgrade request (default 10)\n"
     "  --max-connections N    beyond N open connections, answer 503 (default 10000)\n"
     "  --max-message BYTES    largest message accepted; a larger one closes with 1009\n"
-    "                         (default 16777216)\n"
+    "                         (default 1048576)\n"
+    "  --memory-budget BYTES  most memory all clients together may hold for messages in\n"
+    "                         progress, queued for the server or waiting to be sent; the\n"
+    "                         heaviest are closed (1009/1013) when it stays short for 2 s\n"
+    "                         (default 134217728; 0: no budget)\n"
+    "  --max-receive-rate BYTES  most bytes per second read from one client; a faster one is\n"
+    "                         slowed down, not closed (default 4194304; 0: no limit)\n"
+    "  --message-timeout S    a message must arrive within S seconds plus one per 64 KiB of\n"
+    "                         it, else the client is closed with 1008 (default 10; 0: off)\n"
     "  --tls-cert FILE        serve wss:// with this PEM certificate chain (needs --tls-key)\n"
     "  --tls-key FILE         the PEM private key of --tls-cert\n"
     "  --app-ping TEXT        application-level heartbeat: ping clients with the text message\n"
@@ -183,6 +191,12 @@ options parse_args(int argc, char** argv)
             opts.cfg.max_connections = positive_count(flag, value());
         } else if (flag == "--max-message") {
             session.max_message_size = positive_count(flag, value());
+        } else if (flag == "--memory-budget") {
+            opts.cfg.memory_budget = parse_count(flag, value());
+        } else if (flag == "--max-receive-rate") {
+            session.max_receive_rate = parse_count(flag, value());
+        } else if (flag == "--message-timeout") {
+            session.message_timeout = parse_seconds(flag, value());
         } else if (flag == "--tls-cert") {
             opts.cfg.tls.cert_file = std::string(value());
         } else if (flag == "--tls-key") {
@@ -343,7 +357,10 @@ private:
         } else {
             exit_code_ = exit_ok;
         }
-        emit({{"event", "stopped"}});
+        const auto counters = server_.counters();
+        emit({{"event", "stopped"},
+              {"held_bytes_peak", counters.held_bytes_peak},
+              {"budget_evictions", counters.budget_evictions}});
         finish();
     }
 

@@ -173,6 +173,11 @@ error_code validate(const session_config& cfg, std::string* detail)
             + ") is not an overflow_policy");
     if (cfg.max_message_size == 0)
         check.fail("max_message_size (0) must be positive");
+    check.not_negative("message_timeout", cfg.message_timeout, "disables it");
+    // A smaller rate would stop reading for minutes after one ordinary read.
+    if (cfg.max_receive_rate > 0 && cfg.max_receive_rate < 1024)
+        check.fail("max_receive_rate (" + std::to_string(cfg.max_receive_rate)
+            + ") must be 0 (no limit) or at least 1024 bytes per second");
 
     if (has_line_break_or_nul(cfg.user_agent))
         check.fail("user_agent contains CR, LF or NUL");

@@ -61,6 +61,8 @@ const char* vigil_error_name(int value) noexcept
     case error::proxy_target_unreachable: return "proxy_target_unreachable";
     case error::proxy_protocol_error: return "proxy_protocol_error";
     case error::local_address_unusable: return "local_address_unusable";
+    case error::memory_budget_exceeded: return "memory_budget_exceeded";
+    case error::message_timeout: return "message_timeout";
     }
     return nullptr;
 }

@@ -8,6 +8,7 @@
 #include <vigil/server.hpp>
 
 #include "detail/common.hpp"
+#include "detail/memory_budget.hpp"
 #include "detail/printable.hpp"
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
@@ -71,6 +72,11 @@ session_config server_session_defaults()
     session_config cfg;
     cfg.ping_jitter = 0.2;
     cfg.send_queue_overflow = overflow_policy::disconnect;
+    cfg.max_message_size = 1024 * 1024;
+    cfg.send_queue_bytes = 4 * 1024 * 1024;
+    cfg.message_timeout = std::chrono::seconds(10);
+    cfg.message_min_rate = 64 * 1024;
+    cfg.max_receive_rate = 4 * 1024 * 1024;
     return cfg;
 }
 
@@ -95,6 +101,8 @@ error_code validate(const server_config& cfg, std::string* detail)
         return fail("max_connections (0) must be positive");
     if (cfg.receive_queue_limit == 0)
         return fail("receive_queue_limit (0) must be positive");
+    if (cfg.budget_grace.count() <= 0)
+        return fail("budget_grace (" + std::to_string(cfg.budget_grace.count()) + " ms) must be positive");
     if (cfg.retry_after.count() < 0)
         return fail("retry_after (" + std::to_string(cfg.retry_after.count()) + " ms) must not be negative");
     if (cfg.max_request_header < 1024)
@@ -263,11 +271,13 @@ const disconnect_info& connection::last_disconnect() const noexcept
 // ---------------------------------------------------------------------------------------
 // server
 
-struct server::impl final : detail::stall_listener {
+struct server::impl final : detail::stall_listener, detail::budget_watch {
     impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
         : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)),
           session_cfg_(std::make_shared<const session_config>(cfg_.session)), handler_(std::move(handler)),
-          all_done_(strand_)
+          all_done_(strand_),
+          budget_(std::make_shared<detail::memory_budget>(cfg_.memory_budget, cfg_.budget_grace)),
+          budget_wake_(std::make_shared<detail::wakeup<asio::any_io_executor>>(strand_))
     {
     }
 
@@ -282,6 +292,20 @@ struct server::impl final : detail::stall_listener {
     void cancel_all();
     void connection_done(bool refused);
     void stop_now();
+
+    // The memory budget's watch, on strand_: woken when a connection finds the budget
+    // short, it ends the heaviest holders if that lasts budget_grace.
+    asio::awaitable<error_code> watch_budget();
+    void evict_heaviest();
+    void pressed() noexcept override
+    {
+        // Through a weak reference: a connection's news may arrive after run() returned and
+        // the server was destroyed.
+        asio::post(strand_, [wake = std::weak_ptr(budget_wake_)] {
+            if (auto w = wake.lock())
+                w->notify();
+        });
+    }
 
     // Each connection's life, on its own executor.
     asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
@@ -355,6 +379,10 @@ struct server::impl final : detail::stall_listener {
     server_counters counters_;
     std::exception_ptr handler_exception_;
     std::chrono::steady_clock::time_point stall_reported_until_{};
+
+    // Shared with the connections: one may outlive the server.
+    std::shared_ptr<detail::memory_budget> budget_;
+    std::shared_ptr<detail::wakeup<asio::any_io_executor>> budget_wake_;
 };
 
 error_code server::impl::load_tls(std::string* detail)
@@ -425,7 +453,13 @@ asio::awaitable<error_code> server::impl::run_op()
     if (auto ec = listen(nullptr))
         co_return ec;
     activity_ = activity::running;
-    error_code result = co_await accept_loop();
+    using namespace asio::experimental::awaitable_operators;
+    auto first = co_await (accept_loop() || watch_budget());
+    // The watch returns only when cancelled: then so is run(). A cancellation that arrived
+    // while the watch was winding down after a stop() was taken by the `||`: look for it.
+    error_code result = first.index() == 0 ? std::get<0>(first) : error_code(asio::error::operation_aborted);
+    if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+        result = asio::error::operation_aborted;
     {
         error_code ignored;
         acceptor_->close(ignored);
@@ -476,6 +510,51 @@ asio::awaitable<error_code> server::impl::accept_loop()
         if (pec && detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return asio::error::operation_aborted;
     }
+}
+
+asio::awaitable<error_code> server::impl::watch_budget()
+{
+    co_await detail::enter_operation();
+    // Looked at again this often while short, so that the pressure's end is noticed.
+    constexpr auto recheck = std::chrono::milliseconds(100);
+    asio::steady_timer timer(strand_);
+    for (;;) {
+        if (!budget_->pressed()) {
+            co_await budget_wake_->async_wait(asio::as_tuple(asio::use_awaitable));
+        } else {
+            const auto now = std::chrono::steady_clock::now();
+            if (budget_->verdict(now))
+                evict_heaviest();
+            timer.expires_at(std::min(budget_->due(), now + recheck));
+            co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        if (detail::cancelled(co_await asio::this_coro::cancellation_state))
+            co_return error_code{};  // the accept loop ended (only it does)
+    }
+}
+
+void server::impl::evict_heaviest()
+{
+    std::vector<detail::holder> holders;
+    std::map<std::uint64_t, connection_ptr> by_id;
+    {
+        std::lock_guard lock(mu_);
+        for (auto& [id, c] : conns_) {
+            auto* account = detail::session_access::budget(c->impl_->s);
+            if (!account || account->evicted() || account->total() == 0)
+                continue;
+            holders.push_back({id, account->total()});
+            by_id.emplace(id, c);
+        }
+    }
+    const auto chosen = budget_->choose(std::move(holders));
+    for (auto id : chosen) {
+        auto& c = by_id.at(id);
+        detail::session_access::budget(c->impl_->s)->mark_evicted();
+        detail::session_access::evict(c->impl_->s, c->impl_);
+    }
+    std::lock_guard lock(mu_);
+    counters_.budget_evictions += chosen.size();
 }
 
 void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
@@ -566,6 +645,11 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
     params.max_request_header = cfg_.max_request_header;
     // No handler, no one to receive: messages are dropped by the reader (no inbox).
     params.receive_queue_limit = handler_ ? cfg_.receive_queue_limit : 0;
+    params.receive_queue_bytes = cfg_.receive_queue_bytes;
+    if (cfg_.memory_budget > 0) {
+        params.budget = budget_;
+        params.watch = this;
+    }
     params.server_name = cfg_.server_name;
     params.verdict = refuse ? detail::accept_params::answer::refuse : detail::accept_params::answer::accept;
     params.retry_after = cfg_.retry_after;
@@ -770,7 +854,10 @@ std::vector<server::connection_ptr> server::connections() const
 server_counters server::counters() const
 {
     std::lock_guard lock(impl_->mu_);
-    return impl_->counters_;
+    auto out = impl_->counters_;
+    out.held_bytes = impl_->budget_->total();
+    out.held_bytes_peak = impl_->budget_->peak();
+    return out;
 }
 
 }  // namespace vigil

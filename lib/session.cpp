@@ -120,6 +120,9 @@ void session_core::opened(time_point now)
     live_.start(*cfg_, confirm, watch, now, seed_++);
     connection_id_ = next_connection_id();
     rx_.clear();
+    // Beast never lets a message grow past max_message_size: nor may its buffer's doubling.
+    rx_.max_size(cfg_->max_message_size);
+    throttle_.start(cfg_->max_receive_rate, now);
     ws_->next_layer().watch_closing(&session_core::on_transport_closing, this);
     phase_ = phase::open;
 }
@@ -274,10 +277,18 @@ void session_core::end_connection()
         // close() learns how the connection ended (empty: it closed cleanly).
         outgoing msg(std::move(*conn_.inflight));
         conn_.inflight.reset();
+        left_queue(msg);
         if (msg.from == outgoing::owner::application)
             complete(std::move(msg.handler), msg.kind == outgoing::what::close ? ec : unsent, false);
     }
     fail_queue(unsent);
+    // The reader is done with its buffer: a long message's memory goes back now.
+    rx_.clear();
+    rx_.shrink_to_fit();
+    if (budget_) {
+        budget_->set(holding_part::message, 0);
+        budget_->set(holding_part::sending, 0);
+    }
     // Nothing is left to end if it throws: the operation that ended the connection (run(),
     // connect(), close()) rethrows it, or, after cancel() of a session open but not
     // running, the next connect().
@@ -606,6 +617,16 @@ void detail::session_access::listen_for_stalls(session& s, stall_listener* l) no
 void detail::session_access::report_end_as(session& s, error_code ec, std::string detail)
 {
     s.core_->report_end_as(ec, std::move(detail));
+}
+
+detail::budget_account* detail::session_access::budget(const session& s) noexcept
+{
+    return s.core_->budget();
+}
+
+void detail::session_access::evict(session& s, std::shared_ptr<void> owner)
+{
+    boost::asio::dispatch(s.core_->strand(), [p = s.core_.get(), owner = std::move(owner)] { p->evict(); });
 }
 
 }  // namespace vigil

@@ -166,6 +166,35 @@ struct session_config {
     /// `message_too_big` (close code 1009 sent to the peer). Default 16 MiB. Must be positive.
     std::size_t max_message_size = 16 * 1024 * 1024;
 
+    /// Most bytes of messages waiting to be written, the one being written included; a
+    /// `send()` beyond it is handled as one beyond `send_queue_limit` (`send_queue_overflow`).
+    /// A message longer than the limit is still taken when nothing else waits. A message
+    /// shared between connections (`server::broadcast`) counts in full in each queue. Default
+    /// 0: no limit in bytes (`server_session_defaults()` sets 4 MiB).
+    std::size_t send_queue_bytes = 0;
+
+    /// How long an incoming message may take, from its first bytes to its last: a peer that
+    /// starts a message and then trickles it (or stops) would otherwise hold its buffer for
+    /// as long as it answers pings. The allowance is `message_timeout` plus one second per
+    /// `message_min_rate` bytes received of it so far, so a long message arriving steadily is
+    /// never cut. Beyond it the session says goodbye with close code 1008 and ends with
+    /// `error::message_timeout`. Time in which the session itself is not reading (see
+    /// `max_receive_rate`, a server's budget and receive queue) is not counted. Default 0: no
+    /// limit (`server_session_defaults()` sets 10 s).
+    std::chrono::milliseconds message_timeout{0};
+
+    /// See `message_timeout`. Bytes per second; default 0: the whole message within
+    /// `message_timeout` (`server_session_defaults()` sets 64 KiB/s).
+    std::size_t message_min_rate = 0;
+
+    /// Most bytes per second read from the peer, with a burst of one second's worth. A peer
+    /// that sends faster is not ended: the session stops reading until the peer is back
+    /// within its rate, and TCP slows the peer down (its pings wait meanwhile, and its silence
+    /// is not held against it). Default 0: no limit (`server_session_defaults()` sets 4 MiB/s,
+    /// so that one fast sender cannot flood everyone it is broadcast to). At least 1024 when
+    /// set.
+    std::size_t max_receive_rate = 0;
+
     /// `User-Agent` of the upgrade request. Default `"vigil"`.
     std::string user_agent = "vigil";
 

@@ -89,6 +89,13 @@ enum class error {
     /// `session_config::local_address` cannot be used: it is not an address of this host,
     /// or the server (or proxy) has no address of its family. Permanent.
     local_address_unusable,
+    /// A server's connections held more than `server_config::memory_budget` for longer than
+    /// `budget_grace`, and this connection held the most: it was ended (close code 1009 when
+    /// it held a message in progress, 1013 when it held queued messages).
+    memory_budget_exceeded,
+    /// An incoming message took longer than `session_config::message_timeout` allows (close
+    /// code 1008 sent).
+    message_timeout,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).

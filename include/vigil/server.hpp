@@ -31,8 +31,18 @@ template <class T>
 struct connection_allocator;
 }
 
-/// The session settings a server starts from: the client defaults, plus ping timers spread
-/// over 20% of the interval and slow consumers disconnected instead of refused.
+/// The session settings a server starts from: the client defaults, with what a server open
+/// to strangers needs instead:
+/// - ping timers spread over 20% of the interval, and slow consumers disconnected instead of
+///   refused (`send_queue_overflow`);
+/// - `max_message_size` 1 MiB (clients keep 16 MiB): chat lines, orders and ticks are far
+///   smaller, and every byte of a message in progress is memory a stranger makes the server
+///   hold;
+/// - `send_queue_bytes` 4 MiB: a client that stops reading is ended once that much waits;
+/// - `message_timeout` 10 s plus one second per `message_min_rate` 64 KiB: a message
+///   trickled in (or started and abandoned) ends the connection with 1008;
+/// - `max_receive_rate` 4 MiB/s: a client sending faster is slowed down by TCP, not ended,
+///   so that it cannot flood everyone its messages are broadcast to.
 session_config server_session_defaults();
 
 /// TLS for a `wss://` server. Either a certificate chain and key in PEM files, or a context
@@ -75,6 +85,31 @@ struct server_config {
     /// suspends its heartbeat verdict until the application catches up, so a slow handler
     /// is never mistaken for a dead client. Default 256. Must be positive.
     std::size_t receive_queue_limit = 256;
+
+    /// The same in bytes: reading pauses once the messages waiting for `receive()` hold this
+    /// much (one message longer than it is still taken when none waits). Default 1 MiB.
+    /// Zero: no limit in bytes.
+    std::size_t receive_queue_bytes = 1024 * 1024;
+
+    /// The most memory all connections together may hold for messages: incoming messages in
+    /// progress, received messages waiting for `receive()`, and messages waiting to be
+    /// written (a `broadcast()`'s bytes are shared by every queue and not counted: what
+    /// they hold is bounded by `send_queue_bytes`). When a message would grow beyond it, the
+    /// connection stops being read (TCP pushes back on its client) until there is room. The
+    /// last quarter is kept for connections holding at most 64 KiB, so that ordinary
+    /// messages keep flowing while a few connections hold large ones. If the budget stays
+    /// short for `budget_grace`, the connections holding the most are ended, heaviest first,
+    /// until the rest hold at most half of it: close code 1009 for one holding a message in
+    /// progress, 1013 for one holding queued messages, reason `memory_budget_exceeded` with
+    /// what it held (`server_events::on_disconnected`). Default 128 MiB, sized for a small
+    /// machine: beyond it a server holds only each connection's fixed cost (about 11 KiB
+    /// idle, plus TLS's buffers on `wss://`). Zero: no budget.
+    std::size_t memory_budget = 128 * 1024 * 1024;
+
+    /// How long the budget may stay short before its heaviest holders are ended. Default
+    /// 2 s: long enough for a burst to drain, short enough that well-behaved clients waiting
+    /// for room notice no more than a hiccup. Must be positive.
+    std::chrono::milliseconds budget_grace{2000};
 
     /// Largest HTTP upgrade request header accepted, in bytes; a larger one is answered 431.
     /// Default 8 KiB.
@@ -227,6 +262,9 @@ struct server_counters {
     std::size_t rejected = 0;      ///< turned away before the upgrade completed
     std::size_t disconnected = 0;  ///< connections that ended
     std::size_t stalls = 0;        ///< stalls of our own event loop (server_events::on_stall)
+    std::size_t held_bytes = 0;    ///< memory held for messages now (see `memory_budget`)
+    std::size_t held_bytes_peak = 0;  ///< the most it ever held
+    std::size_t budget_evictions = 0;  ///< connections ended by the memory budget
 };
 
 /// A WebSocket server whose every connection is a vigil session: it answers every ping,

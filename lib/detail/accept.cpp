@@ -148,8 +148,12 @@ asio::awaitable<accept_result> session_core::accept_op(asio::ip::tcp::socket soc
         result.detail = "cancelled";
         co_return accept_failed(result, asio::error::operation_aborted);
     }
+    if (params.budget && !budget_) {
+        budget_ = std::make_unique<budget_account>(params.budget);
+        budget_watch_ = params.watch;
+    }
     if (params.receive_queue_limit > 0 && !inbox_)
-        inbox_ = std::make_unique<inbox>(strand_, params.receive_queue_limit);
+        inbox_ = std::make_unique<inbox>(strand_, params.receive_queue_limit, params.receive_queue_bytes, budget_.get());
     opened(clock_type::now());
     co_return result;
 }

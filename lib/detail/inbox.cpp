@@ -12,8 +12,17 @@ namespace vigil::detail {
 
 namespace asio = boost::asio;
 
+inbox::~inbox()
+{
+    if (account_)
+        account_->remove(holding_part::received, bytes_);
+}
+
 void inbox::push(received r)
 {
+    bytes_ += r.data.size();
+    if (account_)
+        account_->add(holding_part::received, r.data.size());
     messages_.push_back(std::move(r));
     receiver_.notify();
 }
@@ -29,6 +38,9 @@ void inbox::end(error_code why)
 void inbox::reset() noexcept
 {
     messages_.clear();
+    if (account_)
+        account_->remove(holding_part::received, bytes_);
+    bytes_ = 0;
     state_ = state::open;
     ended_with_ = {};
 }
@@ -40,6 +52,9 @@ asio::awaitable<received> inbox::receive()
         if (!messages_.empty()) {
             received r(std::move(messages_.front()));
             messages_.pop_front();
+            bytes_ -= r.data.size();
+            if (account_)
+                account_->remove(holding_part::received, r.data.size());
             if (!full())
                 room_.notify();
             co_return r;

@@ -9,6 +9,7 @@
 // the others drop what they receive and make one (holding nothing) only if somebody calls
 // receive(), to learn of the end.
 
+#include "memory_budget.hpp"
 #include "wakeup.hpp"
 
 #include <vigil/server.hpp>
@@ -24,12 +25,22 @@ namespace vigil::detail {
 class inbox {
 public:
     /// `ex` must outlive the inbox (it is its session's). `limit` 0: it holds no message,
-    /// and only reports the end.
-    inbox(const boost::asio::any_io_executor& ex, std::size_t limit) : limit_(limit), receiver_(ex), room_(ex) {}
+    /// and only reports the end. `byte_limit`: full once the messages held reach it (0: no
+    /// limit in bytes). `account`: where the bytes held are charged (null: nowhere); it must
+    /// outlive the inbox.
+    inbox(const boost::asio::any_io_executor& ex, std::size_t limit, std::size_t byte_limit = 0,
+          budget_account* account = nullptr)
+        : limit_(limit), byte_limit_(byte_limit), account_(account), receiver_(ex), room_(ex)
+    {
+    }
+    ~inbox();
 
     /// Whether messages are kept for receive() (else the reader drops them).
     bool holds() const noexcept { return limit_ > 0; }
-    bool full() const noexcept { return holds() && messages_.size() >= limit_; }
+    bool full() const noexcept
+    {
+        return holds() && (messages_.size() >= limit_ || (byte_limit_ > 0 && bytes_ >= byte_limit_));
+    }
 
     /// A message arrived: wakes a waiting receive() inline (the reader is on the strand).
     void push(received r);
@@ -56,6 +67,9 @@ private:
 
     boost::container::deque<received> messages_;
     std::size_t limit_;
+    std::size_t byte_limit_;
+    std::size_t bytes_ = 0;  // of the messages held
+    budget_account* account_;
     state state_ = state::open;
     error_code ended_with_;
     wakeup<boost::asio::any_io_executor> receiver_;  // receive() waits here

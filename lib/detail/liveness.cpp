@@ -143,6 +143,37 @@ void liveness::reading_resumed(time_point now) noexcept
     reading_ = reading::on;
     // Both clocks start afresh: the silence while paused was ours, not the peer's.
     last_rx_ = last_data_ = now;
+    message_started_ = now;
+}
+
+void liveness::message_begun(time_point now) noexcept
+{
+    incoming_ = incoming::partial;
+    message_started_ = now;
+    message_bytes_ = 0;
+}
+
+void liveness::message_grew(std::size_t bytes) noexcept
+{
+    message_bytes_ = bytes;
+}
+
+void liveness::message_finished() noexcept
+{
+    incoming_ = incoming::none;
+}
+
+time_point liveness::message_deadline() const noexcept
+{
+    if (incoming_ == incoming::none || reading_ == reading::paused || closing_ == closing::yes ||
+        cfg_->message_timeout <= duration::zero())
+        return never;
+    // A steady long message earns time as it arrives; a stalled or trickling one does not.
+    duration earned{};
+    if (cfg_->message_min_rate > 0)
+        earned = std::chrono::duration_cast<duration>(std::chrono::duration<double>(
+            static_cast<double>(message_bytes_) / static_cast<double>(cfg_->message_min_rate)));
+    return message_started_ + cfg_->message_timeout + earned;
 }
 
 time_point liveness::ping_due() const noexcept
@@ -194,6 +225,8 @@ expiry liveness::expired(time_point now) const noexcept
         return expiry::pong;
     if (idle_watched() && now >= last_data_ + cfg_->idle_timeout)
         return expiry::idle;
+    if (now >= message_deadline())
+        return expiry::message;
     if (writing_ == writing::busy && cfg_->write_timeout > duration::zero() &&
         now >= write_progress_at_ + cfg_->write_timeout)
         return expiry::write;
@@ -207,6 +240,7 @@ time_point liveness::next_deadline() const noexcept
     time_point next = pong_deadline();
     if (idle_watched())
         next = std::min(next, last_data_ + cfg_->idle_timeout);
+    next = std::min(next, message_deadline());
     if (writing_ == writing::busy && cfg_->write_timeout > duration::zero())
         next = std::min(next, write_progress_at_ + cfg_->write_timeout);
     if (closing_ == closing::yes)

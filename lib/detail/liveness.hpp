@@ -40,6 +40,7 @@ enum class expiry {
     none,
     pong,  ///< nothing at all arrived within pong_timeout of a ping
     idle,  ///< no data message for idle_timeout: say goodbye (the close deadline follows)
+    message,  ///< a message in progress is later than message_timeout allows: say goodbye
     write,  ///< a message write made no progress for write_timeout
     close,  ///< the close handshake took longer than close_timeout
 };
@@ -103,9 +104,18 @@ public:
     /// nothing.
     void close_started(time_point now) noexcept;
     /// The application stopped taking messages, so we stopped reading: the peer cannot be
-    /// heard, and its silence is not held against it until reading resumes.
+    /// heard, and its silence is not held against it until reading resumes. A message in
+    /// progress gets its allowance afresh from the resumption.
     void reading_paused() noexcept;
     void reading_resumed(time_point now) noexcept;
+    /// The first bytes of a message arrived at `now` and the rest did not (yet): its
+    /// deadline (message_timeout, message_min_rate) runs until `message_finished()`.
+    void message_begun(time_point now) noexcept;
+    /// `bytes` of the message in progress have arrived so far.
+    void message_grew(std::size_t bytes) noexcept;
+    void message_finished() noexcept;
+    /// When the message in progress must be complete (`time_point::max()`: no deadline).
+    time_point message_deadline() const noexcept;
 
     /// A wake-up meant for `due` ran at `now`. Returns how late it ran when that is more
     /// than the stall threshold (a stall of our own loop, to report).
@@ -161,6 +171,7 @@ private:
     enum class writing { idle, busy };
     enum class closing { no, yes };
     enum class suspicion { none, reported };  // for the ping awaiting its pong
+    enum class incoming { none, partial };  // a message in progress
 
     duration draw_early() noexcept;
     bool path_unanswered(time_point now, const tcp_view& view) const noexcept;
@@ -189,6 +200,9 @@ private:
     writing writing_ = writing::idle;
     time_point write_progress_at_{};
     closing closing_ = closing::no;
+    incoming incoming_ = incoming::none;
+    time_point message_started_{};
+    std::size_t message_bytes_ = 0;
     time_point close_started_at_{};
 
     duration late_{};  // how late the last wake-up ran

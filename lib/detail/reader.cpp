@@ -12,6 +12,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 namespace vigil::detail {
 
@@ -23,6 +24,9 @@ asio::awaitable<error_code> session_core::reader()
         if (phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
             co_return conn_.end.code();
         const bool first = rx_.size() == 0;
+        // A message about to grow asks the server's memory budget first (clients have none).
+        if (!first && budget_ && !co_await room_for_message())
+            co_return conn_.end.code();
         auto token = asio::as_tuple(asio::deferred);
         auto [ec, n] = co_await asio::async_initiate<decltype(token), void(error_code, std::size_t)>(
             [this, first](auto handler) { start_read(first, std::move(handler)); }, token);
@@ -30,16 +34,18 @@ asio::awaitable<error_code> session_core::reader()
         // frame holds, for every connection, for as long as the read is pending.
         if (ec)
             co_return read_failed(ec);
+        const auto ahead = throttle_.charge(n, clock_type::now());
         if (!ws_->is_message_done()) {
-            if (first)
-                rx_.commit(asio::buffer_copy(rx_.prepare(n), asio::buffer(first_read_.data(), n)));
-            continue;
-        }
-        if (auto end = deliver(first ? std::string_view(first_read_.data(), n) : received_so_far()))
+            message_progress(first, n);
+        } else if (auto end = deliver(first ? std::string_view(first_read_.data(), n) : received_so_far())) {
             co_return *end;
-        // The application is behind: stop reading until it catches up. TCP then pushes back
-        // on the peer, whose silence meanwhile is ours and is not held against it.
-        if (inbox_ && inbox_->full() && !co_await wait_for_room())
+        }
+        // A peer ahead of max_receive_rate waits; so does one whose messages the application
+        // (or the server's memory) cannot take now. TCP then pushes back on it, and its
+        // silence meanwhile is ours, not held against it.
+        if (ahead > duration::zero() && !co_await keep_rate(ahead))
+            co_return conn_.end.code();
+        if (must_pause() && !co_await wait_for_room())
             co_return conn_.end.code();
     }
 }
@@ -60,7 +66,7 @@ void session_core::start_read(bool first, Handler&& handler)
     if (first)
         ws_->async_read_some(asio::buffer(first_read_), std::move(h));
     else
-        ws_->async_read_some(rx_, 0, std::move(h));
+        ws_->async_read_some(rx_, budget_ ? read_piece : 0, std::move(h));
 }
 
 std::string_view session_core::received_so_far() const noexcept
@@ -68,12 +74,115 @@ std::string_view session_core::received_so_far() const noexcept
     return {static_cast<const char*>(rx_.data().data()), rx_.size()};
 }
 
+void session_core::message_progress(bool first, std::size_t n)
+{
+    if (first) {
+        live_.message_begun(clock_type::now());
+        // The deadline of a message in progress may be earlier than the timer's.
+        if (cfg_->message_timeout > duration::zero())
+            reschedule();
+    }
+    if (conn_.partial == connection_state::partial_message::discard) {
+        rx_.clear();  // ended for it: what still arrives of it is read and dropped
+        return;
+    }
+    if (first)
+        rx_.commit(asio::buffer_copy(rx_.prepare(n), asio::buffer(first_read_.data(), n)));
+    live_.message_grew(rx_.size());
+    if (budget_)
+        budget_->set(holding_part::message, rx_.capacity());
+}
+
+void session_core::drop_partial() noexcept
+{
+    rx_.clear();
+    rx_.shrink_to_fit();
+    if (budget_)
+        budget_->set(holding_part::message, 0);
+}
+
+bool session_core::must_pause() const noexcept
+{
+    if (inbox_ && inbox_->full())
+        return true;
+    return budget_ && budget_->must_hold_back() && conn_.partial == connection_state::partial_message::keep;
+}
+
+/// How big the message buffer will be after the next read: Beast reads what is left of the
+/// frame, at most `read_piece`, and a flat buffer that must grow doubles (rx_.prepare). So a
+/// short message asks for its own size, and its connection stays light.
+std::size_t session_core::room_wanted()
+{
+    const auto size = rx_.size();
+    const auto next = std::min(read_piece, ws_->read_size_hint(rx_));
+    if (rx_.capacity() - size >= next)
+        return rx_.capacity();
+    return std::min(rx_.max_size(), std::max(2 * size, size + next));
+}
+
+asio::awaitable<bool> session_core::room_for_message()
+{
+    // Over the budget, the heavy wait (TCP pushes back on their peers) until the server's
+    // budget watch has ended the heaviest of them or memory was freed otherwise.
+    bool paused = false;
+    while (conn_.partial == connection_state::partial_message::keep && !budget_->grow_message(room_wanted())) {
+        if (!paused) {
+            paused = true;
+            live_.reading_paused();
+        }
+        // Each look that finds no room presses again: the budget stays short while anyone waits.
+        if (budget_->press(clock_type::now()) && budget_watch_)
+            budget_watch_->pressed();
+        if (!co_await pause_reading(budget_poll))
+            co_return false;
+    }
+    if (conn_.partial == connection_state::partial_message::discard)
+        drop_partial();
+    if (paused) {
+        live_.reading_resumed(clock_type::now());
+        reschedule();
+    }
+    co_return true;
+}
+
+asio::awaitable<bool> session_core::pause_reading(duration d)
+{
+    asio::steady_timer wait(strand_, d);
+    co_await wait.async_wait(asio::as_tuple(asio::deferred));  // cancelled or not: look below
+    // (Plain statements: g++ 12 miscompiles a co_await inside a co_return's && expression.)
+    const auto state = co_await asio::this_coro::cancellation_state;
+    if (phase_ != phase::running || cancelled(state))
+        co_return false;
+    co_return true;
+}
+
+asio::awaitable<bool> session_core::keep_rate(duration ahead)
+{
+    live_.reading_paused();
+    const bool go_on = co_await pause_reading(ahead);
+    if (!go_on)
+        co_return false;
+    live_.reading_resumed(clock_type::now());
+    reschedule();
+    co_return true;
+}
+
 asio::awaitable<bool> session_core::wait_for_room()
 {
     live_.reading_paused();
-    while (inbox_->full()) {
-        auto [ec] = co_await inbox_->async_wait_for_room(asio::as_tuple(asio::deferred));
-        if (ec || phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
+    while (must_pause()) {
+        if (inbox_ && inbox_->full()) {
+            auto [ec] = co_await inbox_->async_wait_for_room(asio::as_tuple(asio::deferred));
+            if (ec)
+                co_return false;
+        } else {
+            // Held back by the budget: looked at again, as the budget frees no one in particular.
+            if (budget_->press(clock_type::now()) && budget_watch_)
+                budget_watch_->pressed();
+            if (!co_await pause_reading(budget_poll))
+                co_return false;
+        }
+        if (phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
             co_return false;
     }
     live_.reading_resumed(clock_type::now());
@@ -108,6 +217,14 @@ std::optional<error_code> session_core::deliver(std::string_view data)
     const auto type = ws_->got_text() ? message_type::text : message_type::binary;
     // Heartbeat messages prove the peer alive but are not data: they must not satisfy
     // idle_timeout, which exists to catch a feed that answers pings and sends nothing.
+    // The rest of a message the connection was ended for: not the application's.
+    if (conn_.partial == connection_state::partial_message::discard) {
+        live_.frame_received(now);
+        live_.message_finished();
+        conn_.partial = connection_state::partial_message::keep;
+        rx_.consume(rx_.size());
+        return phase_ == phase::running ? std::nullopt : std::optional<error_code>(conn_.end.code());
+    }
     const bool heartbeat = conn_.app_heartbeat && type == message_type::text && heartbeat_consumed(data);
     if (!heartbeat && is_fresh(data, type))
         live_.data_received(now);
@@ -120,7 +237,14 @@ std::optional<error_code> session_core::deliver(std::string_view data)
         else
             emit(&session_events::on_message, data, type, meta);
     }
-    rx_.consume(rx_.size());
+    live_.message_finished();
+    conn_.partial = connection_state::partial_message::keep;
+    // A server connection gives a long message's buffer back at once: idle connections
+    // must not each keep the largest message they ever received.
+    if (budget_ && rx_.capacity() > 0)
+        drop_partial();
+    else
+        rx_.consume(rx_.size());
     if (phase_ != phase::running)
         return conn_.end.code();  // a handler threw, closed or cancelled
     return std::nullopt;

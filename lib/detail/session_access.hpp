@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <memory>
 #include <string>
 #include <utility>
 #include <variant>
@@ -29,10 +30,17 @@ class context;
 
 namespace vigil::detail {
 
+class memory_budget;
+class budget_account;
+struct budget_watch;
+
 struct accept_params {
     boost::asio::ssl::context* tls = nullptr;  // null: plain ws://
     std::size_t max_request_header = 8192;
     std::size_t receive_queue_limit = 256;  // 0: no receiver, messages are dropped
+    std::size_t receive_queue_bytes = 0;  // 0: no limit in bytes
+    std::shared_ptr<memory_budget> budget;  // the server's; null: none
+    budget_watch* watch = nullptr;  // told when the budget is short
     std::string server_name;
     /// Answer the upgrade request with 503 and this Retry-After instead of accepting it.
     enum class answer { accept, refuse } verdict = answer::accept;
@@ -93,6 +101,12 @@ struct session_access {
     /// From now on the session's end is reported as `ec` (unless it ended already). Call on
     /// the session's strand.
     static void report_end_as(session& s, error_code ec, std::string detail);
+    /// The connection's share of its server's memory budget (null without one). Its
+    /// figures may be read from any thread.
+    static budget_account* budget(const session& s) noexcept;
+    /// The budget chose this connection: it says goodbye (1009 or 1013) with what it held.
+    /// The step runs on the session's strand and holds `owner` until then.
+    static void evict(session& s, std::shared_ptr<void> owner);
 };
 
 }  // namespace vigil::detail

@@ -13,6 +13,8 @@
 #include "common.hpp"
 #include "inbox.hpp"
 #include "liveness.hpp"
+#include "memory_budget.hpp"
+#include "receive_throttle.hpp"
 #include "session_access.hpp"
 #include "session_timer.hpp"
 #include "wakeup.hpp"
@@ -127,6 +129,13 @@ struct outgoing {
 /// size, and each one written is progress for write_timeout.
 inline constexpr std::size_t write_piece_size = 64 * 1024;
 
+/// The most a read adds to a server connection's message in progress, so that its memory
+/// budget is asked before every step of a long message's growth.
+inline constexpr std::size_t read_piece = 64 * 1024;
+
+/// How often a reader held back by the memory budget looks whether it may go on.
+inline constexpr std::chrono::milliseconds budget_poll{20};
+
 /// Everything that belongs to one connection, reset with `= {}` when the next one starts.
 struct connection_state {
     end_reason end;
@@ -145,6 +154,11 @@ struct connection_state {
     /// A pong or idle verdict found nothing unread and waits one turn of the event loop for
     /// completions already queued (a read that has the pong) before it falls.
     enum class verdict_check { none, queued } verdict = verdict_check::none;
+    /// Bytes of the messages waiting to be written and the one in flight (send_queue_bytes).
+    std::size_t queued_bytes = 0;
+    /// What the reader does with a message in progress: keep it, or (once the connection is
+    /// ended for it: message_timeout, the memory budget) drop its bytes as they arrive.
+    enum class partial_message { keep, discard } partial = partial_message::keep;
 };
 
 /// The payload of protocol ping number `seq`: its decimal digits. A session keeps the
@@ -197,6 +211,10 @@ public:
     /// goes (idle_timeout, slow_consumer); only `as` when the connection is not live.
     void say_goodbye(error_code as, std::string detail, websocket::close_reason why,
                      diagnosis fault = diagnosis::none);
+    /// The server's memory budget chose this connection: what it queued fails, what it is
+    /// receiving is dropped, and it says goodbye with 1009 or 1013 and why.
+    void evict();
+    budget_account* budget() const noexcept { return budget_.get(); }
     /// From now on the end is reported as `as` (server_shutdown), without sending anything.
     void report_end_as(error_code as, std::string detail);
     /// Delivery confirmation: with a callback, the heartbeat pings soon after writes and
@@ -275,6 +293,13 @@ private:
     void on_control_frame(websocket::frame_type kind, beast::string_view payload);
     void pong_arrived(time_point now);
     asio::awaitable<bool> wait_for_room();
+    bool must_pause() const noexcept;
+    asio::awaitable<bool> room_for_message();
+    std::size_t room_wanted();
+    void message_progress(bool first, std::size_t n);
+    void drop_partial() noexcept;
+    asio::awaitable<bool> pause_reading(duration d);
+    asio::awaitable<bool> keep_rate(duration ahead);
 
     // heartbeat.cpp
     void heartbeat_tick(time_point now);
@@ -286,6 +311,7 @@ private:
     // watchdog.cpp
     void watchdog_tick(time_point now);
     void liveness_verdict(expiry e, time_point now);
+    void message_too_slow(time_point now);
     bool unread_waiting() noexcept;
     void confirm_verdict();
     void look_at_path(time_point now);
@@ -301,7 +327,8 @@ private:
     void on_written(error_code ec);
     void on_closed(error_code ec);
     void send_heartbeat_message(std::string data);
-    void overflow();
+    void overflow(std::string why);
+    void left_queue(const outgoing& m) noexcept;
     void complete(send_handler h, error_code ec, bool inline_ok);
     void fail_queue(error_code ec);
 
@@ -358,8 +385,13 @@ private:
         // A supervisor's per-attempt headers, replacing cfg_->headers when set.
         std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers;
     };
+    // A server connection's share of its server's memory budget, and whom to tell when the
+    // budget is short (see memory_budget.hpp). Before inbox_, which charges it.
+    std::unique_ptr<budget_account> budget_;
+    budget_watch* budget_watch_ = nullptr;
     std::unique_ptr<inbox> inbox_;
     std::unique_ptr<client_side> client_;
+    receive_throttle throttle_;  // max_receive_rate
 };
 
 template <class Handler, class... Args>

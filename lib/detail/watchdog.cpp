@@ -96,6 +96,9 @@ void session_core::watchdog_tick(time_point now)
         ++conn_.pending_ops;
         asio::post(strand_, [this] { confirm_verdict(); });
         return;
+    case expiry::message:
+        message_too_slow(now);
+        return;
     case expiry::write:
         conclude(end_reason::kind::failure, error::write_timeout,
                  "a message write made no progress for " + ms_text(cfg_->write_timeout) +
@@ -137,6 +140,21 @@ void session_core::liveness_verdict(expiry e, time_point now)
     say_goodbye(error::idle_timeout,
                 "no data message for " + ms_text(cfg_->idle_timeout) + " (idle_timeout)" + fault_text(fault, live_),
                 websocket::close_reason(websocket::close_code::normal, "idle_timeout"), fault);
+}
+
+void session_core::message_too_slow(time_point now)
+{
+    // Its buffer is dropped now, and what still arrives of it is read and dropped: a
+    // trickling peer must not keep the memory it was ended for during the goodbye.
+    conn_.partial = connection_state::partial_message::discard;
+    const auto bytes = rx_.size();
+    std::string detail = "a message was still incomplete after " + std::to_string(bytes) + " bytes, past the " +
+                         ms_text(cfg_->message_timeout) + " of message_timeout";
+    if (cfg_->message_min_rate > 0)
+        detail += " plus one second per " + std::to_string(cfg_->message_min_rate) + " bytes (message_min_rate)";
+    say_goodbye(error::message_timeout, std::move(detail),
+                websocket::close_reason(websocket::close_code::policy_error, "message too slow"),
+                live_.diagnose(now, kernel_view()));
 }
 
 void session_core::look_at_path(time_point now)

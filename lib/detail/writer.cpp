@@ -50,14 +50,38 @@ void session_core::send(outgoing msg)
         const bool goodbye = conn_.end.decided() == end_reason::kind::goodbye;
         return refuse(goodbye ? conn_.end.code() : error_code(error::not_connected));
     }
-    if (queue_ && queue_->size() >= cfg_->send_queue_limit) {
+    const auto size = msg.bytes().size();
+    const bool too_many = queue_ && queue_->size() >= cfg_->send_queue_limit;
+    // A message longer than the limit still goes when nothing else waits.
+    const bool too_big = cfg_->send_queue_bytes > 0 && conn_.queued_bytes > 0 &&
+                         conn_.queued_bytes + size > cfg_->send_queue_bytes;
+    if (too_many || too_big) {
         if (cfg_->send_queue_overflow == overflow_policy::reject)
             return refuse(error::send_queue_full);
         refuse(error::slow_consumer);
-        return overflow();
+        return overflow(too_many ? std::to_string(cfg_->send_queue_limit) + " messages waiting"
+                                 : std::to_string(conn_.queued_bytes) + " bytes waiting and " + std::to_string(size) +
+                                       " more would pass send_queue_bytes (" +
+                                       std::to_string(cfg_->send_queue_bytes) + ")");
     }
+    conn_.queued_bytes += size;
+    // Shared bytes (a broadcast) are one copy for every connection: the budget counts what
+    // this connection alone holds.
+    if (budget_ && !msg.shared)
+        budget_->add(holding_part::sending, size);
     queue().push_back(std::move(msg));
     write_next();
+}
+
+void session_core::left_queue(const outgoing& m) noexcept
+{
+    // Heartbeat messages never entered send() (nor its counts); everything else did.
+    if (m.kind != outgoing::what::message || (m.from == outgoing::owner::internal && !m.shared))
+        return;
+    const auto size = m.bytes().size();
+    conn_.queued_bytes -= std::min(conn_.queued_bytes, size);
+    if (budget_ && !m.shared)
+        budget_->remove(holding_part::sending, size);
 }
 
 session_core::send_queue& session_core::queue()
@@ -156,6 +180,7 @@ void session_core::on_written(error_code ec)
     if (!ec || !ending) {
         outgoing done(std::move(*conn_.inflight));
         conn_.inflight.reset();
+        left_queue(done);
         if (done.from == outgoing::owner::application) {
             if (!ec)
                 live_.message_written();  // first: a handler resumed inline reads its own count
@@ -208,16 +233,36 @@ void session_core::say_goodbye(error_code as, std::string detail, websocket::clo
     write_next();
 }
 
-void session_core::overflow()
+void session_core::overflow(std::string why)
 {
     // What is still queued will never go out: say so now. The message being written (if
     // any) finishes or is cut off with the connection. 1013, try again later: a transient
     // condition for the peer's supervisor.
     fail_queue(error::slow_consumer);
     say_goodbye(error::slow_consumer,
-                "send queue overflow: " + std::to_string(cfg_->send_queue_limit) +
-                    " messages waiting, the peer does not keep up (slow_consumer)",
+                "send queue overflow: " + why + ", the peer does not keep up (slow_consumer)",
                 websocket::close_reason(websocket::close_code::try_again_later, "slow consumer"));
+}
+
+void session_core::evict()
+{
+    if (!budget_)
+        return;
+    const auto part = budget_->largest();
+    const auto held = budget_->total();
+    // A message in progress is dropped as it arrives (the reader frees its buffer at its
+    // next step), and what waits to be written will not be: both are what it was ended for.
+    conn_.partial = connection_state::partial_message::discard;
+    fail_queue(error::memory_budget_exceeded);
+    const char* what = part == holding_part::message    ? "an incoming message in progress"
+                       : part == holding_part::received ? "received messages the application has not taken"
+                                                        : "messages waiting to be written";
+    say_goodbye(error::memory_budget_exceeded,
+                "the server's memory budget stayed exceeded and this connection held the most: " +
+                    std::to_string(held) + " bytes, mostly " + what + " (memory_budget)",
+                part == holding_part::message
+                    ? websocket::close_reason(websocket::close_code::too_big, "message too big for the server now")
+                    : websocket::close_reason(websocket::close_code::try_again_later, "server overloaded"));
 }
 
 void session_core::complete(send_handler h, error_code ec, bool inline_ok)
@@ -237,9 +282,11 @@ void session_core::fail_queue(error_code ec)
         return;
     auto pending = std::move(*queue_);
     queue_->clear();
-    for (auto& msg : pending)
+    for (auto& msg : pending) {
+        left_queue(msg);
         if (msg.from == outgoing::owner::application)
             complete(std::move(msg.handler), ec, false);
+    }
 }
 
 }  // namespace vigil::detail

@@ -208,6 +208,8 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::proxy_target_unreachable, "proxy_target_unreachable"},
         {error::proxy_protocol_error, "proxy_protocol_error"},
         {error::local_address_unusable, "local_address_unusable"},
+        {error::memory_budget_exceeded, "memory_budget_exceeded"},
+        {error::message_timeout, "message_timeout"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
