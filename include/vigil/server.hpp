@@ -101,6 +101,9 @@ struct server_config {
     /// the record closest to expiry is forgotten early, so an address among a flood of
     /// others may get in before its window is over.
     std::size_t connects_per_address = 0;
+    /// The window of `connects_per_address`. Default 10 s. **Errors:** `validate()` answers
+    /// `invalid_config`, its detail naming `connect_window`, for a negative window, or a
+    /// zero one while `connects_per_address` is set.
     std::chrono::milliseconds connect_window{10000};
 
     /// Messages a connection may hold received but not yet taken by `connection::receive()`.
