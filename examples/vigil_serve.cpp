@@ -51,9 +51,10 @@ constexpr std::string_view usage_text =
     "A WebSocket server that echoes or broadcasts what clients send, pings idle clients and\n"
     "evicts the ones that stop answering. Prints one JSON object per line on stdout for each\n"
     "event: listening (first, with the port), client_connected, message, client_disconnected,\n"
-    "rejected, accept_error, stall, stopped. A client_disconnected event after a liveness\n"
-    "verdict says whose fault it was: \"diagnosis\" is network, peer_unresponsive, local_stall\n"
-    "or unknown; stall (with late_ms) says our own loop ran late.\n"
+    "rejected (with the HTTP status and a detail naming the limit, if any), accept_error,\n"
+    "stall, stopped. A client_disconnected event after a liveness verdict says whose fault\n"
+    "it was: \"diagnosis\" is network, peer_unresponsive, local_stall or unknown; stall\n"
+    "(with late_ms) says our own loop ran late.\n"
     "\n"
     "options (S = seconds, fractions allowed):\n"
     "  --port P               port to listen on (default 0: the system picks one)\n"
@@ -68,6 +69,12 @@ constexpr std::string_view usage_text =
     "                         (default 0: off)\n"
     "  --handshake-timeout S  bound on a client's TLS handshake and upgrade request (default 10)\n"
     "  --max-connections N    beyond N open connections, answer 503 (default 10000)\n"
+    "  --max-per-address N    beyond N open connections from one IP address, answer that\n"
+    "                         address 503 (default: no limit, as behind a proxy or NAT\n"
+    "                         every client shares one address)\n"
+    "  --connects-per-address N/S\n"
+    "                         beyond N new connections from one IP address in any S\n"
+    "                         seconds, answer 429 with Retry-After (default: no limit)\n"
     "  --max-message BYTES    largest message accepted; a larger one closes with 1009\n"
     "                         (default 1048576)\n"
     "  --memory-budget BYTES  most memory all clients together may hold for messages in\n"
@@ -189,6 +196,12 @@ options parse_args(int argc, char** argv)
             session.tls_handshake_timeout = session.handshake_timeout;
         } else if (flag == "--max-connections") {
             opts.cfg.max_connections = positive_count(flag, value());
+        } else if (flag == "--max-per-address") {
+            opts.cfg.max_connections_per_address = positive_count(flag, value());
+        } else if (flag == "--connects-per-address") {
+            const auto r = parse_rate(flag, value());
+            opts.cfg.connects_per_address = r.count;
+            opts.cfg.connect_window = r.window;
         } else if (flag == "--max-message") {
             session.max_message_size = positive_count(flag, value());
         } else if (flag == "--memory-budget") {

@@ -33,16 +33,7 @@ rate_limiter::clock_type::time_point rate_limiter::reserve_connect(clock_type::t
 rate_limiter::clock_type::time_point rate_limiter::begin_connect(clock_type::time_point now)
 {
     std::lock_guard lock(mutex_);
-    if (limits_.connects == 0)
-        return now;
-    if (begun_.size() >= limits_.connects && begun_.front() + limits_.connect_window > now)
-        return begun_.front() + limits_.connect_window;
-    // Beginnings are counted as they come; a clock read on another thread may be a little
-    // older than the last one counted, which only makes the window look fuller.
-    begun_.push_back(std::max(now, begun_.empty() ? now : begun_.back()));
-    if (begun_.size() > limits_.connects)
-        begun_.pop_front();
-    return now;
+    return detail::admit_in_window(begun_, limits_.connects, limits_.connect_window, now);
 }
 
 std::size_t rate_limiter::connects_reserved() const

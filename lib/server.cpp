@@ -7,6 +7,7 @@
 
 #include <vigil/server.hpp>
 
+#include "detail/address_limits.hpp"
 #include "detail/common.hpp"
 #include "detail/memory_budget.hpp"
 #include "detail/printable.hpp"
@@ -61,9 +62,13 @@ std::string endpoint_string(const asio::ip::tcp::endpoint& ep)
     return out;
 }
 
-// A refused client still gets its 503 politely, but a flood of them must not become a
-// second unbounded population of coroutines: beyond this many, the socket is just closed.
+// A refused client still gets its 503 (or 429) politely, but a flood of them must not
+// become a second unbounded population of coroutines: beyond this many, whichever limit
+// refused them, the socket is just closed.
 constexpr std::size_t max_refusing = 64;
+
+// The addresses kept for their recent connects alone, at least (address_limits).
+constexpr std::size_t min_address_records = 1024;
 
 }  // namespace
 
@@ -105,6 +110,9 @@ error_code validate(const server_config& cfg, std::string* detail)
         return fail("budget_grace (" + std::to_string(cfg.budget_grace.count()) + " ms) must be positive");
     if (cfg.retry_after.count() < 0)
         return fail("retry_after (" + std::to_string(cfg.retry_after.count()) + " ms) must not be negative");
+    if (cfg.connect_window.count() < 0 || (cfg.connects_per_address > 0 && cfg.connect_window.count() == 0))
+        return fail("connect_window (" + std::to_string(cfg.connect_window.count()) + " ms) must be " +
+                    (cfg.connect_window.count() < 0 ? "positive" : "positive when connects_per_address is set"));
     if (cfg.max_request_header < 1024)
         return fail("max_request_header (" + std::to_string(cfg.max_request_header) +
                     ") must be at least 1024: browsers send upgrade requests of several hundred bytes");
@@ -183,6 +191,7 @@ struct connection::impl {
     std::uint64_t id;
     std::string remote;
     std::string target;
+    detail::address_key from;  // the client's IP address, for the limits per address
     // The rest lives on the session's executor.
     std::unique_ptr<detail::wakeup<asio::any_io_executor>> ended;  // with a handler: its grace starts
     unsigned arms = 0;  // of run() and the handler arm, those still running
@@ -276,10 +285,20 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
         : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)),
           session_cfg_(std::make_shared<const session_config>(cfg_.session)), handler_(std::move(handler)),
           all_done_(strand_),
+          per_address_(cfg_.max_connections_per_address, cfg_.connects_per_address, cfg_.connect_window,
+                       std::max(cfg_.max_connections, min_address_records)),
           budget_(std::make_shared<detail::memory_budget>(cfg_.memory_budget, cfg_.budget_grace)),
           budget_wake_(std::make_shared<detail::wakeup<asio::any_io_executor>>(strand_))
     {
     }
+
+    /// Why a client is turned away: an HTTP status (0: it is not) and what to tell it.
+    struct refusal {
+        unsigned status = 0;
+        std::chrono::milliseconds retry_after{0};
+        std::string reason;  // which limit, whose; the start of on_rejected's detail
+    };
+    refusal judge(const detail::address_key& from);
 
     error_code listen(std::string* detail);
     error_code load_tls(std::string* detail);
@@ -290,7 +309,7 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     void admit(connection_ptr c, asio::ip::tcp::socket sock);
     asio::awaitable<void> drain(error_code& result);
     void cancel_all();
-    void connection_done(bool refused);
+    void connection_done(bool refused, const detail::address_key& from);
     void stop_now();
 
     // The memory budget's watch, on strand_: woken when a connection finds the budget
@@ -308,7 +327,7 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     }
 
     // Each connection's life, on its own executor.
-    asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse);
+    asio::awaitable<bool> connection_main(connection_ptr c, asio::ip::tcp::socket sock, refusal no);
     void start_arms(const connection_ptr& c);
     void session_over(const connection_ptr& c);
     void arm_done(const connection_ptr& c);
@@ -367,9 +386,10 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     activity activity_ = activity::idle;
     std::size_t live_ = 0;  // connection coroutines alive, refusals included
     std::size_t open_ = 0;  // of which counted against max_connections
-    std::size_t refusing_ = 0;  // of which answering 503
+    std::size_t refusing_ = 0;  // of which answering 503 or 429
     std::uint64_t next_id_ = 0;
     detail::wakeup<asio::any_io_executor> all_done_;
+    detail::address_limits per_address_;  // open and recent connections per client address
 
     // Shared with the connections' executors and with callers on any thread.
     mutable std::mutex mu_;
@@ -557,14 +577,48 @@ void server::impl::evict_heaviest()
     counters_.budget_evictions += chosen.size();
 }
 
+// The limits, in order: max_connections, then those per address (which count the
+// connection only when they let it in).
+server::impl::refusal server::impl::judge(const detail::address_key& from)
+{
+    refusal no;
+    if (open_ >= cfg_.max_connections) {
+        no.status = 503;
+        no.retry_after = cfg_.retry_after;
+        no.reason = "at max_connections";
+        return no;
+    }
+    using verdict = detail::address_limits::verdict;
+    const auto v = per_address_.admit(from, std::chrono::steady_clock::now());
+    switch (v.what) {
+    case verdict::kind::accept:
+        break;
+    case verdict::kind::too_many_open:
+        no.status = 503;
+        no.retry_after = cfg_.retry_after;
+        no.reason = from.to_string() + " at max_connections_per_address (" + std::to_string(v.count) + " open)";
+        break;
+    case verdict::kind::too_fast:
+        no.status = 429;
+        no.retry_after = v.retry_after;
+        no.reason = from.to_string() + " at connects_per_address (" + std::to_string(v.count) + " in " +
+                    std::to_string(cfg_.connect_window.count()) + " ms)";
+        break;
+    }
+    return no;
+}
+
 void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
 {
     ++next_id_;
     {
         error_code rec;
-        c->impl_->remote = endpoint_string(sock.remote_endpoint(rec));
+        const auto ep = sock.remote_endpoint(rec);
+        c->impl_->remote = endpoint_string(ep);
+        c->impl_->from = detail::address_key::of(ep.address());
     }
-    const bool refuse = open_ >= cfg_.max_connections;
+    auto no = judge(c->impl_->from);
+    const bool refuse = no.status != 0;
     const bool unanswered = refuse && refusing_ >= max_refusing;
     {
         std::lock_guard lock(mu_);
@@ -577,8 +631,8 @@ void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
     if (unanswered) {
         error_code ignored;
         sock.close(ignored);
-        emit(events_.on_rejected, c->remote(), make_http_status_error(503),
-             std::string("at max_connections and already answering 64 others: closed without an answer"));
+        emit(events_.on_rejected, c->remote(), make_http_status_error(no.status),
+             no.reason + " and already answering 64 others: closed without an answer");
         return;
     }
     ++live_;
@@ -589,11 +643,12 @@ void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
         pending_.emplace(next_id_, c);
     }
     auto ex = c->get_executor();
-    asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), refuse),
-                   [this, refuse](std::exception_ptr e, bool handed_over) {
+    auto from = c->impl_->from;
+    asio::co_spawn(ex, connection_main(std::move(c), std::move(sock), std::move(no)),
+                   [this, refuse, from](std::exception_ptr e, bool handed_over) {
                        // An upgraded connection reports its own end, later (arm_done).
                        if (e || !handed_over)
-                           connection_done(refuse);
+                           connection_done(refuse, from);
                    });
 }
 
@@ -624,12 +679,14 @@ asio::awaitable<void> server::impl::drain(error_code& result)
     }
 }
 
-void server::impl::connection_done(bool refused)
+void server::impl::connection_done(bool refused, const detail::address_key& from)
 {
     // From the connection's executor to ours: live_ and friends are the accept loop's.
-    asio::post(strand_, [this, refused] {
+    asio::post(strand_, [this, refused, from] {
         --live_;
         --(refused ? refusing_ : open_);
+        if (!refused && per_address_.enabled())
+            per_address_.released(from, std::chrono::steady_clock::now());
         if (live_ == 0)
             all_done_.notify();
     });
@@ -637,8 +694,9 @@ void server::impl::connection_done(bool refused)
 
 // The upgrade, until the connection is registered; returns true once it is handed to its
 // arms (start_arms), false when the client was turned away.
-asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::tcp::socket sock, bool refuse)
+asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::tcp::socket sock, refusal no)
 {
+    const bool refuse = no.status != 0;
     auto& ci = *c->impl_;
     detail::accept_params params;
     params.tls = tls_.get();
@@ -652,7 +710,11 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
     }
     params.server_name = cfg_.server_name;
     params.verdict = refuse ? detail::accept_params::answer::refuse : detail::accept_params::answer::accept;
-    params.retry_after = cfg_.retry_after;
+    if (refuse) {
+        params.retry_after = no.retry_after;
+        params.refuse_status = no.status;
+        params.refuse_reason = std::move(no.reason);
+    }
     detail::session_access::listen_for_stalls(ci.s, this);
     auto accepted = co_await detail::session_access::accept(ci.s, std::move(sock), std::move(params));
     if (accepted.ec) {
@@ -727,7 +789,7 @@ void server::impl::arm_done(const connection_ptr& c)
         ++counters_.disconnected;
     }
     emit(events_.on_disconnected, *c);
-    connection_done(false);
+    connection_done(false, ci.from);
 }
 
 asio::awaitable<void> server::impl::handler_arm(connection_ptr c)

@@ -80,6 +80,42 @@ struct server_config {
     /// The `Retry-After` sent with that 503. Default 5 s; rounded up to whole seconds.
     std::chrono::milliseconds retry_after{5000};
 
+    /// Per remote address, on top of `max_connections`. An address is the client's IP
+    /// address as the server sees it: IPv4, or IPv6 counted per whole address (an IPv4 client
+    /// of a dual-stack "::" listener counts as its IPv4 address). Limiting per IPv6 /64
+    /// prefix instead, where one host may hold many addresses, is not offered yet. Both
+    /// limits are off by default: behind a load balancer, a reverse proxy or a carrier-grade
+    /// NAT every client arrives from the same few addresses, and a limit per address would
+    /// be a limit for everyone. On a server that clients reach directly, set them.
+    ///
+    /// Most open connections (handshakes in progress included) from one address. Beyond it
+    /// a new client's upgrade request from that address is answered `503 Service
+    /// Unavailable` with `retry_after` as `Retry-After` (transient for a vigil supervisor),
+    /// while other addresses are still admitted. Default 0: no limit. For a directly
+    /// exposed server, a few dozen (browsers open a connection per tab; an office or a home
+    /// shares one address) is a reasonable start.
+    std::size_t max_connections_per_address = 0;
+
+    /// New connections accepted from one address in any `connect_window`. Beyond it the
+    /// upgrade request is answered `429 Too Many Requests` with `Retry-After` set to when
+    /// the window frees a slot (rounded up to whole seconds, at least 1), which a vigil
+    /// supervisor waits for. Only connections let in count; those turned away do not, so a
+    /// client that keeps knocking is admitted again when told. Default 0: no limit (see
+    /// above). A positive count needs a positive `connect_window`, default 10 s.
+    ///
+    /// Refusals on either count share the bound of those for `max_connections`: at most 64
+    /// are answered at a time, beyond that a refused socket is closed unanswered. Memory:
+    /// the server keeps a record per address with connections open (at most
+    /// `max_connections`) and, with `connects_per_address`, per address seen within the
+    /// window; the latter are at most `max_connections` (at least 1,024) too: beyond that
+    /// the record closest to expiry is forgotten early, so an address among a flood of
+    /// others may get in before its window is over.
+    std::size_t connects_per_address = 0;
+    /// The window of `connects_per_address`. Default 10 s. **Errors:** `validate()` answers
+    /// `invalid_config`, its detail naming `connect_window`, for a negative window, or a
+    /// zero one while `connects_per_address` is set.
+    std::chrono::milliseconds connect_window{10000};
+
     /// Messages a connection may hold received but not yet taken by `connection::receive()`.
     /// When full, the server stops reading from that client (TCP pushes back on it) and
     /// suspends its heartbeat verdict until the application catches up, so a slow handler
@@ -228,7 +264,7 @@ private:
 
 /// Observers of a server. Handlers run on the connection's executor (connection events and
 /// most `on_rejected`) or the server's (`on_accept_error`, and `on_rejected` for a client
-/// closed unanswered beyond `max_connections`), possibly on several threads at once when the
+/// closed unanswered beyond a connection limit), possibly on several threads at once when the
 /// io_context runs on several; they must be quick. Set them before `run()`. A handler must not
 /// throw: one that does stops the server (every connection closed with 1001), and `run()`
 /// rethrows the exception once they are all closed (the policy of every vigil event,
@@ -241,7 +277,9 @@ struct server_events {
     std::function<void(connection&)> on_disconnected;
     /// A client was turned away before it became a connection: `why` is
     /// `handshake_timeout`, `tls_handshake_timeout`, an HTTP status (400 for garbage, 431,
-    /// 503 beyond `max_connections`) or a network error; `detail` says more.
+    /// 503 beyond `max_connections` or `max_connections_per_address`, 429 beyond
+    /// `connects_per_address`) or a network error; `detail` says more (for a limit: which
+    /// one, and the client's address).
     std::function<void(const std::string& remote, const error_code& why, const std::string& detail)> on_rejected;
     /// accept() itself failed (out of file descriptors ...); the server pauses 100 ms and
     /// goes on accepting.

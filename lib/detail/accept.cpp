@@ -96,9 +96,14 @@ asio::awaitable<error_code> session_core::read_upgrade(accept_params& params, ac
     result.target = std::string(req.target());
     if (params.verdict == accept_params::answer::refuse) {
         const auto secs = (params.retry_after.count() + 999) / 1000;
-        result.detail = "at max_connections: answered 503 with Retry-After " + std::to_string(secs);
-        co_await refuse_upgrade(params, 503, "too many connections, retry later", std::to_string(secs));
-        co_return make_http_status_error(503);
+        const auto status = params.refuse_status;
+        result.detail = params.refuse_reason + ": answered " + std::to_string(status) + " with Retry-After " +
+                        std::to_string(secs);
+        co_await refuse_upgrade(params, status,
+                                status == 429 ? "too many new connections, retry later"
+                                              : "too many connections, retry later",
+                                std::to_string(secs));
+        co_return make_http_status_error(status);
     }
     if (!websocket::is_upgrade(req)) {
         result.detail = "not a WebSocket upgrade request: " + std::string(req.method_string()) + " " + result.target;

@@ -42,9 +42,12 @@ struct accept_params {
     std::shared_ptr<memory_budget> budget;  // the server's; null: none
     budget_watch* watch = nullptr;  // told when the budget is short
     std::string server_name;
-    /// Answer the upgrade request with 503 and this Retry-After instead of accepting it.
+    /// Answer the upgrade request with `refuse_status` (503, 429) and this Retry-After
+    /// instead of accepting it; `refuse_reason` begins the detail (which limit, whose).
     enum class answer { accept, refuse } verdict = answer::accept;
     std::chrono::milliseconds retry_after{0};
+    unsigned refuse_status = 503;
+    std::string refuse_reason = "at max_connections";
 };
 
 struct accept_result {

@@ -3,8 +3,10 @@
 #pragma once
 
 // "At most n events in any window of length w", with no clock of its own: each reservation
-// gets the earliest moment that keeps every window within n. Used for connects shared by
-// many supervisors (rate_limiter, under its mutex) and for one connection's messages.
+// gets the earliest moment that keeps every window within n (or, for what cannot wait, a
+// yes or the moment to come back). Used for connects shared by many supervisors
+// (rate_limiter, under its mutex), for one connection's messages, and for a server's
+// connects per client address (address_limits).
 // Unit-tested with a fake clock (tests/unit/test_rate_limit.cpp).
 
 #include <algorithm>
@@ -32,6 +34,28 @@ inline std::chrono::steady_clock::time_point reserve_in_window(std::deque<std::c
     while (recent.size() > count)
         recent.pop_front();
     return at;
+}
+
+/// The same rule for an event that happens now or not at all, over the last `count` events
+/// counted (oldest first, in any container with `front`, `back`, `push_back`, `pop_front`
+/// and `size`): returns `now`, and counts the event, when a window ending now holds fewer
+/// than `count`; otherwise counts nothing and returns when the oldest leaves the window, the
+/// first moment it may happen. Used for a fleet's real connects (rate_limiter) and for a
+/// server's connects per client address (address_limits).
+template <class Recent>
+std::chrono::steady_clock::time_point admit_in_window(Recent& recent, std::size_t count, std::chrono::milliseconds window,
+                                                      std::chrono::steady_clock::time_point now)
+{
+    if (count == 0)
+        return now;
+    if (recent.size() >= count && recent.front() + window > now)
+        return recent.front() + window;
+    // A clock read on another thread may be a little older than the last one counted,
+    // which only makes the window look fuller.
+    recent.push_back(recent.size() == 0 ? now : std::max(now, recent.back()));
+    while (recent.size() > count)
+        recent.pop_front();
+    return now;
 }
 
 class window_limit {

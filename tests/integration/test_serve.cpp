@@ -712,6 +712,51 @@ TEST_SUITE("serve")
         CHECK(vt::ms_since(connected_at) <= 300ms + tolerance);
     }
 
+    TEST_CASE("vigil-serve --max-per-address and --connects-per-address: 503 and 429 with the limit in the rejected event")
+    {
+        io_fixture io;
+        server_process server({"--max-per-address", "1", "--connects-per-address", "2/60"});
+        auto rejected_with = [](unsigned status) {
+            return [status](const json& e) {
+                return e.value("event", "") == "rejected" && e.value("status", 0u) == status;
+            };
+        };
+
+        // One open connection from 127.0.0.1 is its share: a second is refused with 503.
+        client first(io.ioc);
+        first.open(server.url());
+        client second(io.ioc);
+        auto ec = second.connect(server.url());
+        CHECK(vigil::http_status_of(ec) == 503);
+        CHECK(second.s.last_disconnect().retry_after == 5000ms);
+        auto busy = drive_until(io.ioc, server.proc, rejected_with(503), 3s);
+        REQUIRE(busy.has_value());
+        CHECK((*busy)["reason"] == "handshake_rejected");
+        CHECK((*busy)["remote"].get<std::string>().rfind("127.0.0.1:", 0) == 0);
+        CHECK((*busy)["detail"].get<std::string>().rfind("127.0.0.1 at max_connections_per_address (1 open)", 0) == 0);
+
+        // Once it has left, the next connection is the second of the minute (the refused one
+        // did not count), and the one after that is one too many: 429.
+        first.s.cancel();
+        REQUIRE(drive_until(io.ioc, server.proc, named_for("client_disconnected", 1), 3s).has_value());
+        client third(io.ioc);
+        third.open(server.url());
+        third.s.cancel();
+        REQUIRE(drive(io.ioc, [&] { return server.proc.events_named("client_disconnected").size() == 2; }, 3s));
+        client fourth(io.ioc);
+        ec = fourth.connect(server.url());
+        CHECK(vigil::http_status_of(ec) == 429);
+        CHECK_FALSE(vigil::is_permanent(ec));
+        // The window frees a slot a minute after the first connect, less the time since.
+        CHECK(fourth.s.last_disconnect().retry_after >= 59s);
+        CHECK(fourth.s.last_disconnect().retry_after <= 60s);
+        auto fast = drive_until(io.ioc, server.proc, rejected_with(429), 3s);
+        REQUIRE(fast.has_value());
+        CHECK((*fast)["reason"] == "handshake_rejected");
+        CHECK((*fast)["detail"].get<std::string>().rfind("127.0.0.1 at connects_per_address (2 in 60000 ms)", 0) == 0);
+        check_well_formed(server.proc);
+    }
+
     TEST_CASE("vigil-serve closes every client with 1001 on SIGTERM, prints stopped and exits 0")
     {
         io_fixture io;
@@ -817,6 +862,11 @@ TEST_SUITE("serve")
             {{"--handshake-timeout", "0"}, "--handshake-timeout"},
             {{"--max-connections", "0"}, "--max-connections"},
             {{"--max-connections", "-3"}, "--max-connections"},
+            {{"--max-per-address", "0"}, "--max-per-address"},
+            {{"--max-per-address", "many"}, "--max-per-address"},
+            {{"--connects-per-address", "5"}, "--connects-per-address"},
+            {{"--connects-per-address", "0/1"}, "--connects-per-address"},
+            {{"--connects-per-address", "5/0"}, "--connects-per-address"},
             {{"--max-message", "0"}, "--max-message"},
             {{"--tls-cert", "cert.pem"}, "--tls-key"},
             {{"--tls-key", "key.pem"}, "--tls-cert"},

@@ -79,6 +79,16 @@ bool dropped(const error_code& ec)
     return ec == asio::error::eof || ec == asio::error::connection_reset || ec == asio::error::broken_pipe;
 }
 
+// A raw client's connect from `local` (any of 127/8) and its upgrade request: empty for 101,
+// otherwise the HTTP status (`make_http_status_error`) or the network error.
+asio::awaitable<error_code> upgrade_from(vt::raw_client& rc, std::string local, std::uint16_t port,
+                                         vt::raw_http_response* res = nullptr)
+{
+    if (auto ec = co_await rc.connect_from(std::move(local), port))
+        co_return ec;
+    co_return co_await rc.upgrade("/", res);
+}
+
 std::string numbered(std::size_t i, const std::string& pad = {})
 {
     std::string s = std::to_string(i);
@@ -879,6 +889,227 @@ TEST_CASE("beyond max_connections: 503 with Retry-After, which a supervisor trea
         CHECK_MESSAGE(vigil::http_status_of(r.why) == 503, describe(r.why));
     CHECK(rig.srv.counters().rejected == rig.rejected.size());
     CHECK(rig.srv.counters().connected == 3);  // a, b, then the supervisor's session
+}
+
+TEST_CASE("beyond max_connections_per_address: 503 with Retry-After for that address only; a closed connection frees its slot")
+{
+    auto cfg = vt::quick_server();
+    cfg.max_connections_per_address = 2;
+    cfg.retry_after = 1000ms;
+    vt::server_rig rig(cfg);
+    REQUIRE(!rig.start());
+
+    // Two from 127.0.0.1 fill its share; a third from there is refused, on the wire and to a
+    // vigil client; 127.0.0.2 still gets in; then one of the first two leaves, and 127.0.0.1
+    // gets in again.
+    vt::raw_client a1(rig.ioc.get_executor());
+    vt::raw_client a2(rig.ioc.get_executor());
+    vt::raw_client a3(rig.ioc.get_executor());
+    vt::raw_client b1(rig.ioc.get_executor());
+    vt::raw_client a4(rig.ioc.get_executor());
+    vt::rig_client refused(rig.ioc, vt::quick_client());
+    error_code a1_ec = error::not_connected, a2_ec = error::not_connected, a3_ec = error::not_connected;
+    error_code b1_ec = error::not_connected, a4_ec = error::not_connected;
+    vt::raw_http_response a3_res;
+    bool refused_done = false;
+    bool freed = false;
+    bool done = false;
+    rig.spawn([&]() -> asio::awaitable<void> {
+        a1_ec = co_await upgrade_from(a1, "127.0.0.1", rig.srv.port());
+        a2_ec = co_await upgrade_from(a2, "127.0.0.1", rig.srv.port());
+        a3_ec = co_await upgrade_from(a3, "127.0.0.1", rig.srv.port(), &a3_res);
+        refused.start(rig.url());
+        refused_done = co_await eventually([&] { return refused.connect_done; }, 3s);
+        b1_ec = co_await upgrade_from(b1, "127.0.0.2", rig.srv.port());
+        // One of 127.0.0.1's connections ends: its slot is free once the server has seen it go.
+        a1.abort();
+        freed = co_await eventually([&] { return rig.disconnected.size() == 1; }, 3s);
+        a4_ec = co_await upgrade_from(a4, "127.0.0.1", rig.srv.port());
+        done = true;
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(8s);
+    REQUIRE(done);
+
+    CHECK_MESSAGE(!a1_ec, describe(a1_ec));
+    CHECK_MESSAGE(!a2_ec, describe(a2_ec));
+    CHECK(vigil::http_status_of(a3_ec) == 503);
+    CHECK(a3_res.status == 503);
+    CHECK(a3_res.header("Retry-After") == "1");
+    REQUIRE(refused_done);
+    CHECK(vigil::http_status_of(refused.connect_ec) == 503);
+    CHECK_FALSE(vigil::is_permanent(refused.connect_ec));
+    CHECK(refused.s.last_disconnect().retry_after == 1000ms);
+    CHECK_MESSAGE(!b1_ec, describe(b1_ec));
+    CHECK(freed);
+    CHECK_MESSAGE(!a4_ec, describe(a4_ec));
+
+    // Both refusals reported, naming the limit and the address.
+    REQUIRE(rig.rejected.size() == 2);
+    for (const auto& r : rig.rejected) {
+        CAPTURE(r.detail);
+        CHECK(vigil::http_status_of(r.why) == 503);
+        CHECK(r.remote.rfind("127.0.0.1:", 0) == 0);
+        CHECK(r.detail.find("127.0.0.1 at max_connections_per_address (2 open): answered 503") == 0);
+        CHECK(r.detail.find("Retry-After 1") != std::string::npos);
+    }
+    CHECK(rig.rejected[0].remote == a3.local_name());
+    CHECK(rig.joined_for(b1.local_name()) != nullptr);
+    const auto counters = rig.srv.counters();
+    CHECK(counters.connected == 4);  // a1, a2, b1, a4
+    CHECK(counters.rejected == 2);
+}
+
+TEST_CASE("beyond connects_per_address: 429 with the window's Retry-After; admitted again after it, and a supervisor waits as told")
+{
+    auto cfg = vt::quick_server();
+    cfg.connects_per_address = 2;
+    cfg.connect_window = 1500ms;
+    vt::server_rig rig(cfg);
+    REQUIRE(!rig.start());
+
+    vt::raw_client r1(rig.ioc.get_executor());
+    vt::raw_client r2(rig.ioc.get_executor());
+    vt::raw_client r3(rig.ioc.get_executor());
+    vt::raw_client other(rig.ioc.get_executor());
+    vt::raw_client r4(rig.ioc.get_executor());
+    vt::raw_client after(rig.ioc.get_executor());
+    error_code r1_ec = error::not_connected, r2_ec = error::not_connected, r3_ec = error::not_connected;
+    error_code other_ec = error::not_connected, r4_ec = error::not_connected, after_ec = error::not_connected;
+    vt::raw_http_response r3_res;
+    vt::raw_http_response r4_res;
+
+    vigil::supervisor_config scfg;
+    scfg.session = vt::quick_client();
+    scfg.min_delay = 10ms;
+    vigil::supervisor sup(rig.ioc.get_executor(), rig.url(), scfg, vigil::constant_backoff(50ms));
+    std::vector<vigil::retry_info> retries;
+    std::vector<steady::time_point> retried_at;
+    int ups = 0;
+    steady::time_point up_at{};
+    sup.events().on_retry = [&](const vigil::retry_info& r) {
+        retries.push_back(r);
+        retried_at.push_back(steady::now());
+    };
+    sup.events().on_up = [&] {
+        ++ups;
+        up_at = steady::now();
+    };
+    bool sup_done = false;
+    bool up = false;
+    bool done = false;
+    steady::time_point first_at{};
+    steady::time_point r4_at{};
+    rig.spawn([&]() -> asio::awaitable<void> {
+        first_at = steady::now();
+        r1_ec = co_await upgrade_from(r1, "127.0.0.1", rig.srv.port());
+        r2_ec = co_await upgrade_from(r2, "127.0.0.1", rig.srv.port());
+        // A third within the window: told to come back when the first leaves it, 1.5 s
+        // after it came, so in 2 s (rounded up).
+        r3_ec = co_await upgrade_from(r3, "127.0.0.1", rig.srv.port(), &r3_res);
+        other_ec = co_await upgrade_from(other, "127.0.0.2", rig.srv.port());
+        // Connections that end do not give back their connects: still refused, with the
+        // time left. (Waiting here is the scenario: the window moves on.)
+        r1.abort();
+        r2.abort();
+        co_await pause(milliseconds(600) - vt::ms_since(first_at));
+        r4_at = steady::now();
+        r4_ec = co_await upgrade_from(r4, "127.0.0.1", rig.srv.port(), &r4_res);
+        // A supervisor from 127.0.0.1 meets the 429, waits the Retry-After and gets in.
+        rig.spawn([&]() -> asio::awaitable<void> {
+            co_await sup.run();
+            sup_done = true;
+        });
+        up = co_await eventually([&] { return ups == 1; }, 4s);
+        // Its connect is the only one in the window now: a raw client gets in too.
+        after_ec = co_await upgrade_from(after, "127.0.0.1", rig.srv.port());
+        sup.stop();
+        co_await eventually([&] { return sup_done; }, 2s);
+        done = true;
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(10s);
+    REQUIRE(done);
+
+    CHECK_MESSAGE(!r1_ec, describe(r1_ec));
+    CHECK_MESSAGE(!r2_ec, describe(r2_ec));
+    CHECK(vigil::http_status_of(r3_ec) == 429);
+    CHECK(r3_res.status == 429);
+    CHECK(r3_res.header("Retry-After") == "2");
+    CHECK_MESSAGE(!other_ec, describe(other_ec));
+    REQUIRE(ms_between(first_at, r4_at) < 1s);  // the case's own pace (else the next check means nothing)
+    CHECK(vigil::http_status_of(r4_ec) == 429);
+    CHECK(r4_res.header("Retry-After") == "1");  // about 0.9 s left
+
+    // The supervisor: 429 is transient, the wait is the Retry-After, and it came up after it.
+    REQUIRE(up);
+    REQUIRE(!retries.empty());
+    CHECK(retries[0].last.http_status == 429);
+    CHECK_FALSE(vigil::is_permanent(retries[0].last.reason));
+    CHECK(retries[0].last.retry_after >= 1000ms);
+    CHECK(retries[0].delay == retries[0].last.retry_after);
+    CHECK(ups == 1);
+    CHECK(ms_between(first_at, up_at) >= cfg.connect_window);
+    CHECK(ms_between(retried_at[0], up_at) >= retries[0].delay);
+    CHECK(ms_between(retried_at[0], up_at) <= retries[0].delay + tolerance);
+    CHECK_MESSAGE(!after_ec, describe(after_ec));
+
+    // Each refusal reported as 429, naming the limit and the address.
+    REQUIRE(rig.rejected.size() >= 3);
+    for (const auto& r : rig.rejected) {
+        CAPTURE(r.detail);
+        CHECK(vigil::http_status_of(r.why) == 429);
+        CHECK(r.remote.rfind("127.0.0.1:", 0) == 0);
+        CHECK(r.detail.find("127.0.0.1 at connects_per_address (2 in 1500 ms): answered 429 with Retry-After") == 0);
+    }
+    CHECK(rig.joined_for(other.local_name()) != nullptr);
+}
+
+TEST_CASE("refusals per address share the bound on answers: a flood is closed unanswered beyond 64")
+{
+    auto cfg = vt::quick_server();
+    cfg.max_connections_per_address = 1;
+    cfg.session.handshake_timeout = 1500ms;
+    vt::server_rig rig(cfg);
+    REQUIRE(!rig.start());
+
+    // One connection holds 127.0.0.1's share; 80 more from there connect and send nothing, so
+    // that each refusal being answered waits for its request (up to handshake_timeout).
+    vt::raw_client holder(rig.ioc.get_executor());
+    constexpr std::size_t flood = 80;
+    std::vector<std::unique_ptr<vt::raw_client>> mute;
+    error_code holder_ec = error::not_connected;
+    bool all_seen = false;
+    rig.spawn([&]() -> asio::awaitable<void> {
+        holder_ec = co_await upgrade_from(holder, "127.0.0.1", rig.srv.port());
+        for (std::size_t i = 0; i < flood; ++i) {
+            mute.push_back(std::make_unique<vt::raw_client>(rig.ioc.get_executor()));
+            co_await mute.back()->connect_from("127.0.0.1", rig.srv.port());
+        }
+        // The ones beyond 64 are closed at once, before any handshake_timeout.
+        all_seen = co_await eventually([&] { return rig.srv.counters().accepted == flood + 1; }, 3s) &&
+                   co_await eventually([&] { return rig.rejected.size() >= flood - 64; }, 1s);
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(8s);
+
+    CHECK_MESSAGE(!holder_ec, describe(holder_ec));
+    REQUIRE(all_seen);
+    // The 64 answered waited for requests that never came (handshake_timeout); the rest
+    // were closed at once, as beyond max_connections.
+    CHECK(rig.rejected.size() == flood);
+    std::size_t unanswered = 0;
+    for (const auto& r : rig.rejected) {
+        if (r.detail.find("closed without an answer") == std::string::npos) {
+            CHECK_CODE(r.why, error::handshake_timeout);
+            continue;
+        }
+        ++unanswered;
+        CHECK(vigil::http_status_of(r.why) == 503);
+        CHECK(r.detail ==
+              "127.0.0.1 at max_connections_per_address (1 open) and already answering 64 others: closed without an answer");
+    }
+    CHECK(unanswered == flood - 64);
 }
 
 TEST_CASE("a client that stops reading is disconnected as a slow consumer; the others get every broadcast")

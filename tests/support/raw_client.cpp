@@ -87,6 +87,18 @@ raw_client::~raw_client() = default;
 
 asio::awaitable<error_code> raw_client::connect(std::uint16_t port, int receive_buffer, milliseconds timeout)
 {
+    co_return co_await open_and_connect({}, port, receive_buffer, timeout);
+}
+
+asio::awaitable<error_code> raw_client::connect_from(std::string local_address, std::uint16_t port,
+                                                     milliseconds timeout)
+{
+    co_return co_await open_and_connect(std::move(local_address), port, 0, timeout);
+}
+
+asio::awaitable<error_code> raw_client::open_and_connect(std::string local_address, std::uint16_t port,
+                                                         int receive_buffer, milliseconds timeout)
+{
     const tcp::endpoint ep(asio::ip::make_address_v4("127.0.0.1"), port);
     error_code ec;
     sock_.open(ep.protocol(), ec);
@@ -96,6 +108,13 @@ asio::awaitable<error_code> raw_client::connect(std::uint16_t port, int receive_
         sock_.set_option(asio::socket_base::receive_buffer_size(receive_buffer), ec);
     if (ec)
         co_return ec;
+    if (!local_address.empty()) {
+        const auto local = asio::ip::make_address(local_address, ec);
+        if (!ec)
+            sock_.bind(tcp::endpoint(local, 0), ec);
+        if (ec)
+            co_return ec;
+    }
     asio::steady_timer timer(co_await asio::this_coro::executor, timeout);
     auto r = co_await (sock_.async_connect(ep, use_tuple) || timer.async_wait(use_tuple));
     if (r.index() == 1)
@@ -279,7 +298,9 @@ std::uint16_t raw_client::local_port() const
 
 std::string raw_client::local_name() const
 {
-    return "127.0.0.1:" + std::to_string(local_port());
+    error_code ec;
+    const auto ep = sock_.local_endpoint(ec);
+    return (ec ? std::string("127.0.0.1") : ep.address().to_string()) + ":" + std::to_string(ep.port());
 }
 
 std::string raw_client::upgrade_request(std::string_view target, std::string_view extra)

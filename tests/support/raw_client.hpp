@@ -86,6 +86,11 @@ public:
     boost::asio::awaitable<error_code> connect(std::uint16_t port, int receive_buffer = 0,
                                                milliseconds timeout = milliseconds(2000));
 
+    /// Connects to 127.0.0.1:`port` from `local_address` (any of 127/8 on loopback): a client
+    /// at another address, as the server sees it.
+    boost::asio::awaitable<error_code> connect_from(std::string local_address, std::uint16_t port,
+                                                    milliseconds timeout = milliseconds(2000));
+
     /// Writes all of `bytes`.
     boost::asio::awaitable<error_code> write(std::string bytes, milliseconds timeout = milliseconds(2000));
 
@@ -116,7 +121,7 @@ public:
     void abort();
 
     std::uint16_t local_port() const;
-    /// "127.0.0.1:<local port>", as the server names this client.
+    /// "<local address>:<local port>", as the server names this client.
     std::string local_name() const;
     boost::asio::ip::tcp::socket& socket() noexcept { return sock_; }
 
@@ -130,6 +135,8 @@ public:
     static std::string close_frame(std::uint16_t code, std::string_view reason = {});
 
 private:
+    boost::asio::awaitable<error_code> open_and_connect(std::string local_address, std::uint16_t port,
+                                                        int receive_buffer, milliseconds timeout);
     boost::asio::awaitable<error_code> fill(std::chrono::steady_clock::time_point deadline);
 
     boost::asio::ip::tcp::socket sock_;

@@ -331,6 +331,10 @@ TEST_CASE("server_session_defaults: the client defaults, jittered, slow consumer
     CHECK(s.port == 0);
     CHECK(s.max_connections == 10000);
     CHECK(s.retry_after == std::chrono::milliseconds(5000));
+    // Off: behind a load balancer or a carrier NAT every client shares one address.
+    CHECK(s.max_connections_per_address == 0);
+    CHECK(s.connects_per_address == 0);
+    CHECK(s.connect_window == std::chrono::milliseconds(10000));
     CHECK(s.receive_queue_limit == 256);
     CHECK(s.max_request_header == 8192);
     CHECK(s.server_name == "vigil");
@@ -378,6 +382,19 @@ TEST_CASE("validate(server_config)")
     {
         cfg.retry_after = std::chrono::milliseconds(-1);
         CHECK(server_detail_of(cfg).find("retry_after") == 0);
+    }
+    SUBCASE("connects_per_address without a connect_window")
+    {
+        cfg.connects_per_address = 5;
+        cfg.connect_window = std::chrono::milliseconds(0);
+        const auto detail = server_detail_of(cfg);
+        CHECK(detail.find("connect_window") == 0);
+        CHECK(detail.find("connects_per_address") != std::string::npos);
+    }
+    SUBCASE("negative connect_window")
+    {
+        cfg.connect_window = std::chrono::milliseconds(-1);
+        CHECK(server_detail_of(cfg).find("connect_window") == 0);
     }
     SUBCASE("server_name with a line break")
     {
@@ -454,6 +471,15 @@ TEST_CASE("validate(server_config) accepts the edges")
     SUBCASE("retry_after 0")
     {
         cfg.retry_after = std::chrono::milliseconds(0);
+    }
+    SUBCASE("limits per address, and a zero window where no rate is set")
+    {
+        cfg.max_connections_per_address = 1;
+        cfg.connects_per_address = 1;
+        cfg.connect_window = std::chrono::milliseconds(1);
+        CHECK_FALSE(vigil::validate(cfg));
+        cfg.connects_per_address = 0;
+        cfg.connect_window = std::chrono::milliseconds(0);
     }
     SUBCASE("all interfaces, IPv4 and IPv6")
     {
