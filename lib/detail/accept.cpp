@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <string_view>
 
 namespace vigil::detail {
 
@@ -106,6 +107,10 @@ asio::awaitable<error_code> session_core::read_upgrade(accept_params& params, ac
         co_return make_http_status_error(400);
     }
     // Beast checks the rest (version, key) and answers 400 or 426 itself.
+    // What the client sent behind its request (its first frames, in the same write) is
+    // in `request` already: the websocket stream reads it first.
+    const auto behind = request.data();
+    ws_->next_layer().unread(std::string_view(static_cast<const char*>(behind.data()), behind.size()));
     auto [aec] = co_await ws_->async_accept(req, asio::as_tuple(asio::use_awaitable));
     if (aec)
         result.detail = with_context("WebSocket upgrade refused", aec);

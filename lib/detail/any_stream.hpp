@@ -11,18 +11,29 @@
 // and then tears TCP down through this stream, so every write and the teardown tell the
 // session's `closing` hook, and a teardown that the peer never lets finish can be cut short
 // (`cut_teardown()`), after which Beast reports the close or the violation as usual.
+//
+// Bytes already received for Beast (what a client sent right behind its upgrade request,
+// read into the request's buffer) are handed back with `unread()`: the next reads return
+// them before the socket's.
 
 #include <vigil/error.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/role.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket/teardown.hpp>
 
+#include <cstddef>
 #include <memory>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <utility>
 
 namespace vigil::detail {
@@ -77,12 +88,30 @@ public:
         return true;
     }
 
+    /// Bytes already taken from the connection (past the end of the upgrade request): the
+    /// next reads return them, in order, before reading the connection again.
+    void unread(std::string_view bytes)
+    {
+        if (bytes.empty())
+            return;
+        if (!unread_)
+            unread_ = std::make_unique<pending_input>();
+        unread_->bytes.append(bytes.data(), bytes.size());
+    }
+
     template <class MutableBufferSequence, class ReadHandler>
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
-        if (tls_)
-            return tls_->async_read_some(buffers, std::forward<ReadHandler>(handler));
-        return plain_->async_read_some(buffers, std::forward<ReadHandler>(handler));
+        return boost::asio::async_initiate<ReadHandler, void(boost::system::error_code, std::size_t)>(
+            [this](auto h, const MutableBufferSequence& b) {
+                if (unread_)
+                    read_unread(b, std::move(h));
+                else if (tls_)
+                    tls_->async_read_some(b, std::move(h));
+                else
+                    plain_->async_read_some(b, std::move(h));
+            },
+            handler, buffers);
     }
 
     template <class ConstBufferSequence, class WriteHandler>
@@ -126,6 +155,24 @@ public:
     }
 
 private:
+    struct pending_input {
+        std::string bytes;
+        std::size_t taken = 0;
+    };
+
+    template <class MutableBufferSequence, class Handler>
+    void read_unread(const MutableBufferSequence& buffers, Handler&& handler)
+    {
+        const auto n = boost::asio::buffer_copy(buffers, boost::asio::buffer(unread_->bytes.data() + unread_->taken,
+                                                                             unread_->bytes.size() - unread_->taken));
+        unread_->taken += n;
+        if (unread_->taken == unread_->bytes.size())
+            unread_.reset();
+        // Completed as a read of the socket would be: never inside the initiating call.
+        boost::asio::post(get_executor(),
+                          boost::asio::append(std::forward<Handler>(handler), boost::system::error_code(), n));
+    }
+
     struct teardown_state {
         enum class ending { by_peer, cut };
         template <class H>
@@ -151,6 +198,7 @@ private:
     closing_hook hook_ = nullptr;
     void* owner_ = nullptr;
     std::unique_ptr<teardown_state> teardown_;
+    std::unique_ptr<pending_input> unread_;
 };
 
 }  // namespace vigil::detail

@@ -1313,6 +1313,52 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
     }
 }
 
+TEST_CASE("frames a client sends in the same write as its upgrade request are read, not lost")
+{
+    vt::server_rig rig(vt::quick_server());
+    REQUIRE(!rig.start());
+    vt::raw_client raw(rig.ioc.get_executor());
+    error_code up_ec = error::not_connected;
+    vt::raw_http_response res;
+    std::vector<vt::raw_frame> echoes;
+    error_code echo_ec = error::not_connected;
+    rig.spawn([&]() -> asio::awaitable<void> {
+        up_ec = co_await raw.connect(rig.srv.port());
+        if (up_ec)
+            co_return;
+        // The request and two messages, the second in two fragments, in one write: the
+        // server reads them into its request buffer together.
+        up_ec =
+            co_await raw.write(vt::raw_client::upgrade_request("/") + vt::raw_client::frame(vt::opcode::text, "early") +
+                               vt::raw_client::frame(vt::opcode::binary, "bi", {.fin = false}) +
+                               vt::raw_client::frame(vt::opcode::continuation, "nary"));
+        if (!up_ec)
+            up_ec = co_await raw.read_http(res, 2s);
+        for (int i = 0; i < 2 && !up_ec; ++i) {
+            vt::raw_frame f;
+            echo_ec = co_await raw.read_frame(f, 2s);
+            if (echo_ec)
+                break;
+            echoes.push_back(f);
+        }
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(5s);
+    REQUIRE_MESSAGE(!up_ec, describe(up_ec));
+    CHECK(res.status == 101);
+    REQUIRE_MESSAGE(!echo_ec, describe(echo_ec));
+    REQUIRE(echoes.size() == 2);
+    CHECK(echoes[0].op == vt::opcode::text);
+    CHECK(echoes[0].payload == "early");
+    CHECK(echoes[1].op == vt::opcode::binary);
+    CHECK(echoes[1].payload == "binary");
+    REQUIRE(rig.logs.size() == 1);
+    const auto& got = rig.logs.begin()->second.messages;
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].data == "early");
+    CHECK(got[1].data == "binary");
+}
+
 TEST_CASE("handler lifecycle: return closes with 1000, a throw with 1011; ended connections keep their story")
 {
     struct late_result {
