@@ -1176,6 +1176,10 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
     error_code closed_ec = error::not_connected;
     unsigned expected_status = 0;
     std::uint16_t expected_close = 0;
+    // What the refusal or the end must also say: a header of the HTTP answer, and words of
+    // the detail the server reported.
+    std::pair<std::string, std::string> expected_header;
+    std::string expected_detail;
 
     // Reads frames until a close frame, skipping pings and pongs.
     auto read_close = [&]() -> asio::awaitable<void> {
@@ -1201,6 +1205,12 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         res_ec = co_await raw.read_http(res, 2s);
         closed_ec = co_await raw.wait_closed(2s);
     };
+    // A valid upgrade request but for one thing.
+    auto altered_request = [](std::string_view from, std::string_view to) {
+        auto req = vt::raw_client::upgrade_request("/");
+        req.replace(req.find(from), from.size(), to);
+        return req;
+    };
     auto frames = [&](std::string bytes) -> asio::awaitable<void> {
         if (!co_await upgraded())
             co_return;
@@ -1222,6 +1232,37 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         attack = [&]() -> asio::awaitable<void> {
             co_await http_refusal(vt::raw_client::upgrade_request("/", "X-Padding: " + std::string(cfg.max_request_header + 100, 'a')));
         };
+    }
+    SUBCASE("a Sec-WebSocket-Key that is not the base64 of 16 bytes: 400 naming the header")
+    {
+        // Beast alone checks only that the key is at most 24 characters, and answers 101.
+        expected_status = 400;
+        expected_detail = "Sec-WebSocket-Key \"c2hvcnQ=\" is not the base64 of 16 bytes";
+        attack = [&]() -> asio::awaitable<void> {
+            co_await http_refusal(altered_request("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="));
+        };
+    }
+    SUBCASE("a Sec-WebSocket-Version other than 13: 426 with Sec-WebSocket-Version: 13")
+    {
+        expected_status = 426;
+        expected_header = {"Sec-WebSocket-Version", "13"};
+        expected_detail = "Sec-WebSocket-Version \"8\"";
+        attack = [&]() -> asio::awaitable<void> {
+            co_await http_refusal(altered_request("Version: 13", "Version: 8"));
+        };
+    }
+    SUBCASE("an HTTP/1.0 upgrade request: 400")
+    {
+        expected_status = 400;
+        expected_detail = "HTTP/1.0";
+        attack = [&]() -> asio::awaitable<void> { co_await http_refusal(altered_request("HTTP/1.1", "HTTP/1.0")); };
+    }
+    SUBCASE("an upgrade request that is not a GET: 405 with Allow: GET")
+    {
+        expected_status = 405;
+        expected_header = {"Allow", "GET"};
+        expected_detail = "method \"POST\"";
+        attack = [&]() -> asio::awaitable<void> { co_await http_refusal(altered_request("GET", "POST")); };
     }
     SUBCASE("a message beyond max_message_size: close 1009")
     {
@@ -1293,6 +1334,9 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
                                      [&](const auto& r) { return r.remote == raw.local_name(); });
         REQUIRE(it != rig.rejected.end());
         CHECK(vigil::http_status_of(it->why) == expected_status);
+        CHECK_MESSAGE(it->detail.find(expected_detail) != std::string::npos, it->detail);
+        if (!expected_header.first.empty())
+            CHECK(res.header(expected_header.first) == expected_header.second);
         CHECK(rig.srv.counters().connected == 1);
     } else if (expected_close) {
         REQUIRE_MESSAGE(!up_ec, describe(up_ec));
