@@ -1181,6 +1181,7 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
     std::pair<std::string, std::string> expected_header;
     std::string expected_detail;
 
+    std::string raw_name;
     // Reads frames until a close frame, skipping pings and pongs.
     auto read_close = [&]() -> asio::awaitable<void> {
         for (;;) {
@@ -1189,6 +1190,11 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
                 break;
         }
         closed_ec = co_await raw.wait_closed(2s);
+        // Close our side too, as a client does: until then the server's teardown waits
+        // for it (at most close_timeout), and the connection has not ended yet.
+        raw_name = raw.local_name();
+        raw.socket().close();
+        co_await eventually([&] { return rig.ended_for(raw_name) != nullptr; }, 2s);
     };
     auto upgraded = [&]() -> asio::awaitable<bool> {
         up_ec = co_await raw.connect(rig.srv.port());
@@ -1295,6 +1301,24 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
             co_await frames(vt::raw_client::frame(vt::opcode::text, "rsv", {.rsv = 0x4}));
         };
     }
+    SUBCASE("close code 5000, which Beast would echo: answered 1002, ended as a protocol error")
+    {
+        expected_close = 1002;
+        expected_detail = "close code 5000 is not allowed on the wire";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::close_frame(5000, "bye")); };
+    }
+    SUBCASE("close code 1005, which only stands for \"no code\" and is never sent: 1002")
+    {
+        expected_close = 1002;
+        expected_detail = "bad_close_code";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::close_frame(1005)); };
+    }
+    SUBCASE("a close frame with a 1-byte payload: 1002")
+    {
+        expected_close = 1002;
+        expected_detail = "bad_close_size";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::frame(vt::opcode::close, "\x03")); };
+    }
     SUBCASE("a data frame after the close frame: the connection just closes")
     {
         expected_close = 1000;
@@ -1345,7 +1369,10 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         CHECK_FALSE(reply.masked);
         CHECK(reply.close_code() == expected_close);
         CHECK_MESSAGE(dropped(closed_ec), "got " << describe(closed_ec));
-        CHECK(rig.ended_for(raw.local_name()) != nullptr);
+        const auto* end = rig.ended_for(raw_name);
+        REQUIRE(end != nullptr);
+        const auto said = end->info.detail + " [" + vigil::error_name(end->info.reason) + "]";
+        CHECK_MESSAGE(said.find(expected_detail) != std::string::npos, said);
     } else {
         REQUIRE(big.connect_done);
         REQUIRE(!big.connect_ec);
