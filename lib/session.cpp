@@ -335,19 +335,22 @@ void session_core::on_tick(void* self)
         s.timer_.arm(std::max(s.live_.next_wakeup(), now + std::chrono::nanoseconds(1)));
 }
 
-void session_core::on_transport_closing(void* self)
+bool session_core::on_transport_closing(void* self)
 {
     // Beast began a close of its own: it answers the peer's close frame, or it failed the
     // connection after a protocol violation (close code 1002, 1007, 1009 ...) and now waits
     // for the TCP teardown. close_timeout bounds that from here, as it bounds ours.
     auto& s = *static_cast<session_core*>(self);
-    if (s.phase_ != phase::running || !s.ws_ || s.ws_->is_open())
-        return;
+    if (!s.ws_ || s.ws_->is_open())
+        return false;
+    if (s.phase_ != phase::running)
+        return true;
     if (s.conn_.close != close_state::none && s.conn_.close != close_state::queued)
-        return;
+        return true;
     s.conn_.close = close_state::answering;
     s.live_.close_started(clock_type::now());
     s.reschedule();
+    return true;
 }
 
 // ---------------------------------------------------------------------------------------

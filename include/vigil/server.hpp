@@ -276,10 +276,12 @@ struct server_events {
     /// that vanished, `slow_consumer`, a close code, `server_shutdown` ...).
     std::function<void(connection&)> on_disconnected;
     /// A client was turned away before it became a connection: `why` is
-    /// `handshake_timeout`, `tls_handshake_timeout`, an HTTP status (400 for garbage, 431,
-    /// 503 beyond `max_connections` or `max_connections_per_address`, 429 beyond
-    /// `connects_per_address`) or a network error; `detail` says more (for a limit: which
-    /// one, and the client's address).
+    /// `handshake_timeout`, `tls_handshake_timeout`, an HTTP status (400 for garbage or a
+    /// request that is not a valid upgrade, such as a Sec-WebSocket-Key that is not the
+    /// base64 of 16 bytes; 405 for a method other than GET; 426 for a Sec-WebSocket-Version
+    /// other than 13; 431; 503 beyond `max_connections` or `max_connections_per_address`;
+    /// 429 beyond `connects_per_address`) or a network error; `detail` says which header or
+    /// limit (for a limit, with the client's address).
     std::function<void(const std::string& remote, const error_code& why, const std::string& detail)> on_rejected;
     /// accept() itself failed (out of file descriptors ...); the server pauses 100 ms and
     /// goes on accepting.

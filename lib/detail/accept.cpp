@@ -4,8 +4,11 @@
 // The server's side of opening a connection: adopting an accepted socket, TLS within
 // tls_handshake_timeout, then the upgrade request within handshake_timeout (one deadline
 // over all of it, so that a client dribbling its request is dropped), with HTTP answers for
-// what cannot be accepted (400, 431, 503).
+// what cannot be accepted (400, 405, 426, 431, 503), each saying why. Beast's accept only
+// ever sees a request checked here: it would take a Sec-WebSocket-Key that is not the
+// base64 of 16 bytes, and answer what it refuses without our reasons.
 
+#include "printable.hpp"
 #include "session_core.hpp"
 #include "with_deadline.hpp"
 
@@ -16,12 +19,15 @@
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/rfc7230.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/ssl.hpp>
 
 #include <algorithm>
 #include <climits>
+#include <optional>
+#include <string_view>
 
 namespace vigil::detail {
 
@@ -38,6 +44,61 @@ bool is_parse_error(const error_code& ec)
 {
     return ec.category() == http::make_error_code(http::error::bad_method).category() &&
            ec != http::error::end_of_stream && ec != http::error::partial_message;
+}
+
+// RFC 6455 4.1: the key is 16 random bytes in base64, which is 22 characters and "==".
+bool is_websocket_key(std::string_view key)
+{
+    const auto base64 = [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+    };
+    return key.size() == 24 && key.substr(22) == "==" && std::all_of(key.begin(), key.begin() + 22, base64);
+}
+
+std::string quoted(std::string_view s)
+{
+    return "\"" + printable(s, 64, true) + "\"";
+}
+
+// Why an upgrade request cannot be accepted, as the HTTP answer says it.
+struct refusal {
+    unsigned status = 0;
+    std::string body{};  // to the client
+    std::string detail{};  // to on_rejected
+    std::string retry_after{};  // seconds, for a 503
+};
+
+std::optional<refusal> check_upgrade(const http::request<http::empty_body>& req, const std::string& target)
+{
+    if (req.method() != http::verb::get)
+        return refusal{405, "a WebSocket upgrade is a GET request",
+                       "method " + quoted(req.method_string()) + " not allowed for an upgrade (405, Allow: GET)"};
+    if (req.version() != 11)
+        return refusal{400, "a WebSocket upgrade needs HTTP/1.1",
+                       "HTTP/" + std::to_string(req.version() / 10) + "." + std::to_string(req.version() % 10) +
+                           " request: a WebSocket upgrade needs HTTP/1.1"};
+    if (!http::token_list{req[http::field::connection]}.exists("upgrade") ||
+        !http::token_list{req[http::field::upgrade]}.exists("websocket"))
+        return refusal{400, "this endpoint speaks WebSocket only",
+                       "not a WebSocket upgrade request (no Connection: Upgrade and Upgrade: websocket): GET " +
+                           quoted(target)};
+    if (req.count(http::field::host) == 0)
+        return refusal{400, "no Host header", "no Host header in the upgrade request"};
+    if (req[http::field::sec_websocket_version] != "13")
+        return refusal{426, "this server speaks WebSocket version 13",
+                       (req.count(http::field::sec_websocket_version) == 0
+                            ? std::string("no Sec-WebSocket-Version header")
+                            : "Sec-WebSocket-Version " + quoted(req[http::field::sec_websocket_version])) +
+                           " (426 with Sec-WebSocket-Version: 13)"};
+    if (req.count(http::field::sec_websocket_key) != 1)
+        return refusal{400, "a WebSocket upgrade needs one Sec-WebSocket-Key",
+                       req.count(http::field::sec_websocket_key) == 0 ? "no Sec-WebSocket-Key header"
+                                                                      : "more than one Sec-WebSocket-Key header"};
+    if (!is_websocket_key(req[http::field::sec_websocket_key]))
+        return refusal{400, "Sec-WebSocket-Key must be the base64 of 16 bytes",
+                       "Sec-WebSocket-Key " + quoted(req[http::field::sec_websocket_key]) +
+                           " is not the base64 of 16 bytes"};
+    return std::nullopt;
 }
 
 }  // namespace
@@ -61,6 +122,13 @@ asio::awaitable<error_code> session_core::refuse_upgrade(const accept_params& pa
     res.set(http::field::connection, "close");
     if (!retry_after.empty())
         res.set(http::field::retry_after, retry_after);
+    // The headers these statuses must carry (RFC 9110 15.5.6, RFC 6455 4.4).
+    if (status == 405)
+        res.set(http::field::allow, "GET");
+    if (status == 426) {
+        res.set(http::field::upgrade, "websocket");
+        res.set(http::field::sec_websocket_version, "13");
+    }
     res.body() = std::move(body) + "\n";
     res.prepare_payload();
     auto [ec, n] = co_await http::async_write(ws_->next_layer(), res, asio::as_tuple(asio::use_awaitable));
@@ -76,41 +144,46 @@ asio::awaitable<error_code> session_core::read_upgrade(accept_params& params, ac
     // so that thousands of handshakes leave no holes between their connections' memory.
     beast::basic_flat_buffer<asio::recycling_allocator<char>> request;
     auto [ec, n] = co_await http::async_read(ws_->next_layer(), request, parser, asio::as_tuple(asio::use_awaitable));
+    auto& req = parser.get();
+    std::optional<refusal> no;
     if (ec == http::error::header_limit) {
-        result.detail = "upgrade request header larger than " + std::to_string(params.max_request_header) +
-                        " bytes (max_request_header)";
-        co_await refuse_upgrade(params, 431, "request header too large", {});
-        co_return make_http_status_error(431);
-    }
-    if (ec && is_parse_error(ec)) {
+        no = refusal{431, "request header too large",
+                     "upgrade request header larger than " + std::to_string(params.max_request_header) +
+                         " bytes (max_request_header)"};
+    } else if (ec == http::error::body_limit) {
+        // A request with a body (a POST with its form), refused once its header was read:
+        // the header says what to answer.
+        no = check_upgrade(req, std::string(req.target()));
+        if (!no)
+            no = refusal{400, "an upgrade request has no body", "upgrade request with a body"};
+    } else if (ec && is_parse_error(ec)) {
         // Garbage instead of HTTP: say what was wrong, the way a web server would.
-        result.detail = "malformed upgrade request: " + ec.message();
-        co_await refuse_upgrade(params, 400, "malformed HTTP request: " + ec.message(), {});
-        co_return make_http_status_error(400);
-    }
-    if (ec) {
+        no = refusal{400, "malformed HTTP request: " + ec.message(), "malformed upgrade request: " + ec.message()};
+    } else if (ec) {
         result.detail = with_context("reading the upgrade request", ec);
         co_return ec;
+    } else {
+        result.target = std::string(req.target());
+        if (params.verdict == accept_params::answer::refuse) {
+            const auto secs = std::to_string((params.retry_after.count() + 999) / 1000);
+            const auto status = params.refuse_status;
+            no = refusal{status,
+                         status == 429 ? "too many new connections, retry later" : "too many connections, retry later",
+                         params.refuse_reason + ": answered " + std::to_string(status) + " with Retry-After " + secs,
+                         secs};
+        } else {
+            no = check_upgrade(req, result.target);
+        }
     }
-    auto& req = parser.get();
-    result.target = std::string(req.target());
-    if (params.verdict == accept_params::answer::refuse) {
-        const auto secs = (params.retry_after.count() + 999) / 1000;
-        const auto status = params.refuse_status;
-        result.detail = params.refuse_reason + ": answered " + std::to_string(status) + " with Retry-After " +
-                        std::to_string(secs);
-        co_await refuse_upgrade(params, status,
-                                status == 429 ? "too many new connections, retry later"
-                                              : "too many connections, retry later",
-                                std::to_string(secs));
-        co_return make_http_status_error(status);
+    if (no) {
+        result.detail = std::move(no->detail);
+        co_await refuse_upgrade(params, no->status, std::move(no->body), std::move(no->retry_after));
+        co_return make_http_status_error(no->status);
     }
-    if (!websocket::is_upgrade(req)) {
-        result.detail = "not a WebSocket upgrade request: " + std::string(req.method_string()) + " " + result.target;
-        co_await refuse_upgrade(params, 400, "this endpoint speaks WebSocket only", {});
-        co_return make_http_status_error(400);
-    }
-    // Beast checks the rest (version, key) and answers 400 or 426 itself.
+    // What the client sent behind its request (its first frames, in the same write) is
+    // in `request` already: the websocket stream reads it first.
+    const auto behind = request.data();
+    ws_->next_layer().unread(std::string_view(static_cast<const char*>(behind.data()), behind.size()));
     auto [aec] = co_await ws_->async_accept(req, asio::as_tuple(asio::use_awaitable));
     if (aec)
         result.detail = with_context("WebSocket upgrade refused", aec);

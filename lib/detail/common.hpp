@@ -12,6 +12,7 @@
 #include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/this_coro.hpp>
 
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <utility>
@@ -23,6 +24,16 @@ namespace vigil::detail {
 inline std::string with_context(std::string what, const error_code& ec)
 {
     return std::move(what) + ": " + ec.message() + " [" + error_name(ec) + "]";
+}
+
+/// Whether a peer may send close code `code` (RFC 6455 section 7.4): 1000-1003 and 1007-1014
+/// (1012-1014 registered since), 3000-4999; 0 stands for a close frame without a code.
+/// Beast 1.81 refuses the others itself (failing with 1002) but for 5000 and above, which
+/// it accepts and echoes: the session answers those with 1002.
+inline bool close_code_allowed(std::uint16_t code) noexcept
+{
+    return code == 0 || (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
 }
 
 /// Calls an event handler, if set. The one policy for every event of the session, the

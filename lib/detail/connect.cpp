@@ -288,8 +288,13 @@ void session_core::prepare_stream(websocket::stream_base::decorator decorator)
         websocket::stream_base::timeout{websocket::stream_base::none(), websocket::stream_base::none(), false});
     ws_->set_option(std::move(decorator));
     ws_->read_message_max(cfg_->max_message_size);
-    ws_->control_callback(
-        [this](websocket::frame_type kind, beast::string_view payload) { on_control_frame(kind, payload); });
+    ws_->control_callback([this](websocket::frame_type kind, beast::string_view payload) {
+        // Beast reports a close frame before it answers it: a code forbidden on the wire
+        // that it let through is answered 1002 (protocol error) instead of echoed.
+        if (kind == websocket::frame_type::close && !close_code_allowed(ws_->reason().code))
+            ws_->next_layer().answer_close_with(static_cast<std::uint16_t>(websocket::close_code::protocol_error));
+        on_control_frame(kind, payload);
+    });
 }
 
 std::string session_core::explain_tls_failure(const error_code& ec, const endpoint& ep)

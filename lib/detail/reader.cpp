@@ -201,6 +201,12 @@ error_code session_core::read_failed(error_code ec)
             record().close_code = why.code ? static_cast<unsigned>(why.code) : 1005u;
             record().close_reason.assign(why.reason.data(), why.reason.size());
             ec = make_close_error(record().close_code);
+            if (!close_code_allowed(why.code)) {
+                // Beast let it through; our answer said 1002 (see prepare_stream).
+                ec = websocket::error::bad_close_code;
+                detail = "the peer broke the protocol: close code " + std::to_string(record().close_code) +
+                         " is not allowed on the wire (RFC 6455 7.4); answered 1002";
+            }
         }
     } else if (ec.category() == websocket::make_error_code(websocket::error::closed).category()) {
         // Beast failed the connection for something the peer sent, and sent a close frame

@@ -252,7 +252,7 @@ private:
     void reschedule();
     static void on_tick(void* self);
     static void on_timer_settled(void* self);
-    static void on_transport_closing(void* self);
+    static bool on_transport_closing(void* self);
     template <class Handler, class... Args>
     void emit(Handler session_events::*event, Args&&... args);
 

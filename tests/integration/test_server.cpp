@@ -1407,7 +1407,12 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
     error_code closed_ec = error::not_connected;
     unsigned expected_status = 0;
     std::uint16_t expected_close = 0;
+    // What the refusal or the end must also say: a header of the HTTP answer, and words of
+    // the detail the server reported.
+    std::pair<std::string, std::string> expected_header;
+    std::string expected_detail;
 
+    std::string raw_name;
     // Reads frames until a close frame, skipping pings and pongs.
     auto read_close = [&]() -> asio::awaitable<void> {
         for (;;) {
@@ -1416,6 +1421,11 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
                 break;
         }
         closed_ec = co_await raw.wait_closed(2s);
+        // Close our side too, as a client does: until then the server's teardown waits
+        // for it (at most close_timeout), and the connection has not ended yet.
+        raw_name = raw.local_name();
+        raw.socket().close();
+        co_await eventually([&] { return rig.ended_for(raw_name) != nullptr; }, 2s);
     };
     auto upgraded = [&]() -> asio::awaitable<bool> {
         up_ec = co_await raw.connect(rig.srv.port());
@@ -1431,6 +1441,12 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
             up_ec = ec;
         res_ec = co_await raw.read_http(res, 2s);
         closed_ec = co_await raw.wait_closed(2s);
+    };
+    // A valid upgrade request but for one thing.
+    auto altered_request = [](std::string_view from, std::string_view to) {
+        auto req = vt::raw_client::upgrade_request("/");
+        req.replace(req.find(from), from.size(), to);
+        return req;
     };
     auto frames = [&](std::string bytes) -> asio::awaitable<void> {
         if (!co_await upgraded())
@@ -1453,6 +1469,37 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         attack = [&]() -> asio::awaitable<void> {
             co_await http_refusal(vt::raw_client::upgrade_request("/", "X-Padding: " + std::string(cfg.max_request_header + 100, 'a')));
         };
+    }
+    SUBCASE("a Sec-WebSocket-Key that is not the base64 of 16 bytes: 400 naming the header")
+    {
+        // Beast alone checks only that the key is at most 24 characters, and answers 101.
+        expected_status = 400;
+        expected_detail = "Sec-WebSocket-Key \"c2hvcnQ=\" is not the base64 of 16 bytes";
+        attack = [&]() -> asio::awaitable<void> {
+            co_await http_refusal(altered_request("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="));
+        };
+    }
+    SUBCASE("a Sec-WebSocket-Version other than 13: 426 with Sec-WebSocket-Version: 13")
+    {
+        expected_status = 426;
+        expected_header = {"Sec-WebSocket-Version", "13"};
+        expected_detail = "Sec-WebSocket-Version \"8\"";
+        attack = [&]() -> asio::awaitable<void> {
+            co_await http_refusal(altered_request("Version: 13", "Version: 8"));
+        };
+    }
+    SUBCASE("an HTTP/1.0 upgrade request: 400")
+    {
+        expected_status = 400;
+        expected_detail = "HTTP/1.0";
+        attack = [&]() -> asio::awaitable<void> { co_await http_refusal(altered_request("HTTP/1.1", "HTTP/1.0")); };
+    }
+    SUBCASE("an upgrade request that is not a GET: 405 with Allow: GET")
+    {
+        expected_status = 405;
+        expected_header = {"Allow", "GET"};
+        expected_detail = "method \"POST\"";
+        attack = [&]() -> asio::awaitable<void> { co_await http_refusal(altered_request("GET", "POST")); };
     }
     SUBCASE("a message beyond max_message_size: close 1009")
     {
@@ -1484,6 +1531,24 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         attack = [&]() -> asio::awaitable<void> {
             co_await frames(vt::raw_client::frame(vt::opcode::text, "rsv", {.rsv = 0x4}));
         };
+    }
+    SUBCASE("close code 5000, which Beast would echo: answered 1002, ended as a protocol error")
+    {
+        expected_close = 1002;
+        expected_detail = "close code 5000 is not allowed on the wire";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::close_frame(5000, "bye")); };
+    }
+    SUBCASE("close code 1005, which only stands for \"no code\" and is never sent: 1002")
+    {
+        expected_close = 1002;
+        expected_detail = "bad_close_code";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::close_frame(1005)); };
+    }
+    SUBCASE("a close frame with a 1-byte payload: 1002")
+    {
+        expected_close = 1002;
+        expected_detail = "bad_close_size";
+        attack = [&]() -> asio::awaitable<void> { co_await frames(vt::raw_client::frame(vt::opcode::close, "\x03")); };
     }
     SUBCASE("a data frame after the close frame: the connection just closes")
     {
@@ -1524,6 +1589,9 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
                                      [&](const auto& r) { return r.remote == raw.local_name(); });
         REQUIRE(it != rig.rejected.end());
         CHECK(vigil::http_status_of(it->why) == expected_status);
+        CHECK_MESSAGE(it->detail.find(expected_detail) != std::string::npos, it->detail);
+        if (!expected_header.first.empty())
+            CHECK(res.header(expected_header.first) == expected_header.second);
         CHECK(rig.srv.counters().connected == 1);
     } else if (expected_close) {
         REQUIRE_MESSAGE(!up_ec, describe(up_ec));
@@ -1532,7 +1600,10 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         CHECK_FALSE(reply.masked);
         CHECK(reply.close_code() == expected_close);
         CHECK_MESSAGE(dropped(closed_ec), "got " << describe(closed_ec));
-        CHECK(rig.ended_for(raw.local_name()) != nullptr);
+        const auto* end = rig.ended_for(raw_name);
+        REQUIRE(end != nullptr);
+        const auto said = end->info.detail + " [" + vigil::error_name(end->info.reason) + "]";
+        CHECK_MESSAGE(said.find(expected_detail) != std::string::npos, said);
     } else {
         REQUIRE(big.connect_done);
         REQUIRE(!big.connect_ec);
@@ -1542,6 +1613,52 @@ TEST_CASE("hostile input is refused, and another client stays connected and serv
         REQUIRE(rig.disconnected.size() >= 1);
         CHECK(rig.disconnected[0].info.reason);
     }
+}
+
+TEST_CASE("frames a client sends in the same write as its upgrade request are read, not lost")
+{
+    vt::server_rig rig(vt::quick_server());
+    REQUIRE(!rig.start());
+    vt::raw_client raw(rig.ioc.get_executor());
+    error_code up_ec = error::not_connected;
+    vt::raw_http_response res;
+    std::vector<vt::raw_frame> echoes;
+    error_code echo_ec = error::not_connected;
+    rig.spawn([&]() -> asio::awaitable<void> {
+        up_ec = co_await raw.connect(rig.srv.port());
+        if (up_ec)
+            co_return;
+        // The request and two messages, the second in two fragments, in one write: the
+        // server reads them into its request buffer together.
+        up_ec =
+            co_await raw.write(vt::raw_client::upgrade_request("/") + vt::raw_client::frame(vt::opcode::text, "early") +
+                               vt::raw_client::frame(vt::opcode::binary, "bi", {.fin = false}) +
+                               vt::raw_client::frame(vt::opcode::continuation, "nary"));
+        if (!up_ec)
+            up_ec = co_await raw.read_http(res, 2s);
+        for (int i = 0; i < 2 && !up_ec; ++i) {
+            vt::raw_frame f;
+            echo_ec = co_await raw.read_frame(f, 2s);
+            if (echo_ec)
+                break;
+            echoes.push_back(f);
+        }
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(5s);
+    REQUIRE_MESSAGE(!up_ec, describe(up_ec));
+    CHECK(res.status == 101);
+    REQUIRE_MESSAGE(!echo_ec, describe(echo_ec));
+    REQUIRE(echoes.size() == 2);
+    CHECK(echoes[0].op == vt::opcode::text);
+    CHECK(echoes[0].payload == "early");
+    CHECK(echoes[1].op == vt::opcode::binary);
+    CHECK(echoes[1].payload == "binary");
+    REQUIRE(rig.logs.size() == 1);
+    const auto& got = rig.logs.begin()->second.messages;
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].data == "early");
+    CHECK(got[1].data == "binary");
 }
 
 TEST_CASE("handler lifecycle: return closes with 1000, a throw with 1011; ended connections keep their story")
