@@ -61,6 +61,14 @@ duration liveness::draw_early() noexcept
 void liveness::frame_received(time_point now) noexcept
 {
     last_rx_ = std::max(last_rx_, now);
+    held_since_ = never_held;  // the read moves
+}
+
+bool liveness::unread_held(time_point now) noexcept
+{
+    if (held_since_ == never_held)
+        held_since_ = now;
+    return cfg_->write_timeout > duration::zero() && now - held_since_ >= cfg_->write_timeout;
 }
 
 void liveness::data_received(time_point now) noexcept

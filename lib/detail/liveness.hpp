@@ -117,6 +117,13 @@ public:
     /// When the message in progress must be complete (`time_point::max()`: no deadline).
     time_point message_deadline() const noexcept;
 
+    /// A pong or idle verdict fell due at `now` but the peer's bytes wait unread, so it is
+    /// held back (they may hold the proof of life). True once that has lasted
+    /// `write_timeout` with no frame read meanwhile: our read is stuck behind a write the
+    /// peer does not take (Beast writes its answers to pings from inside the read), so the
+    /// peer floods us and reads nothing back.
+    bool unread_held(time_point now) noexcept;
+
     /// A wake-up meant for `due` ran at `now`. Returns how late it ran when that is more
     /// than the stall threshold (a stall of our own loop, to report).
     std::optional<duration> woke(time_point due, time_point now) noexcept;
@@ -201,6 +208,8 @@ private:
     time_point write_progress_at_{};
     closing closing_ = closing::no;
     incoming incoming_ = incoming::none;
+    time_point held_since_ = never_held;  // the first verdict held back by unread bytes
+    static constexpr time_point never_held = time_point::max();
     time_point message_started_{};
     std::size_t message_bytes_ = 0;
     time_point close_started_at_{};

@@ -90,8 +90,17 @@ void session_core::watchdog_tick(time_point now)
         // The silence is the peer's only if nothing it sent waits unread: after our own loop
         // was late, the pong may be in the socket, or in a completion queued behind this
         // one. Read first (the next wake-up looks again); else give the queue one turn.
-        if (unread_waiting() || conn_.verdict == connection_state::verdict_check::queued)
+        if (conn_.verdict == connection_state::verdict_check::queued)
             return;
+        if (unread_waiting()) {
+            if (live_.unread_held(now))
+                conclude(end_reason::kind::failure, error::write_timeout,
+                         "the peer keeps sending but reads nothing: our read has waited " +
+                             ms_text(cfg_->write_timeout) +
+                             " behind our answers to its pings, which it does not take (write_timeout)",
+                         diagnosis::peer_unresponsive);
+            return;
+        }
         conn_.verdict = connection_state::verdict_check::queued;
         ++conn_.pending_ops;
         asio::post(strand_, [this] { confirm_verdict(); });

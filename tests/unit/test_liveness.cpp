@@ -562,3 +562,24 @@ TEST_SUITE("diagnosis")
         CHECK(m.l.next_wakeup() == m.l.pong_deadline());
     }
 }
+
+TEST_CASE("liveness: a verdict held back by unread bytes gives up after write_timeout without a frame read")
+{
+    auto cfg = settings();
+    cfg.write_timeout = 2s;
+    liveness l;
+    l.start(cfg, write_confirmation::off, path_watch::off, t0, 1);
+    CHECK_FALSE(l.unread_held(t0 + 10s));  // held from now
+    CHECK_FALSE(l.unread_held(t0 + 11s));
+    // A frame read: the read moves, the count starts again.
+    l.frame_received(t0 + 11500ms);
+    CHECK_FALSE(l.unread_held(t0 + 12s));
+    CHECK_FALSE(l.unread_held(t0 + 13999ms));
+    CHECK(l.unread_held(t0 + 14s));
+    // write_timeout zero: never.
+    cfg.write_timeout = 0ms;
+    liveness off;
+    off.start(cfg, write_confirmation::off, path_watch::off, t0, 1);
+    CHECK_FALSE(off.unread_held(t0));
+    CHECK_FALSE(off.unread_held(t0 + 1h));
+}
