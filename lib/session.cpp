@@ -282,13 +282,9 @@ void session_core::end_connection()
             complete(std::move(msg.handler), msg.kind == outgoing::what::close ? ec : unsent, false);
     }
     fail_queue(unsent);
-    // The reader is done with its buffer: a long message's memory goes back now.
-    rx_.clear();
-    rx_.shrink_to_fit();
-    if (budget_) {
-        budget_->set(holding_part::message, 0);
-        budget_->set(holding_part::sending, 0);
-    }
+    // The reader is done with its buffer: a long message's memory goes back now. Nothing is
+    // queued any more either (left_queue counted each message out above).
+    drop_partial();
     // Nothing is left to end if it throws: the operation that ended the connection (run(),
     // connect(), close()) rethrows it, or, after cancel() of a session open but not
     // running, the next connect().

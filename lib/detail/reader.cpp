@@ -34,7 +34,7 @@ asio::awaitable<error_code> session_core::reader()
         // frame holds, for every connection, for as long as the read is pending.
         if (ec)
             co_return read_failed(ec);
-        const auto ahead = throttle_.charge(n, clock_type::now());
+        const auto ahead = cfg_->max_receive_rate > 0 ? throttle_.charge(n, clock_type::now()) : duration::zero();
         if (!ws_->is_message_done()) {
             message_progress(first, n);
         } else if (auto end = deliver(first ? std::string_view(first_read_.data(), n) : received_so_far())) {
@@ -130,18 +130,14 @@ asio::awaitable<bool> session_core::room_for_message()
             paused = true;
             live_.reading_paused();
         }
-        // Each look that finds no room presses again: the budget stays short while anyone waits.
-        if (budget_->press(clock_type::now()) && budget_watch_)
-            budget_watch_->pressed();
+        press_budget();
         if (!co_await pause_reading(budget_poll))
             co_return false;
     }
     if (conn_.partial == connection_state::partial_message::discard)
         drop_partial();
-    if (paused) {
-        live_.reading_resumed(clock_type::now());
-        reschedule();
-    }
+    if (paused)
+        resume_reading();
     co_return true;
 }
 
@@ -162,8 +158,7 @@ asio::awaitable<bool> session_core::keep_rate(duration ahead)
     const bool go_on = co_await pause_reading(ahead);
     if (!go_on)
         co_return false;
-    live_.reading_resumed(clock_type::now());
-    reschedule();
+    resume_reading();
     co_return true;
 }
 
@@ -177,17 +172,28 @@ asio::awaitable<bool> session_core::wait_for_room()
                 co_return false;
         } else {
             // Held back by the budget: looked at again, as the budget frees no one in particular.
-            if (budget_->press(clock_type::now()) && budget_watch_)
-                budget_watch_->pressed();
+            press_budget();
             if (!co_await pause_reading(budget_poll))
                 co_return false;
         }
         if (phase_ != phase::running || cancelled(co_await asio::this_coro::cancellation_state))
             co_return false;
     }
+    resume_reading();
+    co_return true;
+}
+
+void session_core::press_budget()
+{
+    // Each look that finds no room presses again: the budget stays short while anyone waits.
+    if (budget_->press(clock_type::now()) && budget_watch_)
+        budget_watch_->pressed();
+}
+
+void session_core::resume_reading()
+{
     live_.reading_resumed(clock_type::now());
     reschedule();
-    co_return true;
 }
 
 error_code session_core::read_failed(error_code ec)

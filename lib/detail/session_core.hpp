@@ -300,6 +300,8 @@ private:
     void drop_partial() noexcept;
     asio::awaitable<bool> pause_reading(duration d);
     asio::awaitable<bool> keep_rate(duration ahead);
+    void press_budget();
+    void resume_reading();
 
     // heartbeat.cpp
     void heartbeat_tick(time_point now);

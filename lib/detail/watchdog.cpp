@@ -153,8 +153,9 @@ void session_core::liveness_verdict(expiry e, time_point now)
 
 void session_core::message_too_slow(time_point now)
 {
-    // Its buffer is dropped now, and what still arrives of it is read and dropped: a
-    // trickling peer must not keep the memory it was ended for during the goodbye.
+    // Its buffer is dropped at the reader's next step (a read may be filling it now), and
+    // what still arrives of it is read and dropped: a trickling peer must not keep the
+    // memory it was ended for during the goodbye.
     conn_.partial = connection_state::partial_message::discard;
     const auto bytes = rx_.size();
     std::string detail = "a message was still incomplete after " + std::to_string(bytes) + " bytes, past the " +
