@@ -10,6 +10,7 @@
 #include <vigil/supervisor.hpp>
 #include <vigil/upgrade.hpp>
 
+#include <support/pki.hpp>
 #include <support/raw_client.hpp>
 #include <support/server_rig.hpp>
 #include <support/testing.hpp>
@@ -19,6 +20,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -29,7 +31,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -378,6 +382,56 @@ TEST_CASE("a server answering a subprotocol that was not offered is a permanent 
     REQUIRE(none.connect_done);
     CHECK_CODE(none.connect_ec, error::subprotocol_mismatch);
     CHECK_MESSAGE(contains(none.s.last_disconnect().detail, "(offered: none)"), none.s.last_disconnect().detail);
+}
+
+TEST_CASE("on wss:// the upgrade check sees the client's certificate in PEM, and nothing from a client without one")
+{
+    vt::test_pki pki;
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+    ctx->use_certificate_chain_file(pki.server_cert);
+    ctx->use_private_key_file(pki.server_key, asio::ssl::context::pem);
+    // Ask for a certificate, take any: the check is what decides here.
+    ctx->set_verify_mode(asio::ssl::verify_peer);
+    ctx->set_verify_callback([](bool, asio::ssl::verify_context&) { return true; });
+    auto cfg = vt::quick_server();
+    cfg.tls.context = ctx;
+    std::vector<std::string> seen;
+    cfg.check_upgrade = [&](const vigil::upgrade_request& req) -> asio::awaitable<vigil::upgrade_decision> {
+        seen.push_back(req.peer_certificate);
+        co_return vigil::upgrade_decision::accept();
+    };
+    vt::server_rig rig(cfg);
+    REQUIRE(!rig.start());
+
+    auto with_cert = vt::quick_client();
+    auto cctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    cctx->load_verify_file(pki.ca_cert);
+    cctx->set_verify_mode(asio::ssl::verify_peer);
+    cctx->use_certificate_chain_file(pki.self_signed_cert);
+    cctx->use_private_key_file(pki.self_signed_key, asio::ssl::context::pem);
+    with_cert.tls.context = cctx;
+    vt::rig_client a(rig.ioc, with_cert);
+    auto without = vt::quick_client();
+    without.tls.ca_file = pki.ca_cert;
+    vt::rig_client b(rig.ioc, without);
+    rig.spawn([&]() -> asio::awaitable<void> {
+        a.start(rig.url("wss", "localhost"));
+        co_await eventually([&] { return a.connect_done; }, 3s);
+        b.start(rig.url("wss", "localhost"));
+        co_await eventually([&] { return b.connect_done; }, 3s);
+        rig.srv.stop();
+    });
+    rig.ioc.run_for(8s);
+
+    REQUIRE_MESSAGE(!a.connect_ec, describe(a.connect_ec), " ", a.s.last_disconnect().detail);
+    REQUIRE(!b.connect_ec);
+    REQUIRE(seen.size() == 2);
+    std::ifstream in(pki.self_signed_cert);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    CHECK(seen[0].rfind("-----BEGIN CERTIFICATE-----", 0) == 0);
+    CHECK(pem.str().find(seen[0]) == 0);  // the leaf, as the file has it
+    CHECK(seen[1].empty());
 }
 
 }  // TEST_SUITE
