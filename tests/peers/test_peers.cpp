@@ -1017,6 +1017,50 @@ void stale_token_refused()
 TEST_SUITE("python")
 {
 
+TEST_CASE("python websockets clients against an admission check: 403, 401, a subprotocol agreed, and none agreed accepted")
+{
+    auto cfg = quick_server();
+    cfg.check_upgrade = vigil::allow_origins({"https://chat.example"}, vigil::missing_origin::allow,
+                                             vigil::require_token("s3cret"));
+    cfg.subprotocols = {"chat.v2", "chat.v1"};
+    served s(cfg);
+    auto client = [&](std::vector<std::string> args, std::string_view path = "/") {
+        args.push_back(s.url(path));
+        return vt::child_process(python_command("websockets_client.py", std::move(args)));
+    };
+    auto foreign = client({"--origin", "https://evil.example"}, "/?token=s3cret");
+    auto anonymous = client({});
+    auto member = client({"--subprotocol", "chat.v1", "--subprotocol", "chat.v2"}, "/?token=s3cret");
+    auto stranger = client({"--subprotocol", "mqtt", "--header", "Authorization: Bearer s3cret"});
+    std::vector<std::optional<int>> exits;
+    s.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return foreign.count("rejected") + anonymous.count("rejected") +
+                                         member.count("open") + stranger.count("open") == 4; },
+                            startup);
+        s.srv.stop();
+    });
+    s.ioc.run_for(startup + 10s);
+    for (auto* p : {&foreign, &anonymous, &member, &stranger})
+        exits.push_back(p->wait_exit(5s));
+
+    INFO("foreign:\n", foreign.transcript(), "anonymous:\n", anonymous.transcript(), "member:\n",
+         member.transcript(), "stranger:\n", stranger.transcript());
+    auto rejected = events_named(foreign, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 403);
+    rejected = events_named(anonymous, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 401);
+    auto opened = events_named(member, "open");
+    REQUIRE(opened.size() == 1);
+    CHECK(opened[0]["subprotocol"] == "chat.v2");
+    // Unlike ws (and vigil's client by default), websockets accepts a server that chose none.
+    opened = events_named(stranger, "open");
+    REQUIRE(opened.size() == 1);
+    CHECK(opened[0]["subprotocol"].is_null());
+    CHECK(exits == std::vector<std::optional<int>>{1, 1, 0, 0});
+}
+
 TEST_CASE("python websockets server with single-use tokens: before_attempt puts a fresh one in a header every attempt")
 {
     fresh_token_every_attempt(token_place::header);
