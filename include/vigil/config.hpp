@@ -198,7 +198,8 @@ struct session_config {
     /// `User-Agent` of the upgrade request. Default `"vigil"`.
     std::string user_agent = "vigil";
 
-    /// Extra headers for the upgrade request (authentication tokens, subprotocols).
+    /// Extra headers for the upgrade request (authentication tokens, cookies). Not
+    /// `Sec-WebSocket-Protocol`: offer subprotocols with `subprotocols`.
     std::vector<std::pair<std::string, std::string>> headers;
 
     /// TLS settings for `wss://`.

@@ -70,7 +70,9 @@ struct server_config {
     /// `send_queue_overflow`. `tls_handshake_timeout` bounds a client's TLS handshake and
     /// `handshake_timeout` its whole upgrade request (a client that sends nothing, or
     /// dribbles its request, is dropped then). Client-only fields (`connect_timeout`,
-    /// `user_agent`, `headers`, `tls`) are ignored. Default `server_session_defaults()`.
+    /// `user_agent`, `headers`, `tls`, `subprotocols`, `subprotocol_required`) are ignored:
+    /// the server's subprotocols are `server_config::subprotocols`. Default
+    /// `server_session_defaults()`.
     session_config session = server_session_defaults();
 
     /// Most open connections (handshakes in progress included). Beyond it a new client's

@@ -304,9 +304,9 @@ public:
     std::uint64_t connection_id() const noexcept;
 
     /// The subprotocol the server chose among `session_config::subprotocols` in the last
-    /// successful upgrade; empty when none was offered or chosen. Set when `connect()`
-    /// completes and unchanged until the next `connect()`: read it from the session's
-    /// executor or between connects.
+    /// successful upgrade; empty when none was offered or chosen. Cleared when `connect()`
+    /// starts, set when it succeeds, unchanged until the next `connect()`: read it from the
+    /// session's executor or between connects.
     const std::string& subprotocol() const noexcept;
 
 private:

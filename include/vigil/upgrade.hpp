@@ -67,8 +67,8 @@ struct upgrade_decision {
 
 /// A server's admission check: runs for each upgrade request on that connection's
 /// executor, after vigil's own checks and before the 101 answer, within the connection's
-/// `handshake_timeout` (which counts from the accept, so the request's own reading is part
-/// of it). It must honour Asio's cancellation (any Asio wait does): at `handshake_timeout`
+/// `handshake_timeout` (one deadline over reading the request and the check, from the accept,
+/// or from the end of the TLS handshake on `wss://`). It must honour Asio's cancellation (any Asio wait does): at `handshake_timeout`
 /// it is cancelled and the client's socket is closed unanswered. A check that throws: the
 /// client gets 500 and `server_events::on_rejected` the exception's text. A refusal whose
 /// status is not 4xx/5xx, a header with CR, LF or NUL, or a subprotocol the client did not

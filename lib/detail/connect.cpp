@@ -408,6 +408,7 @@ error_code session_core::prepare_connect(const std::string& url, endpoint& ep)
 {
     if (!client_)
         client_ = std::make_unique<client_side>();
+    subprotocol_.clear();  // the last connection's, until this one agrees on its own
     std::string detail;
     if (auto ec = parse_url(url, ep, &detail))
         return fail_connect(ec, std::move(detail));
@@ -457,7 +458,6 @@ asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
         if (!cfg->subprotocols.empty())
             req.set(beast::http::field::sec_websocket_protocol, join_subprotocols(cfg->subprotocols));
     }));
-    subprotocol_.clear();
     websocket::response_type res;
     auto ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
                                      [this] { close_socket(); });
