@@ -110,6 +110,10 @@ constexpr std::string_view usage_text =
     "                         (their subdomains too), IP addresses, or * (comma-separated)\n"
     "  --bind ADDR            connect from the local IP address ADDR (hosts with several\n"
     "                         interfaces)\n"
+    "  --subprotocol NAME     offer subprotocol NAME (repeatable, in order of preference);\n"
+    "                         the server's choice is the connected event's subprotocol; a\n"
+    "                         server choosing one not offered, or none, is a permanent\n"
+    "                         failure (subprotocol_mismatch)\n"
     "  --send TEXT            send TEXT after every connect, e.g. a subscription (repeatable);\n"
     "                         each stdin line is sent once, queued while disconnected\n"
     "  --duration S           close cleanly after S seconds\n"
@@ -302,6 +306,8 @@ options parse_args(int argc, char** argv)
             cfg.proxy.no_proxy = std::string(value());
         } else if (flag == "--bind") {
             cfg.local_address = std::string(value());
+        } else if (flag == "--subprotocol") {
+            cfg.subprotocols.emplace_back(value());
         } else if (flag == "--send") {
             opts.sends.emplace_back(value());
         } else if (flag == "--duration") {
@@ -405,7 +411,10 @@ public:
         }
         ev->on_connected = [this] {
             connected_ = true;
-            emit({{"event", "connected"}});
+            // A supervisor's session is not known here: its hook reports it (watch_supervisor).
+            if (session_) {
+                emit_connected(*session_);
+            }
         };
         ev->on_ping = [this] { emit({{"event", "ping"}}); };
         ev->on_pong = [this](std::chrono::microseconds rtt) {
@@ -541,10 +550,16 @@ private:
         emit(std::move(j));
     }
 
+    void emit_connected(const vigil::session& s)
+    {
+        emit({{"event", "connected"}, {"subprotocol", s.subprotocol()}});
+    }
+
     void watch_supervisor()
     {
         auto& sup = *supervisor_;
         sup.on_connected([this](vigil::session& s) -> asio::awaitable<error_code> {
+            emit_connected(s);
             // Like a subscription: the server forgot it with the old connection.
             for (const auto& text : opts_.sends) {
                 if (auto ec = co_await s.send(text)) {

@@ -27,9 +27,11 @@
 #include <exception>
 #include <iostream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace {
 
@@ -90,6 +92,16 @@ constexpr std::string_view usage_text =
     "  --app-ping TEXT        application-level heartbeat: ping clients with the text message\n"
     "                         TEXT instead of ping frames, and answer their TEXT pings\n"
     "  --app-pong TEXT        ... with TEXT as the pong (both flags or neither)\n"
+    "  --allow-origin ORIGIN  admit browsers from ORIGIN only (scheme://host[:port];\n"
+    "                         repeatable); another Origin is answered 403. Requests without\n"
+    "                         an Origin (non-browser clients) are admitted unless\n"
+    "                         --require-origin\n"
+    "  --require-origin       with --allow-origin, answer 403 to requests without an Origin\n"
+    "  --token SECRET         admit only clients presenting SECRET (Authorization: Bearer\n"
+    "                         SECRET, or ?token=SECRET in the URL); others get 401 with\n"
+    "                         WWW-Authenticate. Checked after the Origin\n"
+    "  --subprotocol NAME     a subprotocol this server speaks (repeatable, in order of\n"
+    "                         preference); the first one a client offers is chosen\n"
     "  --help                 show this text\n"
     "\n"
     "signals: SIGINT/SIGTERM close every connection with 1001 (going away), bounded by the\n"
@@ -106,7 +118,33 @@ struct options {
     std::optional<std::string> app_ping;
     std::optional<std::string> app_pong;
     bool help = false;
+    std::vector<std::string> allow_origins;
+    vigil::missing_origin missing = vigil::missing_origin::allow;
+    std::optional<std::string> token;
 };
+
+// The admission check the flags ask for: the Origin policy first (a page from elsewhere
+// never gets as far as guessing tokens), then the token.
+vigil::upgrade_check make_check(options& opts)
+{
+    vigil::upgrade_check check;
+    if (opts.token) {
+        if (opts.token->empty()) {
+            throw usage_error{"--token must not be empty"};
+        }
+        check = vigil::require_token(*opts.token);
+    }
+    if (!opts.allow_origins.empty()) {
+        try {
+            check = vigil::allow_origins(opts.allow_origins, opts.missing, std::move(check));
+        } catch (const std::invalid_argument& e) {
+            throw usage_error{std::string("--allow-origin: ") + e.what()};
+        }
+    } else if (opts.missing == vigil::missing_origin::refuse) {
+        throw usage_error{"--require-origin needs --allow-origin"};
+    }
+    return check;
+}
 
 std::size_t positive_count(std::string_view flag, std::string_view text)
 {
@@ -218,6 +256,15 @@ options parse_args(int argc, char** argv)
             opts.app_ping = std::string(value());
         } else if (flag == "--app-pong") {
             opts.app_pong = std::string(value());
+        } else if (flag == "--allow-origin") {
+            opts.allow_origins.emplace_back(value());
+        } else if (flag == "--require-origin") {
+            no_value();
+            opts.missing = vigil::missing_origin::refuse;
+        } else if (flag == "--token") {
+            opts.token = std::string(value());
+        } else if (flag == "--subprotocol") {
+            opts.cfg.subprotocols.emplace_back(value());
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -259,6 +306,7 @@ options parse_args(int argc, char** argv)
         // Pings clients with the text, recognises their answer, and answers theirs.
         session.heartbeat = vigil::message_heartbeat::text(*opts.app_ping, *opts.app_pong);
     }
+    opts.cfg.check_upgrade = make_check(opts);
     return opts;
 }
 
@@ -274,7 +322,10 @@ public:
     {
         auto& ev = server_.events();
         ev.on_connected = [this](vigil::connection& c) {
-            emit({{"event", "client_connected"}, {"id", c.id()}, {"remote", c.remote()}});
+            emit({{"event", "client_connected"},
+                  {"id", c.id()},
+                  {"remote", c.remote()},
+                  {"subprotocol", c.subprotocol()}});
         };
         ev.on_disconnected = [this](vigil::connection& c) {
             const auto& info = c.last_disconnect();

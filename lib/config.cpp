@@ -4,9 +4,11 @@
 #include <vigil/config.hpp>
 
 #include "detail/printable.hpp"
+#include "detail/subprotocols.hpp"
 
 #include <boost/asio/ip/address.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -73,6 +75,14 @@ std::string printable(std::string_view s)
     return detail::printable(s, 64, false);
 }
 
+bool is_subprotocol_header(std::string_view name) noexcept
+{
+    constexpr std::string_view want = "sec-websocket-protocol";
+    return name.size() == want.size() && std::equal(name.begin(), name.end(), want.begin(), [](char a, char b) {
+        return (a >= 'A' && a <= 'Z' ? static_cast<char>(a - 'A' + 'a') : a) == b;
+    });
+}
+
 void check_headers(checker& check, const session_config& cfg)
 {
     for (std::size_t i = 0; i < cfg.headers.size() && !check.failed(); ++i) {
@@ -89,6 +99,9 @@ void check_headers(checker& check, const session_config& cfg)
                 break;
             }
         }
+        if (is_subprotocol_header(name))
+            check.fail(where + " is Sec-WebSocket-Protocol: offer subprotocols with session_config::subprotocols, "
+                "which checks the server's answer");
         // Values may be secrets (tokens), so the message names the header, never the value.
         if (has_line_break_or_nul(value))
             check.fail(where + " (\"" + name + "\") value contains CR, LF or NUL");
@@ -182,6 +195,8 @@ error_code validate(const session_config& cfg, std::string* detail)
     if (has_line_break_or_nul(cfg.user_agent))
         check.fail("user_agent contains CR, LF or NUL");
     check_headers(check, cfg);
+    if (std::string why; !check.failed() && !detail::check_subprotocols(cfg.subprotocols, "subprotocols", why))
+        check.fail(why);
     check_network(check, cfg);
     if (!check.failed())
         check_ca_file(check, cfg.tls.ca_file);

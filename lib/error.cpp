@@ -63,6 +63,7 @@ const char* vigil_error_name(int value) noexcept
     case error::local_address_unusable: return "local_address_unusable";
     case error::memory_budget_exceeded: return "memory_budget_exceeded";
     case error::message_timeout: return "message_timeout";
+    case error::subprotocol_mismatch: return "subprotocol_mismatch";
     }
     return nullptr;
 }

@@ -107,6 +107,8 @@ bool is_permanent(const error_code& ec) noexcept
         case error::proxy_auth_required:
         case error::proxy_denied:
         case error::proxy_protocol_error:
+        // The server speaks none of the protocols offered, and will not start to by itself.
+        case error::subprotocol_mismatch:
             return true;
         default:
             return false;

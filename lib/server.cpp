@@ -13,6 +13,7 @@
 #include "detail/printable.hpp"
 #include "detail/serialized.hpp"
 #include "detail/session_access.hpp"
+#include "detail/subprotocols.hpp"
 #include "detail/wakeup.hpp"
 #include "detail/with_deadline.hpp"
 
@@ -118,6 +119,8 @@ error_code validate(const server_config& cfg, std::string* detail)
                     ") must be at least 1024: browsers send upgrade requests of several hundred bytes");
     if (cfg.server_name.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
         return fail("server_name contains CR, LF or NUL");
+    if (std::string why; !detail::check_subprotocols(cfg.subprotocols, "subprotocols", why))
+        return fail(std::move(why));
     if (!cfg.tls.context && cfg.tls.cert_file.empty() != cfg.tls.key_file.empty())
         return fail(cfg.tls.cert_file.empty() ? "tls.key_file is set without tls.cert_file"
                                               : "tls.cert_file is set without tls.key_file");
@@ -197,6 +200,7 @@ struct connection::impl {
     unsigned arms = 0;  // of run() and the handler arm, those still running
     stage now = stage::live;
     outcome handler = outcome::running;
+    std::shared_ptr<void> user_data;  // set before the connection is shared, then read-only
 };
 
 connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p))
@@ -217,6 +221,16 @@ const std::string& connection::remote() const noexcept
 const std::string& connection::target() const noexcept
 {
     return impl_->target;
+}
+
+const std::string& connection::subprotocol() const noexcept
+{
+    return impl_->s.subprotocol();
+}
+
+const std::shared_ptr<void>& connection::user_data() const noexcept
+{
+    return impl_->user_data;
 }
 
 asio::any_io_executor connection::get_executor() const noexcept
@@ -709,6 +723,10 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
         params.watch = this;
     }
     params.server_name = cfg_.server_name;
+    params.check = cfg_.check_upgrade ? &cfg_.check_upgrade : nullptr;
+    params.subprotocols = &cfg_.subprotocols;
+    if (params.check)
+        params.remote = ci.remote;
     params.verdict = refuse ? detail::accept_params::answer::refuse : detail::accept_params::answer::accept;
     if (refuse) {
         params.retry_after = no.retry_after;
@@ -729,6 +747,7 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
         co_return false;
     }
     ci.target = std::move(accepted.target);
+    ci.user_data = std::move(accepted.user_data);
     bool stopping = false;
     {
         std::lock_guard lock(mu_);

@@ -544,6 +544,11 @@ const disconnect_info& session::last_disconnect() const noexcept
     return core_->last();
 }
 
+const std::string& session::subprotocol() const noexcept
+{
+    return core_->subprotocol();
+}
+
 std::uint64_t session::connection_id() const noexcept
 {
     return core_->connection_id();

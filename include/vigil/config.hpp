@@ -198,7 +198,8 @@ struct session_config {
     /// `User-Agent` of the upgrade request. Default `"vigil"`.
     std::string user_agent = "vigil";
 
-    /// Extra headers for the upgrade request (authentication tokens, subprotocols).
+    /// Extra headers for the upgrade request (authentication tokens, cookies). Not
+    /// `Sec-WebSocket-Protocol`: offer subprotocols with `subprotocols`.
     std::vector<std::pair<std::string, std::string>> headers;
 
     /// TLS settings for `wss://`.
@@ -216,6 +217,21 @@ struct session_config {
     /// not on this host fails the connect with `error::local_address_unusable`, as does a
     /// server with no address of the same family.
     std::string local_address;
+
+    /// The subprotocols to offer (`Sec-WebSocket-Protocol`), in order of preference; the
+    /// one the server chose is `session::subprotocol()`. A server answering one that was not
+    /// offered (or any when none was) fails the connect with `error::subprotocol_mismatch`
+    /// (permanent). Default empty: none offered. **Errors:** `validate()` answers
+    /// `invalid_config` for a name that is not an HTTP token, one listed twice, or a
+    /// `Sec-WebSocket-Protocol` entry in `headers` (offer them here instead).
+    std::vector<std::string> subprotocols;
+
+    /// With `subprotocols` offered, whether a server that chooses none fails the connect
+    /// (`error::subprotocol_mismatch`), as browsers and Node's `ws` do. Default true: an
+    /// application that offered protocols cannot speak to a server that speaks none of
+    /// them. False: the connection opens with `session::subprotocol()` empty, which RFC
+    /// 6455 leaves to the client to accept.
+    bool subprotocol_required = true;
 };
 
 /// Checks `cfg`. Returns an empty code when it can be used; otherwise

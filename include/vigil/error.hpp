@@ -96,6 +96,10 @@ enum class error {
     /// An incoming message took longer than `session_config::message_timeout` allows (close
     /// code 1008 sent).
     message_timeout,
+    /// The server answered a subprotocol the client did not offer (or one when none was
+    /// offered), or none while `session_config::subprotocol_required` was set: the two do
+    /// not speak a common protocol. Permanent.
+    subprotocol_mismatch,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).

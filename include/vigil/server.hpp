@@ -5,6 +5,7 @@
 #include <vigil/config.hpp>
 #include <vigil/error.hpp>
 #include <vigil/session.hpp>
+#include <vigil/upgrade.hpp>
 
 #include <vigil/detail/async_send.hpp>
 
@@ -69,7 +70,9 @@ struct server_config {
     /// `send_queue_overflow`. `tls_handshake_timeout` bounds a client's TLS handshake and
     /// `handshake_timeout` its whole upgrade request (a client that sends nothing, or
     /// dribbles its request, is dropped then). Client-only fields (`connect_timeout`,
-    /// `user_agent`, `headers`, `tls`) are ignored. Default `server_session_defaults()`.
+    /// `user_agent`, `headers`, `tls`, `subprotocols`, `subprotocol_required`) are ignored:
+    /// the server's subprotocols are `server_config::subprotocols`. Default
+    /// `server_session_defaults()`.
     session_config session = server_session_defaults();
 
     /// Most open connections (handshakes in progress included). Beyond it a new client's
@@ -156,6 +159,22 @@ struct server_config {
 
     /// TLS; see `server_tls_config`.
     server_tls_config tls;
+
+    /// The application's admission check (authentication, Origin, rate limits of its own):
+    /// it sees each upgrade request that vigil's own checks and limits let through, and
+    /// accepts it (choosing a subprotocol, attaching user data) or refuses it with an HTTP
+    /// status, body and headers. See `upgrade_check` for its bounds and failures, and
+    /// `allow_origins`, `require_token` for ready ones. Default empty: every valid request
+    /// is accepted.
+    upgrade_check check_upgrade;
+
+    /// The subprotocols this server speaks, in its order of preference. When the check did
+    /// not choose one, the first of these that the client offered is answered; none of
+    /// them offered: the connection opens without a subprotocol (the client decides
+    /// whether that is acceptable; see `session_config::subprotocol_required`). Default
+    /// empty. **Errors:** `validate()` answers `invalid_config` for a name that is not an
+    /// HTTP token or one listed twice.
+    std::vector<std::string> subprotocols;
 };
 
 /// Checks `cfg` (including `cfg.session`); see `validate(const session_config&)`.
@@ -174,7 +193,8 @@ struct received {
 /// talks to it.
 ///
 /// **Thread safety:** `send`, `async_send`, `close` and `cancel` are safe from any thread;
-/// `receive` is for one coroutine at a time. `id`, `remote` and `target` never change.
+/// `receive` is for one coroutine at a time. `id`, `remote`, `target`, `subprotocol`
+/// and `user_data` never change.
 /// `last_disconnect()` is stable once `receive()` has reported the end.
 ///
 /// **Lifetime:** shared; the server keeps it until its handler returned and the connection
@@ -187,6 +207,12 @@ public:
     const std::string& remote() const noexcept;
     /// The request target of the upgrade ("/chat?room=1").
     const std::string& target() const noexcept;
+    /// The subprotocol agreed in the upgrade; empty when none. Never changes.
+    const std::string& subprotocol() const noexcept;
+    /// What `server_config::check_upgrade` attached when it accepted (such as the
+    /// authenticated user); null when nothing was. Cast it back with
+    /// `std::static_pointer_cast` to the type the check stored. Never changes.
+    const std::shared_ptr<void>& user_data() const noexcept;
 
     /// The executor this connection's work runs on (see `session::get_executor`); await
     /// `receive()` from it where you can.
@@ -280,8 +306,10 @@ struct server_events {
     /// request that is not a valid upgrade, such as a Sec-WebSocket-Key that is not the
     /// base64 of 16 bytes; 405 for a method other than GET; 426 for a Sec-WebSocket-Version
     /// other than 13; 431; 503 beyond `max_connections` or `max_connections_per_address`;
-    /// 429 beyond `connects_per_address`) or a network error; `detail` says which header or
-    /// limit (for a limit, with the client's address).
+    /// 429 beyond `connects_per_address`; the status `server_config::check_upgrade`
+    /// refused with, or 500 when it threw or answered what cannot be sent) or a network
+    /// error; `detail` says which header or limit (for a limit, with the client's address;
+    /// for the check, "check_upgrade refused with 401: " and its reason).
     std::function<void(const std::string& remote, const error_code& why, const std::string& detail)> on_rejected;
     /// accept() itself failed (out of file descriptors ...); the server pauses 100 ms and
     /// goes on accepting.

@@ -303,6 +303,12 @@ public:
     /// one's; 0 before the first connection opened.
     std::uint64_t connection_id() const noexcept;
 
+    /// The subprotocol the server chose among `session_config::subprotocols` in the last
+    /// successful upgrade; empty when none was offered or chosen. Cleared when `connect()`
+    /// starts, set when it succeeds, unchanged until the next `connect()`: read it from the
+    /// session's executor or between connects.
+    const std::string& subprotocol() const noexcept;
+
 private:
     friend struct detail::session_access;
     void start_send(std::string data, message_type type, detail::send_handler handler);

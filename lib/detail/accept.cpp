@@ -10,6 +10,7 @@
 
 #include "printable.hpp"
 #include "session_core.hpp"
+#include "subprotocols.hpp"
 #include "with_deadline.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -23,6 +24,9 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/ssl.hpp>
+
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <climits>
@@ -66,6 +70,7 @@ struct refusal {
     std::string body{};  // to the client
     std::string detail{};  // to on_rejected
     std::string retry_after{};  // seconds, for a 503
+    std::vector<std::pair<std::string, std::string>> headers{};  // an admission check's own
 };
 
 std::optional<refusal> check_upgrade(const http::request<http::empty_body>& req, const std::string& target)
@@ -101,7 +106,121 @@ std::optional<refusal> check_upgrade(const http::request<http::empty_body>& req,
     return std::nullopt;
 }
 
+// The client's certificate in PEM, when it presented one.
+std::string peer_certificate_pem(SSL* ssl)
+{
+    std::string pem;
+    X509* cert = ssl ? SSL_get1_peer_certificate(ssl) : nullptr;
+    if (!cert)
+        return pem;
+    if (BIO* bio = BIO_new(BIO_s_mem())) {
+        if (PEM_write_bio_X509(bio, cert) == 1) {
+            char* data = nullptr;
+            const long n = BIO_get_mem_data(bio, &data);
+            if (n > 0)
+                pem.assign(data, static_cast<std::size_t>(n));
+        }
+        BIO_free(bio);
+    }
+    X509_free(cert);
+    return pem;
+}
+
+upgrade_request request_view(const http::request<http::empty_body>& req, const std::string& remote)
+{
+    upgrade_request view;
+    view.target = std::string(req.target());
+    view.remote = remote;
+    for (const auto& field : req) {
+        view.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+        if (field.name() == http::field::sec_websocket_protocol)
+            split_subprotocols(field.value(), view.subprotocols);
+    }
+    return view;
+}
+
+std::string offered_text(const std::vector<std::string>& offered)
+{
+    return offered.empty() ? std::string("none") : join_subprotocols(offered);
+}
+
+// What an admission check answered, checked: a refusal it cannot send or a subprotocol the
+// client did not offer is the check's bug, answered 500 and reported as such.
+std::optional<refusal> judge_decision(upgrade_decision& d, const upgrade_request& view, accept_result& result)
+{
+    if (d.what == upgrade_decision::verdict::accept) {
+        if (!d.subprotocol.empty() &&
+            std::find(view.subprotocols.begin(), view.subprotocols.end(), d.subprotocol) == view.subprotocols.end())
+            return refusal{500, "internal error",
+                           "check_upgrade chose subprotocol " + quoted(d.subprotocol) +
+                               ", which the client did not offer (offered: " + offered_text(view.subprotocols) +
+                               "); answered 500"};
+        result.subprotocol = std::move(d.subprotocol);
+        result.user_data = std::move(d.user_data);
+        return std::nullopt;
+    }
+    if (d.status < 400 || d.status > 599)
+        return refusal{500, "internal error",
+                       "check_upgrade refused with status " + std::to_string(d.status) +
+                           ": only 4xx and 5xx statuses refuse an upgrade; answered 500"};
+    for (const auto& [name, value] : d.headers) {
+        if (!is_http_token(name) || value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+            return refusal{500, "internal error",
+                           "check_upgrade refused with header " + quoted(name) +
+                               " that is not a valid HTTP header (name a token, value without CR, LF or NUL)" +
+                               "; answered 500"};
+    }
+    return refusal{d.status, std::move(d.body),
+                   "check_upgrade refused with " + std::to_string(d.status) + ": " + printable(d.reason, 256, false),
+                   {}, std::move(d.headers)};
+}
+
+// The server's admission check and its subprotocol choice, for a request vigil accepts.
+asio::awaitable<std::optional<refusal>> admit(const accept_params& params, const http::request<http::empty_body>& req,
+                                             accept_result& result, SSL* tls)
+{
+    const bool choose = params.subprotocols && !params.subprotocols->empty();
+    if (!params.check && !choose)
+        co_return std::nullopt;  // neither: nothing to look at
+    auto view = request_view(req, params.remote);
+    upgrade_decision d;
+    if (params.check) {
+        view.peer_certificate = peer_certificate_pem(tls);
+        result.at = accept_result::step::checking;
+        std::optional<std::string> threw;
+        try {
+            d = co_await (*params.check)(view);
+        } catch (const std::exception& e) {
+            threw = e.what();
+        } catch (...) {
+            threw = "an exception that is not a std::exception";
+        }
+        if (threw)
+            co_return refusal{500, "internal error", "check_upgrade threw: " + printable(*threw, 256, false)};
+        result.at = accept_result::step::answering;
+        if (auto no = judge_decision(d, view, result))
+            co_return no;
+    }
+    if (result.subprotocol.empty() && choose)
+        result.subprotocol = choose_subprotocol(view.subprotocols, *params.subprotocols);
+    co_return std::nullopt;
+}
+
 }  // namespace
+
+static std::string explain_accept_timeout(accept_result::step at, std::chrono::milliseconds limit)
+{
+    switch (at) {
+    case accept_result::step::checking:
+        return "the upgrade check (server_config::check_upgrade) did not decide within " + ms_text(limit) +
+               " (handshake_timeout): closed unanswered";
+    case accept_result::step::answering:
+        return "the upgrade was not answered within " + ms_text(limit) + " (handshake_timeout)";
+    case accept_result::step::reading:
+        break;
+    }
+    return "no complete upgrade request within " + ms_text(limit) + " (handshake_timeout)";
+}
 
 accept_result session_core::accept_failed(accept_result& result, error_code ec)
 {
@@ -114,11 +233,14 @@ accept_result session_core::accept_failed(accept_result& result, error_code ec)
 }
 
 asio::awaitable<error_code> session_core::refuse_upgrade(const accept_params& params, unsigned status, std::string body,
-                                                         std::string retry_after)
+                                                         std::string retry_after,
+                                                         const std::vector<std::pair<std::string, std::string>>& extra)
 {
     http::response<http::string_body> res{static_cast<http::status>(status), 11};
     res.set(http::field::server, params.server_name);
     res.set(http::field::content_type, "text/plain; charset=utf-8");
+    for (const auto& [name, value] : extra)
+        res.set(name, value);  // before Connection and Content-Length, which stay ours
     res.set(http::field::connection, "close");
     if (!retry_after.empty())
         res.set(http::field::retry_after, retry_after);
@@ -173,13 +295,22 @@ asio::awaitable<error_code> session_core::read_upgrade(accept_params& params, ac
                          secs};
         } else {
             no = check_upgrade(req, result.target);
+            if (!no)
+                no = co_await admit(params, req, result,
+                                   ws_->next_layer().tls() ? ws_->next_layer().tls()->native_handle() : nullptr);
         }
     }
     if (no) {
         result.detail = std::move(no->detail);
-        co_await refuse_upgrade(params, no->status, std::move(no->body), std::move(no->retry_after));
+        co_await refuse_upgrade(params, no->status, std::move(no->body), std::move(no->retry_after), no->headers);
         co_return make_http_status_error(no->status);
     }
+    if (!result.subprotocol.empty())
+        ws_->set_option(websocket::stream_base::decorator(
+            [name = params.server_name, chosen = result.subprotocol](websocket::response_type& res) {
+                res.set(http::field::server, name);
+                res.set(http::field::sec_websocket_protocol, chosen);
+            }));
     // What the client sent behind its request (its first frames, in the same write) is
     // in `request` already: the websocket stream reads it first.
     const auto behind = request.data();
@@ -218,14 +349,14 @@ asio::awaitable<accept_result> session_core::accept_op(asio::ip::tcp::socket soc
     auto ec = co_await with_deadline(read_upgrade(params, result), cfg_->handshake_timeout, error::handshake_timeout,
                                      [this] { close_socket(); });
     if (ec == error::handshake_timeout)
-        result.detail =
-            "no complete upgrade request within " + ms_text(cfg_->handshake_timeout) + " (handshake_timeout)";
+        result.detail = explain_accept_timeout(result.at, cfg_->handshake_timeout);
     if (ec)
         co_return accept_failed(result, ec);
     if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state)) {
         result.detail = "cancelled";
         co_return accept_failed(result, asio::error::operation_aborted);
     }
+    subprotocol_ = std::move(result.subprotocol);
     if (params.budget && !budget_) {
         budget_ = std::make_unique<budget_account>(params.budget);
         budget_watch_ = params.watch;

@@ -6,8 +6,10 @@
 // tls_handshake_timeout, and the upgrade within handshake_timeout. Each step's failure says
 // what and where.
 
+#include "printable.hpp"
 #include "proxy_tunnel.hpp"
 #include "session_core.hpp"
+#include "subprotocols.hpp"
 #include "with_deadline.hpp"
 
 #include <vigil/url.hpp>
@@ -20,6 +22,8 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include <algorithm>
 
 namespace vigil::detail {
 
@@ -48,6 +52,38 @@ std::string ms_text(std::chrono::milliseconds d)
 std::string through(const std::optional<proxy_endpoint>& proxy)
 {
     return proxy ? " (through proxy " + proxy->where() + ")" : std::string();
+}
+
+// The server's Sec-WebSocket-Protocol answer against what was offered (RFC 6455 4.1: the
+// client fails a connection whose server chose a protocol it did not offer).
+error_code agree_subprotocol(const session_config& cfg, const websocket::response_type& res, std::string& chosen,
+                             std::string& why)
+{
+    std::vector<std::string> answered;
+    for (const auto& field : res) {
+        if (field.name() == beast::http::field::sec_websocket_protocol)
+            answered.emplace_back(field.value());
+    }
+    const auto& offered = cfg.subprotocols;
+    const std::string offered_text = offered.empty() ? "none" : join_subprotocols(offered);
+    if (answered.size() > 1) {
+        why = "the server answered " + std::to_string(answered.size()) + " Sec-WebSocket-Protocol headers (offered: " +
+              offered_text + ")";
+        return error::subprotocol_mismatch;
+    }
+    if (answered.empty()) {
+        if (offered.empty() || !cfg.subprotocol_required)
+            return {};
+        why = "the server chose no subprotocol (offered: " + offered_text + "; subprotocol_required)";
+        return error::subprotocol_mismatch;
+    }
+    if (std::find(offered.begin(), offered.end(), answered.front()) == offered.end()) {
+        why = "the server answered subprotocol \"" + printable(answered.front(), 64, true) + "\", which was not offered (offered: " +
+              offered_text + ")";
+        return error::subprotocol_mismatch;
+    }
+    chosen = answered.front();
+    return {};
 }
 
 }  // namespace
@@ -372,6 +408,7 @@ error_code session_core::prepare_connect(const std::string& url, endpoint& ep)
 {
     if (!client_)
         client_ = std::make_unique<client_side>();
+    subprotocol_.clear();  // the last connection's, until this one agrees on its own
     std::string detail;
     if (auto ec = parse_url(url, ep, &detail))
         return fail_connect(ec, std::move(detail));
@@ -418,6 +455,8 @@ asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
         req.set(beast::http::field::user_agent, cfg->user_agent);
         for (const auto& [name, value] : extra ? *extra : cfg->headers)
             req.set(name, value);
+        if (!cfg->subprotocols.empty())
+            req.set(beast::http::field::sec_websocket_protocol, join_subprotocols(cfg->subprotocols));
     }));
     websocket::response_type res;
     auto ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
@@ -429,6 +468,9 @@ asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
     // cancel() came while the handshake finished, or the caller's cancellation did.
     if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state))
         co_return fail_connect(asio::error::operation_aborted, "cancelled");
+    std::string why;
+    if (auto sec = agree_subprotocol(*cfg_, res, subprotocol_, why))
+        co_return fail_connect(sec, ep.host + through(client_->proxy) + ": " + why);
     co_return error_code{};
 }
 

@@ -48,12 +48,21 @@ struct accept_params {
     std::chrono::milliseconds retry_after{0};
     unsigned refuse_status = 503;
     std::string refuse_reason = "at max_connections";
+    /// The server's admission check and subprotocols (server_config's; null or empty: none),
+    /// and the client's address for the check's view.
+    const upgrade_check* check = nullptr;
+    const std::vector<std::string>* subprotocols = nullptr;
+    std::string remote;
 };
 
 struct accept_result {
     error_code ec;  // empty: the connection is open
     std::string detail;
     std::string target;  // the request target
+    // How far the upgrade got, so that a handshake_timeout names what it waited for.
+    enum class step { reading, checking, answering } at = step::reading;
+    std::string subprotocol;  // agreed; empty: none
+    std::shared_ptr<void> user_data;  // from the admission check
 };
 
 /// Where a server hears of its connections' stalls (a client session reports its own

@@ -223,6 +223,7 @@ public:
     void use_headers(std::shared_ptr<const std::vector<std::pair<std::string, std::string>>> headers);
     std::uint64_t writes() const noexcept { return live_.written(); }
     std::uint64_t connection_id() const noexcept { return connection_id_; }
+    const std::string& subprotocol() const noexcept { return subprotocol_; }
     /// The next received message, or the end (see inbox.hpp).
     asio::awaitable<received> receive_op();
 
@@ -279,7 +280,8 @@ private:
     void prepare_stream(websocket::stream_base::decorator decorator);
     asio::awaitable<error_code> read_upgrade(accept_params& params, accept_result& result);
     asio::awaitable<error_code> refuse_upgrade(const accept_params& params, unsigned status, std::string body,
-                                               std::string retry_after);
+                                               std::string retry_after,
+                                               const std::vector<std::pair<std::string, std::string>>& extra = {});
     accept_result accept_failed(accept_result& result, error_code ec);
 
     // reader.cpp
@@ -394,6 +396,7 @@ private:
     std::unique_ptr<inbox> inbox_;
     std::unique_ptr<client_side> client_;
     receive_throttle throttle_;  // max_receive_rate
+    std::string subprotocol_;  // agreed in the open (or last) connection's upgrade
 };
 
 template <class Handler, class... Args>

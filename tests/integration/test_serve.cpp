@@ -757,6 +757,47 @@ TEST_SUITE("serve")
         check_well_formed(server.proc);
     }
 
+    TEST_CASE("vigil-serve --allow-origin, --token, --subprotocol: 403, 401, and the agreed subprotocol in both events")
+    {
+        io_fixture io;
+        server_process server({"--allow-origin", "https://chat.example", "--token", "s3cret", "--subprotocol",
+                               "chat.v2", "--subprotocol", "chat.v1"});
+        auto cfg = client_config();
+        cfg.headers = {{"Origin", "https://evil.example"}, {"Authorization", "Bearer s3cret"}};
+        client foreign(io.ioc, cfg);
+        auto ec = foreign.connect(server.url());
+        CHECK(vigil::http_status_of(ec) == 403);
+        CHECK(vigil::is_permanent(ec));
+
+        cfg.headers = {{"Origin", "https://chat.example"}};
+        client anonymous(io.ioc, cfg);
+        ec = anonymous.connect(server.url());
+        CHECK(vigil::http_status_of(ec) == 401);
+        CHECK(vigil::is_permanent(ec));
+
+        // No Origin (not a browser), the token in the URL, two subprotocols offered.
+        child probe("VIGIL_PROBE", {"--no-reconnect", "--subprotocol", "chat.v1", "--subprotocol", "chat.v2",
+                                    server.url() + "?token=s3cret"});
+        auto connected = probe.wait_for(named("connected"), 5s);
+        INFO("probe stderr: ", probe.err());
+        REQUIRE(connected.has_value());
+        CHECK((*connected)["subprotocol"] == "chat.v2");
+        auto joined_event = server.proc.wait_for(named("client_connected"), 3s);
+        REQUIRE(joined_event.has_value());
+        CHECK((*joined_event)["subprotocol"] == "chat.v2");
+        probe.signal(SIGTERM);
+        CHECK(probe.wait_exit(5s).value_or(-1) == 0);
+
+        auto rejected = server.proc.events_named("rejected");
+        REQUIRE(rejected.size() == 2);
+        CHECK(rejected[0]["status"] == 403);
+        CHECK(rejected[0]["detail"].get<std::string>().find("Origin \"https://evil.example\" is not an allowed origin") !=
+              std::string::npos);
+        CHECK(rejected[1]["status"] == 401);
+        check_well_formed(server.proc);
+        check_well_formed(probe);
+    }
+
     TEST_CASE("vigil-serve closes every client with 1001 on SIGTERM, prints stopped and exits 0")
     {
         io_fixture io;
@@ -874,6 +915,9 @@ TEST_SUITE("serve")
             {{"--app-pong", "pong"}, "--app-ping"},
             {{"--app-ping", "same", "--app-pong", "same"}, "--app-pong"},
             {{"--help=yes"}, "--help"},
+            {{"--allow-origin", "chat.example"}, "--allow-origin"},
+            {{"--require-origin"}, "--require-origin"},
+            {{"--token", ""}, "--token"},
         };
         for (const auto& c : cases) {
             CAPTURE(joined(c.args));

@@ -15,6 +15,7 @@
 #include <vigil/server.hpp>
 #include <vigil/session.hpp>
 #include <vigil/supervisor.hpp>
+#include <vigil/upgrade.hpp>
 
 #include <support/process.hpp>
 #include <support/testing.hpp>
@@ -837,6 +838,61 @@ TEST_CASE("node ws client against vigil::server: pinged while idle, closed with 
     server_pings_idle_client_and_shuts_down(client_kind::node_ws);
 }
 
+TEST_CASE("node ws clients against an admission check: 403 for a foreign Origin, 401 without the token, a subprotocol agreed")
+{
+    auto cfg = quick_server();
+    cfg.check_upgrade = vigil::allow_origins({"https://chat.example"}, vigil::missing_origin::refuse,
+                                             vigil::require_token("s3cret"));
+    cfg.subprotocols = {"chat.v2", "chat.v1"};
+    served s(cfg);
+    auto client = [&](std::vector<std::string> args, std::string_view path = "/") {
+        args.push_back(s.url(path));
+        return vt::child_process(node_command("ws_client.js", std::move(args)));
+    };
+    auto foreign = client({"--origin", "https://evil.example", "--header", "Authorization: Bearer s3cret"});
+    auto anonymous = client({"--origin", "https://chat.example"});
+    auto member = client({"--origin", "https://chat.example", "--header", "Authorization: Bearer s3cret",
+                          "--protocol", "chat.v1", "--protocol", "chat.v2"});
+    auto stranger = client({"--origin", "https://chat.example", "--protocol", "mqtt"}, "/?token=s3cret");
+    std::optional<int> foreign_exit, anonymous_exit, stranger_exit;
+    bool member_open = false;
+    s.spawn([&]() -> asio::awaitable<void> {
+        member_open = co_await eventually([&] { return member.count("open") == 1; }, startup);
+        co_await eventually([&] { return foreign.count("rejected") + anonymous.count("rejected") == 2 &&
+                                         stranger.count("error") == 1; },
+                            startup);
+        s.srv.stop();
+    });
+    s.ioc.run_for(startup + 10s);
+    foreign_exit = foreign.wait_exit(5s);
+    anonymous_exit = anonymous.wait_exit(5s);
+    stranger_exit = stranger.wait_exit(5s);
+
+    INFO("foreign:\n", foreign.transcript(), "anonymous:\n", anonymous.transcript(), "member:\n",
+         member.transcript(), "stranger:\n", stranger.transcript());
+    // ws reports a refused upgrade as 'unexpected-response' with the status.
+    auto rejected = events_named(foreign, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 403);
+    CHECK(foreign_exit.value_or(-1) == 1);
+    rejected = events_named(anonymous, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 401);
+    CHECK(anonymous_exit.value_or(-1) == 1);
+    // The server's preference among those offered, as ws.protocol.
+    REQUIRE(member_open);
+    CHECK(events_named(member, "open")[0]["protocol"] == "chat.v2");
+    // ws fails a connection whose server chose none of the offered subprotocols, as vigil's
+    // client does by default (session_config::subprotocol_required).
+    auto errors = events_named(stranger, "error");
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0]["message"] == "Server sent no subprotocol");
+    CHECK(stranger.count("open") == 0);
+    CHECK(stranger_exit.value_or(-1) == 1);
+    CHECK(member.terminate() == 0);
+    REQUIRE(s.connections.size() == 2);  // the member, and the stranger (ws closes it after the 101)
+}
+
 }  // TEST_SUITE("node")
 
 // ---------------------------------------------------------------------------------------
@@ -960,6 +1016,50 @@ void stale_token_refused()
 
 TEST_SUITE("python")
 {
+
+TEST_CASE("python websockets clients against an admission check: 403, 401, a subprotocol agreed, and none agreed accepted")
+{
+    auto cfg = quick_server();
+    cfg.check_upgrade = vigil::allow_origins({"https://chat.example"}, vigil::missing_origin::allow,
+                                             vigil::require_token("s3cret"));
+    cfg.subprotocols = {"chat.v2", "chat.v1"};
+    served s(cfg);
+    auto client = [&](std::vector<std::string> args, std::string_view path = "/") {
+        args.push_back(s.url(path));
+        return vt::child_process(python_command("websockets_client.py", std::move(args)));
+    };
+    auto foreign = client({"--origin", "https://evil.example"}, "/?token=s3cret");
+    auto anonymous = client({});
+    auto member = client({"--subprotocol", "chat.v1", "--subprotocol", "chat.v2"}, "/?token=s3cret");
+    auto stranger = client({"--subprotocol", "mqtt", "--header", "Authorization: Bearer s3cret"});
+    std::vector<std::optional<int>> exits;
+    s.spawn([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return foreign.count("rejected") + anonymous.count("rejected") +
+                                         member.count("open") + stranger.count("open") == 4; },
+                            startup);
+        s.srv.stop();
+    });
+    s.ioc.run_for(startup + 10s);
+    for (auto* p : {&foreign, &anonymous, &member, &stranger})
+        exits.push_back(p->wait_exit(5s));
+
+    INFO("foreign:\n", foreign.transcript(), "anonymous:\n", anonymous.transcript(), "member:\n",
+         member.transcript(), "stranger:\n", stranger.transcript());
+    auto rejected = events_named(foreign, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 403);
+    rejected = events_named(anonymous, "rejected");
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0]["status"] == 401);
+    auto opened = events_named(member, "open");
+    REQUIRE(opened.size() == 1);
+    CHECK(opened[0]["subprotocol"] == "chat.v2");
+    // Unlike ws (and vigil's client by default), websockets accepts a server that chose none.
+    opened = events_named(stranger, "open");
+    REQUIRE(opened.size() == 1);
+    CHECK(opened[0]["subprotocol"].is_null());
+    CHECK(exits == std::vector<std::optional<int>>{1, 1, 0, 0});
+}
 
 TEST_CASE("python websockets server with single-use tokens: before_attempt puts a fresh one in a header every attempt")
 {

@@ -6,17 +6,21 @@
 // the way the ws README teaches: a ping every interval, and the connection is terminated
 // when the previous ping got no pong by the next tick. It reports JSON lines on stdout, one
 // object per line with "event" and "t" (seconds since start):
-//   open; ping (the server pinged us); pong (answer to our ping, with rtt_ms); message
+//   open (with protocol, the subprotocol agreed); ping (the server pinged us); pong (answer to our ping, with rtt_ms); message
 //   (text, or bytes for binary); terminated (our heartbeat gave up); silent; close (code,
 //   reason); error (message).
 //
-//   node ws_client.js [--ping-interval MS] [--send TEXT]... [--silent-after MS] URL
+//   node ws_client.js [--ping-interval MS] [--send TEXT]... [--silent-after MS]
+//                     [--protocol NAME]... [--header NAME:VALUE]... [--origin ORIGIN] URL
 //
 //   --ping-interval MS  0 (default) sends no pings.
 //   --send TEXT         sent once the connection is open (repeatable, in order).
 //   --silent-after MS   that long after the open, stop reading, writing and answering pings
 //                       without closing: a client that vanished (a frozen phone, a pulled
 //                       cable). Only the server's heartbeat can find out.
+//   --protocol NAME     a subprotocol to offer (repeatable, in order).
+//   --header N:V        an extra header of the upgrade request (repeatable).
+//   --origin ORIGIN     the Origin header, as a browser sends it.
 //
 // Exits 0 when the connection has closed, 1 if it never opened (a refused upgrade prints
 // "rejected" with the HTTP status). SIGTERM or SIGINT closes the connection (1000, at most
@@ -39,7 +43,7 @@ function usage(message) {
 }
 
 function parse(argv) {
-    const opts = { url: null, pingInterval: 0, send: [], silentAfter: null };
+    const opts = { url: null, pingInterval: 0, send: [], silentAfter: null, protocols: [], headers: {}, origin: null };
     for (let i = 0; i < argv.length; ++i) {
         const arg = argv[i];
         const value = () => {
@@ -49,6 +53,14 @@ function parse(argv) {
         if (arg === '--ping-interval') opts.pingInterval = Number(value());
         else if (arg === '--send') opts.send.push(value());
         else if (arg === '--silent-after') opts.silentAfter = Number(value());
+        else if (arg === '--protocol') opts.protocols.push(value());
+        else if (arg === '--origin') opts.origin = value();
+        else if (arg === '--header') {
+            const h = value();
+            const colon = h.indexOf(':');
+            if (colon <= 0) usage(`bad --header ${h}`);
+            opts.headers[h.slice(0, colon).trim()] = h.slice(colon + 1).trim();
+        }
         else if (arg.startsWith('--')) usage(`unknown argument ${arg}`);
         else if (opts.url === null) opts.url = arg;
         else usage(`unexpected argument ${arg}`);
@@ -62,7 +74,9 @@ function parse(argv) {
 const opts = parse(process.argv.slice(2));
 
 // Pongs are sent by hand, so that going silent can stop them even for frames already read.
-const ws = new WebSocket(opts.url, { autoPong: false });
+const wsOptions = { autoPong: false, headers: opts.headers };
+if (opts.origin !== null) wsOptions.origin = opts.origin;
+const ws = new WebSocket(opts.url, opts.protocols, wsOptions);
 let silent = false;
 let opened = false;
 let ticker = null;
@@ -78,7 +92,7 @@ function stopTicker() {
 
 ws.on('open', () => {
     opened = true;
-    emit('open', {});
+    emit('open', { protocol: ws.protocol });
     for (const text of opts.send) ws.send(text);
     if (opts.pingInterval > 0) {
         ticker = setInterval(() => {

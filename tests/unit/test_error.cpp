@@ -210,6 +210,7 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::local_address_unusable, "local_address_unusable"},
         {error::memory_budget_exceeded, "memory_budget_exceeded"},
         {error::message_timeout, "message_timeout"},
+        {error::subprotocol_mismatch, "subprotocol_mismatch"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
@@ -519,6 +520,7 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {error::proxy_denied, permanent},
         {error::proxy_protocol_error, permanent},
         {error::local_address_unusable, permanent},
+        {error::subprotocol_mismatch, permanent},
         {error::proxy_target_unreachable, transient},
         {error::not_connected, transient},
         // The network.
