@@ -339,6 +339,8 @@ options parse_args(int argc, char** argv)
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
+        } else if (parse_deflate_flag(flag, value, no_value, cfg.deflate)) {
+            // --deflate and its knobs (cli.hpp)
         } else {
             throw usage_error{"unknown option '" + std::string(flag) + "'"};
         }
@@ -405,7 +407,7 @@ public:
         }
         ev->on_connected = [this] {
             connected_ = true;
-            emit({{"event", "connected"}});
+            emit({{"event", "connected"}, {"compressed", compressed()}});
         };
         ev->on_ping = [this] { emit({{"event", "ping"}}); };
         ev->on_pong = [this](std::chrono::microseconds rtt) {
@@ -846,6 +848,9 @@ private:
     options opts_;
     std::chrono::steady_clock::time_point start_;
     // Exactly one of the two: a supervisor by default, a bare session with --no-reconnect.
+    // Whether the connection just opened uses permessage-deflate.
+    bool compressed() const { return supervisor_ ? supervisor_->compressed() : session_ && session_->compressed(); }
+
     std::unique_ptr<vigil::supervisor> supervisor_;
     std::unique_ptr<vigil::session> session_;
     asio::cancellation_signal abort_;
@@ -877,7 +882,8 @@ int main(int argc, char** argv)
         return exit_usage;
     }
     if (opts.help) {
-        std::cout << usage_text;
+        const auto at = usage_text.find("  --help ");
+        std::cout << usage_text.substr(0, at) << deflate_usage("offer", "as the server asks") << usage_text.substr(at);
         return exit_ok;
     }
 

@@ -236,6 +236,8 @@ public:
         return last_ ? *last_ : none;
     }
     bool is_open() const noexcept;
+    /// permessage-deflate is in use on the open (or last) connection (deflate.cpp).
+    bool compressed() const noexcept;
 
 private:
     // session.cpp: a connection's beginning and end.
@@ -281,6 +283,10 @@ private:
     asio::awaitable<error_code> refuse_upgrade(const accept_params& params, unsigned status, std::string body,
                                                std::string retry_after);
     accept_result accept_failed(accept_result& result, error_code ec);
+    // deflate.cpp: the extension offered or accepted before the handshake, and what the
+    // handshake's 101 response agreed.
+    void apply_deflate(beast::role_type role);
+    void note_deflate(const websocket::response_type& res);
 
     // reader.cpp
     template <class Handler>
@@ -394,6 +400,10 @@ private:
     std::unique_ptr<inbox> inbox_;
     std::unique_ptr<client_side> client_;
     receive_throttle throttle_;  // max_receive_rate
+    // Whether the handshake agreed on permessage-deflate; atomic only so that compressed()
+    // may peek from any thread, as is_open() does.
+    enum class deflate_use : std::uint8_t { off, on };
+    std::atomic<deflate_use> deflate_{deflate_use::off};
 };
 
 template <class Handler, class... Args>
