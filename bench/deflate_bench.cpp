@@ -20,11 +20,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <dirent.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -32,6 +28,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+// In deflate_bench_tcp.cpp: the kernel's struct with tcpi_bytes_received clashes with the
+// glibc one Asio includes.
+unsigned long long tcp_bytes_received();
 
 namespace {
 
@@ -44,27 +44,6 @@ double thread_cpu_s()
     ::getrusage(RUSAGE_THREAD, &ru);
     return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
            static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-// Bytes received by every TCP socket of this process: the client's socket gets what the
-// server sent, the server's what the client sent (nothing here but the close).
-unsigned long long tcp_bytes_received()
-{
-    unsigned long long total = 0;
-    DIR* d = ::opendir("/proc/self/fd");
-    if (!d)
-        return 0;
-    while (auto* e = ::readdir(d)) {
-        const int fd = std::atoi(e->d_name);
-        if (fd <= 2)
-            continue;
-        tcp_info ti{};
-        socklen_t len = sizeof ti;
-        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
-            total += ti.tcpi_bytes_received;
-    }
-    ::closedir(d);
-    return total;
 }
 
 // The stream: realistic repeated keys, changing numbers.

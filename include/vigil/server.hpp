@@ -45,9 +45,10 @@ struct connection_allocator;
 ///   so that it cannot flood everyone its messages are broadcast to;
 /// - `deflate` off, but with `client_no_context_takeover` and `server_no_context_takeover`
 ///   set, so that a server enabling it (`deflate.enabled = true`) compresses each message on
-///   its own: no connection's messages depend on its earlier ones. With Beast 1.81 this
-///   does not shrink a connection's memory (the zlib state is kept either way; see README,
-///   "Compression"), and it costs ratio on small repeated messages.
+///   its own: no connection's messages depend on its earlier ones. Measured at 10,000
+///   connections, this does not shrink a connection's memory with Beast 1.81 (8 KiB once
+///   agreed, about 90 KiB once it has sent a compressed message, with or without context
+///   takeover), and it costs ratio on small repeated messages (see README, "Compression").
 session_config server_session_defaults();
 
 /// TLS for a `wss://` server. Either a certificate chain and key in PEM files, or a context
