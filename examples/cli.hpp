@@ -5,6 +5,8 @@
 // Argument parsing shared by vigil-probe and vigil-serve, so that the two command-line
 // faces read numbers and seconds the same way and word their usage errors alike.
 
+#include <vigil/config.hpp>
+
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -67,6 +69,55 @@ inline std::chrono::milliseconds positive(std::string_view flag, std::chrono::mi
     if (d.count() <= 0)
         throw usage_error{std::string(flag) + " must be positive"};
     return d;
+}
+
+/// The permessage-deflate flags both tools share; false when `flag` is none of them.
+/// `value` returns the flag's value, `no_value` refuses one.
+template <class Value, class NoValue>
+bool parse_deflate_flag(std::string_view flag, Value&& value, NoValue&& no_value, vigil::deflate_config& d)
+{
+    auto in_range = [&](std::size_t lo, std::size_t hi) {
+        const auto n = parse_count(flag, value());
+        if (n < lo || n > hi)
+            throw usage_error{std::string(flag) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"};
+        return static_cast<int>(n);
+    };
+    if (flag == "--deflate") {
+        no_value();
+        d.enabled = true;
+    } else if (flag == "--deflate-context-takeover") {
+        no_value();
+        d.client_no_context_takeover = false;
+        d.server_no_context_takeover = false;
+    } else if (flag == "--deflate-no-context-takeover") {
+        no_value();
+        d.client_no_context_takeover = true;
+        d.server_no_context_takeover = true;
+    } else if (flag == "--deflate-window-bits") {
+        d.client_max_window_bits = d.server_max_window_bits = in_range(9, 15);
+    } else if (flag == "--deflate-level") {
+        d.level = in_range(0, 9);
+    } else if (flag == "--deflate-threshold") {
+        d.threshold = parse_count(flag, value());
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/// The lines of --help for the flags above; `context_default` says what the tool does
+/// without --deflate-context-takeover / --deflate-no-context-takeover.
+inline std::string deflate_usage(std::string_view what, std::string_view context_default)
+{
+    return "  --deflate              " + std::string(what) + " permessage-deflate (RFC 7692)\n"
+           "  --deflate-context-takeover / --deflate-no-context-takeover\n"
+           "                         keep the compression history between messages (better\n"
+           "                         ratio on repeated keys) or start each message afresh\n"
+           "                         (default: " + std::string(context_default) + ")\n"
+           "  --deflate-window-bits N  largest window, 2^N bytes, both directions (9..15,\n"
+           "                         default 15)\n"
+           "  --deflate-level N      zlib level 0..9 for what this side sends (default 6)\n"
+           "  --deflate-threshold BYTES  send shorter messages uncompressed (default 64)\n";
 }
 
 }  // namespace vigil_cli

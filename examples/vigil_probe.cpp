@@ -345,6 +345,8 @@ options parse_args(int argc, char** argv)
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
+        } else if (parse_deflate_flag(flag, value, no_value, cfg.deflate)) {
+            // --deflate and its knobs (cli.hpp)
         } else {
             throw usage_error{"unknown option '" + std::string(flag) + "'"};
         }
@@ -552,7 +554,7 @@ private:
 
     void emit_connected(const vigil::session& s)
     {
-        emit({{"event", "connected"}, {"subprotocol", s.subprotocol()}});
+        emit({{"event", "connected"}, {"subprotocol", s.subprotocol()}, {"compressed", s.compressed()}});
     }
 
     void watch_supervisor()
@@ -861,6 +863,7 @@ private:
     options opts_;
     std::chrono::steady_clock::time_point start_;
     // Exactly one of the two: a supervisor by default, a bare session with --no-reconnect.
+
     std::unique_ptr<vigil::supervisor> supervisor_;
     std::unique_ptr<vigil::session> session_;
     asio::cancellation_signal abort_;
@@ -892,7 +895,8 @@ int main(int argc, char** argv)
         return exit_usage;
     }
     if (opts.help) {
-        std::cout << usage_text;
+        const auto at = usage_text.find("  --help ");
+        std::cout << usage_text.substr(0, at) << deflate_usage("offer", "as the server asks") << usage_text.substr(at);
         return exit_ok;
     }
 

@@ -268,6 +268,8 @@ options parse_args(int argc, char** argv)
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
+        } else if (parse_deflate_flag(flag, value, no_value, session.deflate)) {
+            // --deflate and its knobs (cli.hpp)
         } else {
             throw usage_error{"unknown option '" + std::string(flag) + "'"};
         }
@@ -325,7 +327,8 @@ public:
             emit({{"event", "client_connected"},
                   {"id", c.id()},
                   {"remote", c.remote()},
-                  {"subprotocol", c.subprotocol()}});
+                  {"subprotocol", c.subprotocol()},
+                  {"compressed", c.compressed()}});
         };
         ev.on_disconnected = [this](vigil::connection& c) {
             const auto& info = c.last_disconnect();
@@ -502,7 +505,11 @@ int main(int argc, char** argv)
         return exit_usage;
     }
     if (opts.help) {
-        std::cout << usage_text;
+        const auto at = usage_text.find("  --help ");
+        std::cout << usage_text.substr(0, at)
+                  << deflate_usage("accept", "no takeover: each message compressed on its own, and\n"
+                                             "                         no history kept between messages")
+                  << usage_text.substr(at);
         return exit_ok;
     }
     // Anything else the library rejects (it names its own fields).

@@ -7,6 +7,7 @@
 #include "detail/subprotocols.hpp"
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/beast/core/string.hpp>
 
 #include <algorithm>
 #include <filesystem>
@@ -14,6 +15,8 @@
 #include <string_view>
 
 namespace vigil {
+
+namespace beast = boost::beast;
 
 namespace {
 
@@ -105,7 +108,28 @@ void check_headers(checker& check, const session_config& cfg)
         // Values may be secrets (tokens), so the message names the header, never the value.
         if (has_line_break_or_nul(value))
             check.fail(where + " (\"" + name + "\") value contains CR, LF or NUL");
+        // An extension offered behind the session's back would be accepted by the server,
+        // and its frames (compressed, RSV1 set) then fail the connection as a protocol error.
+        if (beast::iequals(name, "Sec-WebSocket-Extensions"))
+            check.fail(where + " (\"" + name
+                + "\") cannot be set through headers: use deflate (deflate.enabled = true) for compression");
     }
+}
+
+void check_window_bits(checker& check, const char* field, int bits)
+{
+    if (bits < 9 || bits > 15)
+        check.fail(std::string("deflate.") + field + " (" + std::to_string(bits)
+            + ") must be in [9, 15] (8 is not usable: zlib treats it as 9)");
+}
+
+void check_deflate(checker& check, const deflate_config& d)
+{
+    // Checked even when disabled: a setting that would fail once enabled fails now.
+    check_window_bits(check, "client_max_window_bits", d.client_max_window_bits);
+    check_window_bits(check, "server_max_window_bits", d.server_max_window_bits);
+    if (d.level < 0 || d.level > 9)
+        check.fail("deflate.level (" + std::to_string(d.level) + ") must be in [0, 9]");
 }
 
 void check_ca_file(checker& check, const std::string& path)
@@ -197,6 +221,7 @@ error_code validate(const session_config& cfg, std::string* detail)
     check_headers(check, cfg);
     if (std::string why; !check.failed() && !detail::check_subprotocols(cfg.subprotocols, "subprotocols", why))
         check.fail(why);
+    check_deflate(check, cfg.deflate);
     check_network(check, cfg);
     if (!check.failed())
         check_ca_file(check, cfg.tls.ca_file);

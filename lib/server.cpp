@@ -83,6 +83,9 @@ session_config server_session_defaults()
     cfg.message_timeout = std::chrono::seconds(10);
     cfg.message_min_rate = 64 * 1024;
     cfg.max_receive_rate = 4 * 1024 * 1024;
+    // Compression stays off; a server that turns it on keeps no history between messages.
+    cfg.deflate.client_no_context_takeover = true;
+    cfg.deflate.server_no_context_takeover = true;
     return cfg;
 }
 
@@ -284,6 +287,11 @@ void connection::cancel()
 bool connection::is_open() const noexcept
 {
     return impl_->s.is_open();
+}
+
+bool connection::compressed() const noexcept
+{
+    return impl_->s.compressed();
 }
 
 const disconnect_info& connection::last_disconnect() const noexcept

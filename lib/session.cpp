@@ -21,6 +21,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
+#include <limits>
 #include <random>
 
 namespace vigil {
@@ -121,7 +122,10 @@ void session_core::opened(time_point now)
     connection_id_ = next_connection_id();
     rx_.clear();
     // Beast never lets a message grow past max_message_size: nor may its buffer's doubling.
-    rx_.max_size(cfg_->max_message_size);
+    // One byte more: a compressed message is measured as it inflates, and must be able to
+    // inflate past the limit for Beast to fail it with 1009 (a full buffer is a plain error).
+    const auto most = cfg_->max_message_size;
+    rx_.max_size(most == std::numeric_limits<std::size_t>::max() ? most : most + 1);
     throttle_.start(cfg_->max_receive_rate, now);
     ws_->next_layer().watch_closing(&session_core::on_transport_closing, this);
     phase_ = phase::open;
@@ -537,6 +541,11 @@ void session::cancel()
 bool session::is_open() const noexcept
 {
     return core_->is_open();
+}
+
+bool session::compressed() const noexcept
+{
+    return core_->compressed();
 }
 
 const disconnect_info& session::last_disconnect() const noexcept

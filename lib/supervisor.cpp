@@ -1169,4 +1169,9 @@ const disconnect_info& supervisor::last_disconnect() const noexcept
     return impl_->last_;
 }
 
+bool supervisor::compressed() const noexcept
+{
+    return impl_->links_[impl_->live_]->s.compressed();
+}
+
 }  // namespace vigil

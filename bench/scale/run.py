@@ -149,13 +149,23 @@ def cpu_rate(a, b):
     return (b["user_s"] + b["sys_s"] - a["user_s"] - a["sys_s"]) / ((b["mono_ns"] - a["mono_ns"]) / 1e9)
 
 
+# "vigil+deflate" and "vigil+deflate-takeover": vigil with permessage-deflate on both sides,
+# without and with context takeover.
+DEFLATE_IMPLS = {"vigil+deflate": "no-takeover", "vigil+deflate-takeover": "takeover"}
+
+
 def run_scenario(impl, args, exe, log_dir):
+    deflate = []
+    if impl in DEFLATE_IMPLS:
+        deflate = ["--deflate", DEFLATE_IMPLS[impl]]
+    base = "vigil" if deflate else impl
     if impl == "node":
         server_argv = ["node", os.path.join(HERE, "ws_server.js"), "--ping-ms", str(args.ping_ms)]
         client_impl = "beast"
     else:
-        server_argv = [exe, "server", "--impl", impl, "--ping-ms", str(args.ping_ms), "--pong-ms", str(args.pong_ms)]
-        client_impl = impl
+        server_argv = [exe, "server", "--impl", base, "--ping-ms", str(args.ping_ms),
+                       "--pong-ms", str(args.pong_ms)] + deflate
+        client_impl = base
     prefix = shlex.split(args.server_prefix)
     profile = None
     if args.callgrind and impl != "node":
@@ -170,7 +180,7 @@ def run_scenario(impl, args, exe, log_dir):
         port = server.wait("listening", 60)["port"]
         clients = Proc(f"{impl}-clients", [exe, "clients", "--impl", client_impl, "--port", str(port),
                                            "--ping-ms", str(args.ping_ms), "--pong-ms", str(args.pong_ms),
-                                           "--concurrency", str(args.concurrency)], log_dir)
+                                           "--concurrency", str(args.concurrency)] + deflate, log_dir)
         clients.wait("ready", 30)
         time.sleep(1)
         s0, c0 = server.stats(), clients.stats()
@@ -254,6 +264,10 @@ def run_scenario(impl, args, exe, log_dir):
         r["broadcast_all_ms_min"] = min(lat, default=float("nan"))
         r["broadcast_all_ms_max"] = max(lat, default=float("nan"))
         r["broadcast_first_ms"] = median(first)
+        # After the broadcasts every connection has compressed and inflated a message: with
+        # permessage-deflate, that is when zlib's windows exist.
+        s2 = server.stats()
+        r["server_rss_per_conn_after_msgs_kib"] = (s2["rss_kb"] - s0["rss_kb"]) / max(r["connections"], 1)
         r["broadcast_call_ms"] = median(r.get("broadcast_call_ms", []))
     finally:
         # The server goes first, so that the TIME_WAIT sockets are on its fixed port and not
@@ -278,6 +292,7 @@ def table(results, load):
         ("server RSS per connection (KiB)", "server_rss_per_conn_kib", "{:.2f}"),
         ("client RSS per connection (KiB)", "client_rss_per_conn_kib", "{:.2f}"),
         ("server heap in use per connection (KiB)", "server_heap_per_conn_kib", "{:.2f}"),
+        ("server RSS per connection after the broadcasts (KiB)", "server_rss_per_conn_after_msgs_kib", "{:.2f}"),
         ("pongs received per second", "pongs_per_s", "{:,.0f}"),
         ("pings sent per second", "pings_per_s", "{:,.0f}"),
         ("server CPU per heartbeat (us)", "server_us_per_heartbeat", "{:.1f}"),
@@ -290,7 +305,7 @@ def table(results, load):
         ("broadcast call returned (ms, median)", "broadcast_call_ms", "{:.1f}"),
         ("connections open after the hold", "open_after_hold", "{:,d}"),
     ]
-    impls = [i for i in ("beast", "vigil", "node") if i in by]
+    impls = [i for i in ("beast", "vigil", "node", *DEFLATE_IMPLS) if i in by]
     lines = [f"Load average at start {load[0]}, at end {load[1]}.", ""]
     head = "| metric | " + " | ".join(impls) + " |"
     if "vigil" in by:
@@ -353,7 +368,8 @@ def plot(path, results, args):
     except ImportError:
         sys.stderr.write("matplotlib not found (apt-get install python3-matplotlib): no PNG written\n")
         return
-    colors = {"beast": "#888888", "vigil": "#1f77b4", "node": "#2ca02c"}
+    colors = {"beast": "#888888", "vigil": "#1f77b4", "node": "#2ca02c", "vigil+deflate": "#ff7f0e",
+              "vigil+deflate-takeover": "#d62728"}
     impls = [r["impl"] for r in results]
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))
     x = range(len(results))
@@ -411,7 +427,9 @@ def main():
     ap.add_argument("--broadcasts", type=int, default=5)
     ap.add_argument("--size", type=int, default=64, help="broadcast message size in bytes")
     ap.add_argument("--spread-samples", type=int, default=3, help="ss snapshots over the hold")
-    ap.add_argument("--impls", default="beast,vigil,node")
+    ap.add_argument("--impls", default="beast,vigil,node",
+                    help="any of beast, vigil, node, vigil+deflate (permessage-deflate, no context "
+                         "takeover), vigil+deflate-takeover")
     ap.add_argument("--server-prefix", default="", help="wrap the server command (perf record ...)")
     ap.add_argument("--callgrind", action="store_true",
                     help="run the C++ servers under callgrind, instrumented during the hold only (profiles in --log-dir)")

@@ -153,7 +153,20 @@ struct options {
     std::chrono::milliseconds ping{1000};
     std::chrono::milliseconds pong{500};
     std::size_t concurrency = 200;
+    // vigil only: permessage-deflate on server and clients, keeping the history between
+    // messages ("takeover") or not ("no-takeover", the server default when enabled).
+    std::string deflate = "off";
 };
+
+void apply_deflate(vigil::session_config& cfg, const options& opt)
+{
+    if (opt.deflate == "off")
+        return;
+    cfg.deflate.enabled = true;
+    const bool fresh = opt.deflate == "no-takeover";
+    cfg.deflate.client_no_context_takeover = fresh;
+    cfg.deflate.server_no_context_takeover = fresh;
+}
 
 // Reads command lines from stdin until EOF (the driver went away: exit) or "quit".
 class command_reader {
@@ -497,6 +510,7 @@ int run_vigil_server(const options& opt)
     cfg.max_connections = 1'000'000;
     cfg.session.ping_interval = opt.ping;
     cfg.session.pong_timeout = opt.pong;
+    apply_deflate(cfg.session, opt);
     vigil::server srv(ioc.get_executor(), cfg, nullptr);
     srv.events().on_disconnected = [](vigil::connection& c) { ++end_reasons[vigil::error_name(c.last_disconnect().reason)]; };
     srv.events().on_rejected = [](const std::string&, const vigil::error_code& ec, const std::string&) {
@@ -558,6 +572,7 @@ struct vigil_clients {
         auto cfg = std::make_shared<vigil::session_config>();
         cfg->ping_interval = opt.ping;
         cfg->pong_timeout = opt.pong;
+        apply_deflate(*cfg, opt);
         const std::shared_ptr<const vigil::session_config> shared = std::move(cfg);
         const std::size_t begin = sessions.size();
         for (std::size_t i = 0; i < n; ++i) {
@@ -688,11 +703,17 @@ int main(int argc, char** argv)
             opt.pong = std::chrono::milliseconds(std::stol(v));
         else if (a == "--concurrency")
             opt.concurrency = std::stoul(v);
+        else if (a == "--deflate")
+            opt.deflate = v;
         else
             return usage(("unknown option " + a).c_str());
     }
     if (opt.impl != "vigil" && opt.impl != "beast")
         return usage("--impl must be vigil or beast");
+    if (opt.deflate != "off" && opt.deflate != "takeover" && opt.deflate != "no-takeover")
+        return usage("--deflate must be off, takeover or no-takeover");
+    if (opt.deflate != "off" && opt.impl != "vigil")
+        return usage("--deflate is for --impl vigil");
     raise_fd_limit();
     try {
         if (opt.role == "server")

@@ -59,6 +59,50 @@ struct tls_config {
     std::shared_ptr<boost::asio::ssl::context> context;
 };
 
+/// permessage-deflate (RFC 7692): messages compressed on the wire. Off by default on both
+/// sides. A client offers it in its upgrade request; a server accepts a client's offer. It is
+/// in use on a connection only when both sides enabled it (`session::compressed()`,
+/// `connection::compressed()`); otherwise the connection works uncompressed. Limits such as
+/// `max_message_size` apply to the decompressed size, so a small compressed message that
+/// inflates beyond it ends the connection with `message_too_big` (close code 1009) and
+/// never takes more memory than the limit.
+struct deflate_config {
+    /// Offers (client) or accepts (server) compression. Default false.
+    bool enabled = false;
+
+    /// Largest LZ77 window, as a power of two, that the client compresses with (client role:
+    /// asked for in the offer; server role: the most the server allows, below 15 only if the
+    /// client's offer says it can honour it, otherwise the offer is declined). 9..15,
+    /// default 15 (32 KiB). 8 is not accepted: zlib silently treats it as 9.
+    int client_max_window_bits = 15;
+
+    /// Largest window the server compresses with (client role: asked for; server role: the
+    /// most the server uses). 9..15, default 15.
+    int server_max_window_bits = 15;
+
+    /// The client starts every message with an empty dictionary: repeated keys across
+    /// messages are no longer shared, but neither side keeps the client's history between
+    /// messages. Default false (`server_session_defaults()`: true). Either side may ask for
+    /// it; once asked, it holds for the connection.
+    bool client_no_context_takeover = false;
+
+    /// The same for the server's messages. Default false (`server_session_defaults()`: true,
+    /// so that no message a server sends depends on the ones before it). It costs ratio on
+    /// streams of small similar messages (a 92-byte JSON tick: 93% of its size instead of
+    /// 19%) and, with Beast 1.81, saves no memory: the compression state is reset between
+    /// messages, not freed (about 90 KiB per connection once it has sent a compressed
+    /// message at 15 window bits, either way; bench/README.md).
+    bool server_no_context_takeover = false;
+
+    /// zlib compression level for the messages this side sends: 0 (store only) to 9
+    /// (smallest, slowest). Default 6.
+    int level = 6;
+
+    /// Messages shorter than this many bytes are sent uncompressed (their compressed form
+    /// would barely be shorter, and each costs CPU). Default 64. Zero compresses everything.
+    std::size_t threshold = 64;
+};
+
 /// Everything a client session can be told. Durations are milliseconds; seconds convert
 /// implicitly (`cfg.ping_interval = 5s`). `validate()` checks a config before use, and
 /// `session::connect()` refuses an invalid one with `error::invalid_config`.
@@ -199,7 +243,8 @@ struct session_config {
     std::string user_agent = "vigil";
 
     /// Extra headers for the upgrade request (authentication tokens, cookies). Not
-    /// `Sec-WebSocket-Protocol`: offer subprotocols with `subprotocols`.
+    /// `Sec-WebSocket-Protocol`: offer subprotocols with `subprotocols`; not
+    /// `Sec-WebSocket-Extensions`: compression is `deflate`.
     std::vector<std::pair<std::string, std::string>> headers;
 
     /// TLS settings for `wss://`.
@@ -232,6 +277,10 @@ struct session_config {
     /// them. False: the connection opens with `session::subprotocol()` empty, which RFC
     /// 6455 leaves to the client to accept.
     bool subprotocol_required = true;
+    /// permessage-deflate; see `deflate_config`. Default off. Offering it through `headers`
+    /// (`Sec-WebSocket-Extensions`) is refused by `validate()`: the session could not
+    /// decode what the server would send.
+    deflate_config deflate;
 };
 
 /// Checks `cfg`. Returns an empty code when it can be used; otherwise

@@ -309,6 +309,12 @@ public:
     /// session's executor or between connects.
     const std::string& subprotocol() const noexcept;
 
+    /// True when the open connection (after it ended: the last one) uses permessage-deflate:
+    /// `session_config::deflate` was enabled and the server accepted it. False before the
+    /// first connection, and whenever the server declined. Racy like `is_open()` when read
+    /// from another thread.
+    bool compressed() const noexcept;
+
 private:
     friend struct detail::session_access;
     void start_send(std::string data, message_type type, detail::send_handler handler);

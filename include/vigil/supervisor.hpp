@@ -432,6 +432,11 @@ public:
     /// or from the supervisor's handlers.
     const disconnect_info& last_disconnect() const noexcept;
 
+    /// Whether the live connection uses permessage-deflate (see `session::compressed()`).
+    /// During a make-before-break replacement, the old connection's until the new one takes
+    /// over. Read it from the supervisor's handlers or while `run()` is not running.
+    bool compressed() const noexcept;
+
 private:
     struct impl;
     supervisor(boost::asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy, int);

@@ -344,8 +344,11 @@ asio::awaitable<accept_result> session_core::accept_op(asio::ip::tcp::socket soc
             co_return accept_failed(result, ec);
         }
     }
-    prepare_stream(websocket::stream_base::decorator(
-        [name = params.server_name](websocket::response_type& res) { res.set(http::field::server, name); }));
+    prepare_stream(websocket::stream_base::decorator([this, name = params.server_name](websocket::response_type& res) {
+        res.set(http::field::server, name);
+        note_deflate(res);
+    }));
+    apply_deflate(beast::role_type::server);
     auto ec = co_await with_deadline(read_upgrade(params, result), cfg_->handshake_timeout, error::handshake_timeout,
                                      [this] { close_socket(); });
     if (ec == error::handshake_timeout)

@@ -458,6 +458,7 @@ asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
         if (!cfg->subprotocols.empty())
             req.set(beast::http::field::sec_websocket_protocol, join_subprotocols(cfg->subprotocols));
     }));
+    apply_deflate(beast::role_type::client);
     websocket::response_type res;
     auto ec = co_await with_deadline(upgrade(res, ep), cfg_->handshake_timeout, error::handshake_timeout,
                                      [this] { close_socket(); });
@@ -465,6 +466,7 @@ asio::awaitable<error_code> session_core::open_websocket(const endpoint& ep)
         auto why = explain_upgrade_failure(ec, res, ep);
         co_return fail_connect(ec, std::move(why));
     }
+    note_deflate(res);
     // cancel() came while the handshake finished, or the caller's cancellation did.
     if (conn_.end.decided() != end_reason::kind::none || cancelled(co_await asio::this_coro::cancellation_state))
         co_return fail_connect(asio::error::operation_aborted, "cancelled");

@@ -16,6 +16,20 @@
 
 namespace vigil::detail {
 
+namespace {
+
+// The most one read may add to a message. Beast asks for the rest of a compressed frame
+// whatever room the buffer has left: held to that room, an inflating bomb reaches
+// max_message_size + 1 and Beast ends it with 1009, instead of failing to grow the buffer.
+// Never 0 (Beast would read nothing). A server's connection reads read_piece at most.
+std::size_t read_limit(const beast::flat_buffer& rx, bool budgeted) noexcept
+{
+    const auto room = std::max<std::size_t>(rx.max_size() - rx.size(), 1);
+    return budgeted ? std::min(read_piece, room) : room;
+}
+
+}  // namespace
+
 asio::awaitable<error_code> session_core::reader()
 {
     co_await asio::this_coro::throw_if_cancelled(false);
@@ -66,7 +80,7 @@ void session_core::start_read(bool first, Handler&& handler)
     if (first)
         ws_->async_read_some(asio::buffer(first_read_), std::move(h));
     else
-        ws_->async_read_some(rx_, budget_ ? read_piece : 0, std::move(h));
+        ws_->async_read_some(rx_, read_limit(rx_, budget_ != nullptr), std::move(h));
 }
 
 std::string_view session_core::received_so_far() const noexcept

@@ -237,6 +237,8 @@ public:
         return last_ ? *last_ : none;
     }
     bool is_open() const noexcept;
+    /// permessage-deflate is in use on the open (or last) connection (deflate.cpp).
+    bool compressed() const noexcept;
 
 private:
     // session.cpp: a connection's beginning and end.
@@ -283,6 +285,10 @@ private:
                                                std::string retry_after,
                                                const std::vector<std::pair<std::string, std::string>>& extra = {});
     accept_result accept_failed(accept_result& result, error_code ec);
+    // deflate.cpp: the extension offered or accepted before the handshake, and what the
+    // handshake's 101 response agreed.
+    void apply_deflate(beast::role_type role);
+    void note_deflate(const websocket::response_type& res);
 
     // reader.cpp
     template <class Handler>
@@ -397,6 +403,10 @@ private:
     std::unique_ptr<client_side> client_;
     receive_throttle throttle_;  // max_receive_rate
     std::string subprotocol_;  // agreed in the open (or last) connection's upgrade
+    // Whether the handshake agreed on permessage-deflate; atomic only so that compressed()
+    // may peek from any thread, as is_open() does.
+    enum class deflate_use : std::uint8_t { off, on };
+    std::atomic<deflate_use> deflate_{deflate_use::off};
 };
 
 template <class Handler, class... Args>

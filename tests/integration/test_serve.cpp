@@ -961,10 +961,62 @@ TEST_SUITE("serve")
         CHECK(proc.events().empty());
         CHECK(proc.bad_lines().size() > 10);
     }
+
+    TEST_CASE("vigil-serve --deflate: compressed clients say so in client_connected, others still served")
+    {
+        io_fixture io;
+        server_process server({"--deflate", "--deflate-window-bits", "12"});
+        auto cfg = client_config();
+        cfg.deflate.enabled = true;
+        client zipped(io.ioc, cfg);
+        zipped.open(server.url());
+        auto first = drive_until(io.ioc, server.proc, named("client_connected"), 3s);
+        REQUIRE(first.has_value());
+        CHECK((*first)["compressed"] == true);
+        CHECK(zipped.s.compressed());
+        const std::string tick(3000, 'x');
+        zipped.send(tick);
+        REQUIRE(drive(io.ioc, [&] { return zipped.messages.size() == 1; }, 3s));
+        CHECK(zipped.messages[0] == tick);
+
+        client plain(io.ioc);
+        plain.open(server.url());
+        auto second = drive_until(io.ioc, server.proc, named_for("client_connected", 2), 3s);
+        REQUIRE(second.has_value());
+        CHECK((*second)["compressed"] == false);
+        CHECK_FALSE(plain.s.compressed());
+        plain.send("hello");
+        REQUIRE(drive(io.ioc, [&] { return plain.messages.size() == 1; }, 3s));
+        CHECK(plain.messages[0] == "hello");
+        check_well_formed(server.proc);
+
+        child bad("VIGIL_SERVE", {"--deflate", "--deflate-window-bits", "8"});
+        auto status = bad.wait_exit(5s);
+        REQUIRE(status.has_value());
+        CHECK(*status == 64);
+        CHECK_MESSAGE(bad.err().find("--deflate-window-bits must be in [9, 15]") != std::string::npos, bad.err());
+    }
 }
 
 TEST_SUITE("probe")
 {
+    TEST_CASE("probe --deflate against vigil-serve --deflate: both report compression in use")
+    {
+        server_process server({"--deflate"});
+        child probe("VIGIL_PROBE", {"--deflate", "--no-reconnect", "--duration", "0.5", server.url()});
+        auto status = probe.wait_exit(5s);
+        INFO("probe stderr: ", probe.err());
+        REQUIRE(status.has_value());
+        CHECK(*status == 0);
+        auto connected = probe.events_named("connected");
+        REQUIRE(connected.size() == 1);
+        CHECK(connected[0]["compressed"] == true);
+        auto seen = server.proc.wait_for(named("client_connected"), 3s);
+        REQUIRE(seen.has_value());
+        CHECK((*seen)["compressed"] == true);
+        check_well_formed(probe);
+    }
+
     TEST_CASE("probe --app-ping/--app-pong against vigil-serve: text pongs, both ways")
     {
         // The server pings every 0.2 s when idle and the probe every 0.4 s whatever happens:
