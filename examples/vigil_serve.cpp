@@ -7,6 +7,9 @@
 // scripts and tests can watch clients live, die and get evicted.
 
 #include <vigil/server.hpp>
+#ifdef VIGIL_SERVE_PROMETHEUS
+#include <vigil/prometheus.hpp>
+#endif
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -26,6 +29,7 @@
 #include <cstdint>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -102,6 +106,10 @@ constexpr std::string_view usage_text =
     "                         WWW-Authenticate. Checked after the Origin\n"
     "  --subprotocol NAME     a subprotocol this server speaks (repeatable, in order of\n"
     "                         preference); the first one a client offers is chosen\n"
+    "  --metrics-port P       serve Prometheus metrics (GET /metrics) on port P (0: the system\n"
+    "                         picks one; the listening event gains metrics_port); needs a\n"
+    "                         vigil-serve built with prometheus-cpp, else exit 64\n"
+    "  --metrics-bind ADDR    address for --metrics-port (default 127.0.0.1)\n"
     "  --help                 show this text\n"
     "\n"
     "signals: SIGINT/SIGTERM close every connection with 1001 (going away), bounded by the\n"
@@ -121,6 +129,8 @@ struct options {
     std::vector<std::string> allow_origins;
     vigil::missing_origin missing = vigil::missing_origin::allow;
     std::optional<std::string> token;
+    std::optional<std::uint16_t> metrics_port;  // no metrics listener without --metrics-port
+    std::string metrics_bind = "127.0.0.1";
 };
 
 // The admission check the flags ask for: the Origin policy first (a page from elsewhere
@@ -144,6 +154,29 @@ vigil::upgrade_check make_check(options& opts)
         throw usage_error{"--require-origin needs --allow-origin"};
     }
     return check;
+}
+
+// --metrics-port and --metrics-bind.
+void metrics_flag(options& opts, std::string_view flag, std::string_view text)
+{
+#ifndef VIGIL_SERVE_PROMETHEUS
+    (void)opts;
+    (void)text;
+    throw usage_error{std::string(flag) + ": this vigil-serve was built without prometheus-cpp (no metrics listener)"};
+#else
+    if (flag == "--metrics-bind") {
+        if (text.empty()) {
+            throw usage_error{"--metrics-bind needs an address"};
+        }
+        opts.metrics_bind = std::string(text);
+        return;
+    }
+    auto port = parse_count(flag, text);
+    if (port > 65535) {
+        throw usage_error{"--metrics-port: '" + std::string(text) + "' is not a port (0-65535)"};
+    }
+    opts.metrics_port = static_cast<std::uint16_t>(port);
+#endif
 }
 
 std::size_t positive_count(std::string_view flag, std::string_view text)
@@ -265,6 +298,8 @@ options parse_args(int argc, char** argv)
             opts.token = std::string(value());
         } else if (flag == "--subprotocol") {
             opts.cfg.subprotocols.emplace_back(value());
+        } else if (flag == "--metrics-port" || flag == "--metrics-bind") {
+            metrics_flag(opts, flag, value());
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -318,6 +353,8 @@ public:
         : ioc_(ioc),
           mode_(opts.mode),
           start_(start),
+          metrics_port_(opts.metrics_port),
+          metrics_bind_(opts.metrics_bind),
           server_(ioc.get_executor(), std::move(opts.cfg),
                   [this](vigil::server::connection_ptr c) { return handle(std::move(c)); }),
           signals_(ioc, SIGINT, SIGTERM)
@@ -378,7 +415,11 @@ public:
             // A certificate that cannot be loaded came from a flag; a busy port did not.
             return ec == vigil::error::invalid_config ? exit_usage : exit_failed;
         }
-        emit({{"event", "listening"}, {"port", server_.port()}});
+        json listening = {{"event", "listening"}, {"port", server_.port()}};
+        if (!start_metrics(listening)) {
+            return exit_failed;
+        }
+        emit(std::move(listening));
         return std::nullopt;
     }
 
@@ -414,6 +455,23 @@ public:
     int exit_code() const noexcept { return exit_code_; }
 
 private:
+    // The Prometheus listener of --metrics-port; its port goes into the listening event.
+    bool start_metrics([[maybe_unused]] json& listening)
+    {
+#ifdef VIGIL_SERVE_PROMETHEUS
+        if (metrics_port_) {
+            std::string detail;
+            metrics_ = vigil::prometheus_exporter::start(server_, metrics_bind_, *metrics_port_, &detail);
+            if (!metrics_) {
+                std::cerr << "vigil-serve: " << detail << '\n';
+                return false;
+            }
+            listening["metrics_port"] = metrics_->port();
+        }
+#endif
+        return true;
+    }
+
     asio::awaitable<void> run()
     {
         auto ec = co_await server_.run();
@@ -484,7 +542,12 @@ private:
     asio::io_context& ioc_;
     serve_mode mode_;
     std::chrono::steady_clock::time_point start_;
+    std::optional<std::uint16_t> metrics_port_;
+    std::string metrics_bind_;
     vigil::server server_;
+#ifdef VIGIL_SERVE_PROMETHEUS
+    std::unique_ptr<vigil::prometheus_exporter> metrics_;  // after server_: destroyed first
+#endif
     asio::signal_set signals_;
     asio::cancellation_signal abort_;
     int exit_code_ = exit_failed;

@@ -330,6 +330,7 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     asio::awaitable<error_code> accept_loop();
     void admit(connection_ptr c, asio::ip::tcp::socket sock);
     asio::awaitable<void> drain(error_code& result);
+    void count_rejection(const error_code& why);
     void cancel_all();
     void connection_done(bool refused, const detail::address_key& from);
     void stop_now();
@@ -419,6 +420,8 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     std::map<std::uint64_t, connection_ptr> conns_;  // upgraded
     std::map<std::uint64_t, connection_ptr> pending_;  // still in their handshake
     server_counters counters_;
+    reason_counts disconnects_;  // see server_metrics
+    reason_counts rejections_;
     std::exception_ptr handler_exception_;
     std::chrono::steady_clock::time_point stall_reported_until_{};
 
@@ -648,7 +651,7 @@ void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
         if (!refuse)
             ++counters_.open;
         if (unanswered)
-            ++counters_.rejected;
+            count_rejection(make_http_status_error(no.status));
     }
     if (unanswered) {
         error_code ignored;
@@ -672,6 +675,16 @@ void server::impl::admit(connection_ptr c, asio::ip::tcp::socket sock)
                        if (e || !handed_over)
                            connection_done(refuse, from);
                    });
+}
+
+// Under mu_.
+void server::impl::count_rejection(const error_code& why)
+{
+    ++counters_.rejected;
+    if (const auto status = http_status_of(why))
+        ++rejections_["http_" + std::to_string(status)];
+    else
+        ++rejections_[disconnect_label(why)];
 }
 
 void server::impl::cancel_all()
@@ -747,7 +760,7 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
         {
             std::lock_guard lock(mu_);
             pending_.erase(ci.id);
-            ++counters_.rejected;
+            count_rejection(accepted.ec);
             if (!refuse)
                 --counters_.open;
         }
@@ -809,11 +822,13 @@ void server::impl::arm_done(const connection_ptr& c)
     auto& ci = *c->impl_;
     if (--ci.arms > 0)
         return;
+    auto why = disconnect_label(c->last_disconnect().reason);
     {
         std::lock_guard lock(mu_);
         conns_.erase(ci.id);
         --counters_.open;
         ++counters_.disconnected;
+        ++disconnects_[std::move(why)];
     }
     emit(events_.on_disconnected, *c);
     connection_done(false, ci.from);
@@ -946,6 +961,18 @@ server_counters server::counters() const
     auto out = impl_->counters_;
     out.held_bytes = impl_->budget_->total();
     out.held_bytes_peak = impl_->budget_->peak();
+    return out;
+}
+
+server_metrics server::metrics() const
+{
+    server_metrics out;
+    std::lock_guard lock(impl_->mu_);
+    out.counters = impl_->counters_;
+    out.counters.held_bytes = impl_->budget_->total();
+    out.counters.held_bytes_peak = impl_->budget_->peak();
+    out.disconnects = impl_->disconnects_;
+    out.rejections = impl_->rejections_;
     return out;
 }
 

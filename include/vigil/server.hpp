@@ -4,6 +4,7 @@
 
 #include <vigil/config.hpp>
 #include <vigil/error.hpp>
+#include <vigil/metrics.hpp>
 #include <vigil/session.hpp>
 #include <vigil/upgrade.hpp>
 
@@ -345,6 +346,21 @@ struct server_counters {
     std::size_t budget_evictions = 0;  ///< connections ended by the memory budget
 };
 
+/// The counters plus why connections ended and why clients were turned away (see
+/// `server::metrics()`). Every map is keyed by a bounded set of labels.
+struct server_metrics {
+    server_counters counters;
+    /// Connections that ended after the upgrade, by `disconnect_label()` of
+    /// `connection::last_disconnect().reason` (`"pong_timeout"`, `"closed_by_peer"` ...).
+    /// The values sum to `counters.disconnected`.
+    reason_counts disconnects;
+    /// Clients turned away before the upgrade completed: `"http_STATUS"` for an HTTP answer
+    /// (`"http_400"`, `"http_503"`; only the statuses listed at `server_events::on_rejected`),
+    /// otherwise `disconnect_label()` of the error (`"handshake_timeout"`,
+    /// `"network_error"` ...). The values sum to `counters.rejected`.
+    reason_counts rejections;
+};
+
 /// A WebSocket server whose every connection is a vigil session: it answers every ping,
 /// pings idle clients (timers spread out) and evicts the ones that stop answering, enforces
 /// handshake, write and close deadlines, bounds every queue, and shuts down gracefully.
@@ -410,6 +426,12 @@ public:
 
     /// A snapshot of the counters.
     server_counters counters() const;
+
+    /// A snapshot of the counters and of why connections ended or were refused, taken under
+    /// one lock: the counts are consistent with each other (each map sums to its counter).
+    /// Counts are updated once per connection (accepted, upgraded, refused, ended), never
+    /// per message. Any thread.
+    server_metrics metrics() const;
 
 private:
     struct impl;

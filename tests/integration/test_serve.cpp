@@ -39,6 +39,7 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -517,6 +518,39 @@ std::string joined(const std::vector<std::string>& args)
     return all;
 }
 
+// GET /metrics from 127.0.0.1:`port` over a real socket (HTTP/1.0: the answer ends at EOF),
+// at most 5 s; the body, or empty on failure.
+std::string scrape(std::uint16_t port)
+{
+    asio::ip::tcp::iostream http;
+    http.expires_after(5s);
+    http.connect("127.0.0.1", std::to_string(port));
+    if (!http) {
+        return {};
+    }
+    http << "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" << std::flush;
+    std::string all((std::istreambuf_iterator<char>(http)), std::istreambuf_iterator<char>());
+    const auto body = all.find("\r\n\r\n");
+    if (all.rfind("HTTP/1.", 0) != 0 || all.find(" 200 ") == std::string::npos || body == std::string::npos) {
+        return {};
+    }
+    return all.substr(body + 4);
+}
+
+// The value of the sample `series` (a name and its labels as printed) in a text exposition,
+// or -1 when it is not there.
+double sample(const std::string& text, const std::string& series)
+{
+    std::size_t at = 0;
+    while ((at = text.find(series + ' ', at)) != std::string::npos) {
+        if (at == 0 || text[at - 1] == '\n') {
+            return std::stod(text.substr(at + series.size() + 1));
+        }
+        at += series.size();
+    }
+    return -1;
+}
+
 }  // namespace
 
 TEST_SUITE("serve")
@@ -950,6 +984,70 @@ TEST_SUITE("serve")
         CHECK(*status == 1);
         CHECK(second.events().empty());
         CHECK_FALSE(second.err().empty());
+    }
+
+    TEST_CASE("vigil-serve --metrics-port: a scrape of /metrics counts the connects, refusals and ends that happened")
+    {
+        {
+            // Built without prometheus-cpp, the flag is refused: then there is nothing to scrape.
+            child probe("VIGIL_SERVE", {"--metrics-port", "0", "--help"});
+            auto status = probe.wait_exit(5s);
+            REQUIRE(status.has_value());
+            if (*status == 64 && probe.err().find("without prometheus-cpp") != std::string::npos) {
+                MESSAGE("SKIPPED: vigil-serve was built without prometheus-cpp: ", probe.err());
+                return;
+            }
+            REQUIRE_MESSAGE(*status == 0, "stderr: ", probe.err());
+        }
+        io_fixture io;
+        server_process server({"--ping-interval", "0.3", "--pong-timeout", "0.2", "--max-per-address", "3",
+                               "--metrics-port", "0"});
+        const auto& listening = server.proc.events().front();
+        REQUIRE(listening.contains("metrics_port"));
+        const auto metrics_port = listening["metrics_port"].get<std::uint16_t>();
+        REQUIRE(metrics_port != 0);
+
+        // Three clients: one stays, one leaves with a close handshake, one vanishes (its
+        // relay freezes) and is evicted; a fourth is refused (503, over --max-per-address).
+        vt::relay link(server.port);
+        client stays(io.ioc), leaves(io.ioc), vanishes(io.ioc), refused(io.ioc);
+        stays.open(server.url());
+        leaves.open(server.url());
+        vanishes.open(link.url());
+        REQUIRE(drive(io.ioc, [&] { return server.proc.events_named("client_connected").size() == 3; }, 3s));
+        CHECK(vigil::http_status_of(refused.connect(server.url())) == 503);
+        constexpr int m = 5;
+        for (int i = 0; i < m; ++i) {
+            stays.send("message " + std::to_string(i));
+        }
+        REQUIRE(drive(io.ioc, [&] { return stays.messages.size() == m; }, 3s));
+        std::optional<error_code> closed;
+        asio::co_spawn(leaves.s.get_executor(), leaves.s.close(1000, "bye"),
+                       [&closed](std::exception_ptr, error_code ec) { closed = ec; });
+        link.freeze();
+        REQUIRE(drive(io.ioc, [&] { return server.proc.events_named("client_disconnected").size() == 2; }, 3s));
+
+        const auto text = scrape(metrics_port);
+        INFO("scraped:\n", text);
+        REQUIRE_FALSE(text.empty());
+        CHECK(sample(text, "vigil_server_accepted_total") == 4);
+        CHECK(sample(text, "vigil_server_connected_total") == 3);
+        CHECK(sample(text, "vigil_server_connections_open") == 1);
+        CHECK(sample(text, "vigil_server_rejected_total{reason=\"http_503\"}") == 1);
+        CHECK(sample(text, "vigil_server_disconnects_total{reason=\"closed_by_peer\"}") == 1);
+        CHECK(sample(text, "vigil_server_disconnects_total{reason=\"pong_timeout\"}") == 1);
+        CHECK(sample(text, "vigil_server_disconnects_total{reason=\"network_error\"}") == -1);
+        CHECK(text.find("# TYPE vigil_server_disconnects_total counter") != std::string::npos);
+
+        // A second vigil-serve asking for the same metrics port fails clearly, exit 1.
+        child second("VIGIL_SERVE", {"--metrics-port", std::to_string(metrics_port)});
+        auto status = second.wait_exit(5s);
+        REQUIRE(status.has_value());
+        CHECK(*status == 1);
+        CHECK_MESSAGE(second.err().find("cannot listen for metrics on 127.0.0.1:" + std::to_string(metrics_port)) !=
+                          std::string::npos,
+                      "stderr: ", second.err());
+        check_well_formed(server.proc);
     }
 
     TEST_CASE("vigil-serve --help prints the options and exits 0")

@@ -185,6 +185,11 @@ TEST_CASE("echo through the server with a vigil client, ws:// and wss://")
     CHECK(n.rejected == 0);
     CHECK(n.disconnected == 1);
     CHECK(rig.rejected.empty());
+    // The metrics say why: the client closed (1000).
+    const auto m = rig.srv.metrics();
+    CHECK(m.counters.disconnected == 1);
+    CHECK(m.disconnects == vigil::reason_counts{{"closed_by_peer", 1}});
+    CHECK(m.rejections.empty());
 }
 
 TEST_CASE("listen() and run() report what they could not do")
@@ -297,6 +302,7 @@ TEST_CASE("a client whose path went silent is evicted with pong_timeout within p
     CHECK(log.messages.size() == 1);
     REQUIRE(rig.run_done);
     CHECK(rig.srv.counters().disconnected == 1);
+    CHECK(rig.srv.metrics().disconnects == vigil::reason_counts{{"pong_timeout", 1}});
 }
 
 TEST_CASE("a server without a handler: messages are dropped without backpressure, broadcasts arrive, a silent client is evicted")
@@ -780,6 +786,7 @@ TEST_CASE("slowloris: clients that dribble or never send their upgrade are dropp
 
     // Every loris shows up in on_rejected, for handshake_timeout.
     CHECK(rig.rejected.size() == n);
+    CHECK(rig.srv.metrics().rejections == vigil::reason_counts{{"handshake_timeout", n}});
     for (const auto& x : l) {
         CAPTURE(x.name);
         const auto it = std::find_if(rig.rejected.begin(), rig.rejected.end(),
@@ -958,6 +965,7 @@ TEST_CASE("beyond max_connections_per_address: 503 with Retry-After for that add
     const auto counters = rig.srv.counters();
     CHECK(counters.connected == 4);  // a1, a2, b1, a4
     CHECK(counters.rejected == 2);
+    CHECK(rig.srv.metrics().rejections == vigil::reason_counts{{"http_503", 2}});
 }
 
 TEST_CASE("beyond connects_per_address: 429 with the window's Retry-After; admitted again after it, and a supervisor waits as told")
