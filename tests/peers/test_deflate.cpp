@@ -13,6 +13,7 @@
 #include <vigil/session.hpp>
 
 #include <support/process.hpp>
+#include <support/server_rig.hpp>
 #include <support/testing.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -109,15 +110,12 @@ std::string payload(std::size_t size, char salt)
     return s;
 }
 
-struct io_base {
-    asio::io_context ioc;
+// The support's io_context holder and spawn, under the name this file's rigs use.
+struct io_base : vt::rig_io {
     template <class F>
     void spawn(F f)
     {
-        asio::co_spawn(ioc, std::move(f), [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+        vt::spawn_on(ioc, std::move(f));
     }
 };
 
