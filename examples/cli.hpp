@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -118,6 +120,50 @@ inline std::string deflate_usage(std::string_view what, std::string_view context
            "                         default 15)\n"
            "  --deflate-level N      zlib level 0..9 for what this side sends (default 6)\n"
            "  --deflate-threshold BYTES  send shorter messages uncompressed (default 64)\n";
+}
+
+/// --metrics-port and --metrics-bind: where to serve Prometheus metrics. The tools are built
+/// with VIGIL_CLI_PROMETHEUS where prometheus-cpp was found; without it, both flags say so.
+struct metrics_listener {
+    std::optional<std::uint16_t> port;  // no listener without --metrics-port
+    std::string bind = "127.0.0.1";
+};
+
+template <class Value>
+bool parse_metrics_flag(std::string_view tool, std::string_view flag, Value&& value, metrics_listener& m)
+{
+    if (flag != "--metrics-port" && flag != "--metrics-bind")
+        return false;
+    const std::string_view text = value();
+#ifndef VIGIL_CLI_PROMETHEUS
+    (void)m;
+    (void)text;
+    throw usage_error{std::string(flag) + ": this " + std::string(tool) +
+                      " was built without prometheus-cpp (no metrics listener)"};
+#else
+    (void)tool;
+    if (flag == "--metrics-bind") {
+        if (text.empty())
+            throw usage_error{"--metrics-bind needs an address"};
+        m.bind = std::string(text);
+        return true;
+    }
+    const auto port = parse_count(flag, text);
+    if (port > 65535)
+        throw usage_error{"--metrics-port: '" + std::string(text) + "' is not a port (0-65535)"};
+    m.port = static_cast<std::uint16_t>(port);
+    return true;
+#endif
+}
+
+/// The lines of --help for the flags above; `which` says whose metrics and where the port
+/// picked is reported.
+inline std::string metrics_usage(std::string_view which)
+{
+    return "  --metrics-port P       serve Prometheus metrics (GET /metrics) on port P (0: the system\n"
+           "                         picks one): " + std::string(which) + ";\n"
+           "                         needs a build with prometheus-cpp, else exit 64\n"
+           "  --metrics-bind ADDR    address for --metrics-port (default 127.0.0.1)\n";
 }
 
 }  // namespace vigil_cli

@@ -8,6 +8,9 @@
 #include <vigil/heartbeat.hpp>
 #include <vigil/session.hpp>
 #include <vigil/supervisor.hpp>
+#ifdef VIGIL_CLI_PROMETHEUS
+#include <vigil/prometheus.hpp>
+#endif
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -164,6 +167,7 @@ struct options {
     vigil::rate_limits limits;
     bool reconnect = true;
     bool help = false;
+    metrics_listener metrics;
 };
 
 // --app-ping with --app-pong and/or --app-pong-field: the session pings with a text message
@@ -345,6 +349,8 @@ options parse_args(int argc, char** argv)
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
+        } else if (parse_metrics_flag("vigil-probe", flag, value, opts.metrics)) {
+            // --metrics-port, --metrics-bind (cli.hpp)
         } else if (parse_deflate_flag(flag, value, no_value, cfg.deflate)) {
             // --deflate and its knobs (cli.hpp)
         } else {
@@ -361,6 +367,9 @@ options parse_args(int argc, char** argv)
     }
     if (positional.empty()) {
         throw usage_error{"missing URL"};
+    }
+    if (opts.metrics.port && !opts.reconnect) {
+        throw usage_error{"--metrics-port: the metrics are the supervisor's, and --no-reconnect has none"};
     }
     if (positional.size() > 1 && !opts.reconnect) {
         throw usage_error{"--no-reconnect takes one URL (got '" + std::string(positional[1]) + "' too)"};
@@ -441,6 +450,11 @@ public:
 
     void start()
     {
+        if (!start_metrics()) {
+            exit_code_ = exit_failed;
+            finish();
+            return;
+        }
         if (opts_.cfg.session.tls.insecure_skip_verify) {
             std::cerr << "vigil-probe: warning: --insecure: certificates are not verified; "
                          "anyone on the path can read and change this connection\n";
@@ -839,6 +853,24 @@ private:
         return stop_cause_ != stop_cause::none && ec == asio::error::operation_aborted;
     }
 
+    // --metrics-port: the supervisor's metrics, served from the start (before connecting).
+    bool start_metrics()
+    {
+#ifdef VIGIL_CLI_PROMETHEUS
+        if (opts_.metrics.port) {
+            std::string detail;
+            metrics_ = vigil::prometheus_exporter::start(opts_.metrics.bind, *opts_.metrics.port, &detail);
+            if (!metrics_) {
+                std::cerr << "vigil-probe: " << detail << '\n';
+                return false;
+            }
+            metrics_->add(*supervisor_, "probe");
+            emit({{"event", "metrics_listening"}, {"metrics_port", metrics_->port()}});
+        }
+#endif
+        return true;
+    }
+
     // Nothing may keep the io_context alive once the connection is over.
     void finish()
     {
@@ -866,6 +898,9 @@ private:
 
     std::unique_ptr<vigil::supervisor> supervisor_;
     std::unique_ptr<vigil::session> session_;
+#ifdef VIGIL_CLI_PROMETHEUS
+    std::unique_ptr<vigil::prometheus_exporter> metrics_;  // after supervisor_: destroyed first
+#endif
     asio::cancellation_signal abort_;
     asio::signal_set stop_signals_;
     asio::signal_set retry_signal_;
@@ -896,7 +931,9 @@ int main(int argc, char** argv)
     }
     if (opts.help) {
         const auto at = usage_text.find("  --help ");
-        std::cout << usage_text.substr(0, at) << deflate_usage("offer", "as the server asks") << usage_text.substr(at);
+        std::cout << usage_text.substr(0, at) << deflate_usage("offer", "as the server asks")
+                  << metrics_usage("the supervisor's; a metrics_listening event gives metrics_port")
+                  << usage_text.substr(at);
         return exit_ok;
     }
 

@@ -7,7 +7,7 @@
 // scripts and tests can watch clients live, die and get evicted.
 
 #include <vigil/server.hpp>
-#ifdef VIGIL_SERVE_PROMETHEUS
+#ifdef VIGIL_CLI_PROMETHEUS
 #include <vigil/prometheus.hpp>
 #endif
 
@@ -106,10 +106,6 @@ constexpr std::string_view usage_text =
     "                         WWW-Authenticate. Checked after the Origin\n"
     "  --subprotocol NAME     a subprotocol this server speaks (repeatable, in order of\n"
     "                         preference); the first one a client offers is chosen\n"
-    "  --metrics-port P       serve Prometheus metrics (GET /metrics) on port P (0: the system\n"
-    "                         picks one; the listening event gains metrics_port); needs a\n"
-    "                         vigil-serve built with prometheus-cpp, else exit 64\n"
-    "  --metrics-bind ADDR    address for --metrics-port (default 127.0.0.1)\n"
     "  --help                 show this text\n"
     "\n"
     "signals: SIGINT/SIGTERM close every connection with 1001 (going away), bounded by the\n"
@@ -129,8 +125,7 @@ struct options {
     std::vector<std::string> allow_origins;
     vigil::missing_origin missing = vigil::missing_origin::allow;
     std::optional<std::string> token;
-    std::optional<std::uint16_t> metrics_port;  // no metrics listener without --metrics-port
-    std::string metrics_bind = "127.0.0.1";
+    metrics_listener metrics;
 };
 
 // The admission check the flags ask for: the Origin policy first (a page from elsewhere
@@ -154,29 +149,6 @@ vigil::upgrade_check make_check(options& opts)
         throw usage_error{"--require-origin needs --allow-origin"};
     }
     return check;
-}
-
-// --metrics-port and --metrics-bind.
-void metrics_flag(options& opts, std::string_view flag, std::string_view text)
-{
-#ifndef VIGIL_SERVE_PROMETHEUS
-    (void)opts;
-    (void)text;
-    throw usage_error{std::string(flag) + ": this vigil-serve was built without prometheus-cpp (no metrics listener)"};
-#else
-    if (flag == "--metrics-bind") {
-        if (text.empty()) {
-            throw usage_error{"--metrics-bind needs an address"};
-        }
-        opts.metrics_bind = std::string(text);
-        return;
-    }
-    auto port = parse_count(flag, text);
-    if (port > 65535) {
-        throw usage_error{"--metrics-port: '" + std::string(text) + "' is not a port (0-65535)"};
-    }
-    opts.metrics_port = static_cast<std::uint16_t>(port);
-#endif
 }
 
 std::size_t positive_count(std::string_view flag, std::string_view text)
@@ -298,8 +270,8 @@ options parse_args(int argc, char** argv)
             opts.token = std::string(value());
         } else if (flag == "--subprotocol") {
             opts.cfg.subprotocols.emplace_back(value());
-        } else if (flag == "--metrics-port" || flag == "--metrics-bind") {
-            metrics_flag(opts, flag, value());
+        } else if (parse_metrics_flag("vigil-serve", flag, value, opts.metrics)) {
+            // --metrics-port, --metrics-bind (cli.hpp)
         } else if (flag == "--help") {
             no_value();
             opts.help = true;
@@ -353,8 +325,7 @@ public:
         : ioc_(ioc),
           mode_(opts.mode),
           start_(start),
-          metrics_port_(opts.metrics_port),
-          metrics_bind_(opts.metrics_bind),
+          metrics_opts_(opts.metrics),
           server_(ioc.get_executor(), std::move(opts.cfg),
                   [this](vigil::server::connection_ptr c) { return handle(std::move(c)); }),
           signals_(ioc, SIGINT, SIGTERM)
@@ -458,10 +429,10 @@ private:
     // The Prometheus listener of --metrics-port; its port goes into the listening event.
     bool start_metrics([[maybe_unused]] json& listening)
     {
-#ifdef VIGIL_SERVE_PROMETHEUS
-        if (metrics_port_) {
+#ifdef VIGIL_CLI_PROMETHEUS
+        if (metrics_opts_.port) {
             std::string detail;
-            metrics_ = vigil::prometheus_exporter::start(server_, metrics_bind_, *metrics_port_, &detail);
+            metrics_ = vigil::prometheus_exporter::start(server_, metrics_opts_.bind, *metrics_opts_.port, &detail);
             if (!metrics_) {
                 std::cerr << "vigil-serve: " << detail << '\n';
                 return false;
@@ -542,10 +513,9 @@ private:
     asio::io_context& ioc_;
     serve_mode mode_;
     std::chrono::steady_clock::time_point start_;
-    std::optional<std::uint16_t> metrics_port_;
-    std::string metrics_bind_;
+    metrics_listener metrics_opts_;
     vigil::server server_;
-#ifdef VIGIL_SERVE_PROMETHEUS
+#ifdef VIGIL_CLI_PROMETHEUS
     std::unique_ptr<vigil::prometheus_exporter> metrics_;  // after server_: destroyed first
 #endif
     asio::signal_set signals_;
@@ -572,7 +542,7 @@ int main(int argc, char** argv)
         std::cout << usage_text.substr(0, at)
                   << deflate_usage("accept", "no takeover: each message compressed on its own, and\n"
                                              "                         no history kept between messages")
-                  << usage_text.substr(at);
+                  << metrics_usage("the server's; the listening event gains metrics_port") << usage_text.substr(at);
         return exit_ok;
     }
     // Anything else the library rejects (it names its own fields).

@@ -294,6 +294,16 @@ bool connection::compressed() const noexcept
     return impl_->s.compressed();
 }
 
+traffic_counts connection::traffic() const noexcept
+{
+    return impl_->s.traffic();
+}
+
+queue_depths connection::queues() const noexcept
+{
+    return impl_->s.queues();
+}
+
 const disconnect_info& connection::last_disconnect() const noexcept
 {
     return impl_->s.last_disconnect();
@@ -302,7 +312,7 @@ const disconnect_info& connection::last_disconnect() const noexcept
 // ---------------------------------------------------------------------------------------
 // server
 
-struct server::impl final : detail::stall_listener, detail::budget_watch {
+struct server::impl final : detail::connection_observer, detail::budget_watch {
     impl(asio::any_io_executor ex, server_config cfg, handler_type handler)
         : ex_(ex), strand_(detail::serialized(std::move(ex))), cfg_(std::move(cfg)),
           session_cfg_(std::make_shared<const session_config>(cfg_.session)), handler_(std::move(handler)),
@@ -392,6 +402,12 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
         emit(events_.on_stall, std::chrono::duration_cast<std::chrono::milliseconds>(lateness));
     }
 
+    void round_trip(std::chrono::microseconds rtt) noexcept override
+    {
+        std::lock_guard lock(mu_);
+        round_trips_.observe(rtt);
+    }
+
     enum class activity { idle, running };
 
     asio::any_io_executor ex_;  // each connection gets a strand of its own over this
@@ -422,6 +438,8 @@ struct server::impl final : detail::stall_listener, detail::budget_watch {
     server_counters counters_;
     reason_counts disconnects_;  // see server_metrics
     reason_counts rejections_;
+    traffic_counts ended_traffic_;  // of the connections no longer in conns_
+    duration_histogram round_trips_;
     std::exception_ptr handler_exception_;
     std::chrono::steady_clock::time_point stall_reported_until_{};
 
@@ -754,7 +772,7 @@ asio::awaitable<bool> server::impl::connection_main(connection_ptr c, asio::ip::
         params.refuse_status = no.status;
         params.refuse_reason = std::move(no.reason);
     }
-    detail::session_access::listen_for_stalls(ci.s, this);
+    detail::session_access::observe(ci.s, this);
     auto accepted = co_await detail::session_access::accept(ci.s, std::move(sock), std::move(params));
     if (accepted.ec) {
         {
@@ -826,6 +844,7 @@ void server::impl::arm_done(const connection_ptr& c)
     {
         std::lock_guard lock(mu_);
         conns_.erase(ci.id);
+        ended_traffic_ += ci.s.traffic();  // in the same step: metrics() counts it once
         --counters_.open;
         ++counters_.disconnected;
         ++disconnects_[std::move(why)];
@@ -973,6 +992,12 @@ server_metrics server::metrics() const
     out.counters.held_bytes_peak = impl_->budget_->peak();
     out.disconnects = impl_->disconnects_;
     out.rejections = impl_->rejections_;
+    out.round_trips = impl_->round_trips_;
+    out.traffic = impl_->ended_traffic_;
+    for (const auto& [id, c] : impl_->conns_) {
+        out.traffic += c->traffic();
+        out.queues += c->queues();
+    }
     return out;
 }
 

@@ -321,8 +321,8 @@ void session_core::on_tick(void* self)
     const auto now = clock_type::now();
     if (const auto late = s.live_.woke(s.timer_.due(), now)) {
         s.emit(&session_events::on_stall, std::chrono::duration_cast<std::chrono::milliseconds>(*late));
-        if (s.stall_sink_)
-            s.stall_sink_->stalled(*late, now);
+        if (s.observer_)
+            s.observer_->stalled(*late, now);
         if (s.phase_ != phase::running)
             return;  // on_stall threw
     }
@@ -424,7 +424,9 @@ asio::awaitable<received> session_core::receive_op()
         if (phase_ == phase::idle)
             inbox_->end(last().reason ? last().reason : error_code(error::not_connected));
     }
-    co_return co_await inbox_->receive();
+    auto r = co_await inbox_->receive();
+    meter_.receive_waiting(inbox_->waiting());
+    co_return r;
 }
 
 void session_core::report_end_as(error_code as, std::string detail)
@@ -548,6 +550,16 @@ bool session::compressed() const noexcept
     return core_->compressed();
 }
 
+traffic_counts session::traffic() const noexcept
+{
+    return core_->meter().traffic();
+}
+
+queue_depths session::queues() const noexcept
+{
+    return core_->meter().queues();
+}
+
 const disconnect_info& session::last_disconnect() const noexcept
 {
     return core_->last();
@@ -622,9 +634,9 @@ std::uint64_t detail::session_access::writes(const session& s) noexcept
     return s.core_->writes();
 }
 
-void detail::session_access::listen_for_stalls(session& s, stall_listener* l) noexcept
+void detail::session_access::observe(session& s, connection_observer* o) noexcept
 {
-    s.core_->stall_sink_ = l;
+    s.core_->observer_ = o;
 }
 
 void detail::session_access::report_end_as(session& s, error_code ec, std::string detail)

@@ -195,7 +195,7 @@ enum class task_phase { idle, running };
 
 }  // namespace
 
-struct supervisor::impl {
+struct supervisor::impl final : detail::connection_observer {
     impl(asio::any_io_executor ex, std::string url, supervisor_config cfg, any_backoff policy)
         : strand_(detail::serialized(std::move(ex))), endpoints_(endpoints_of(std::move(url), cfg)), cfg_(std::move(cfg)),
           policy_(std::move(policy)), fsm_(reconnect_settings_of(cfg_), policy_),
@@ -206,6 +206,7 @@ struct supervisor::impl {
           replace_timer_(strand_), settled_(strand_, clock_type::time_point::max())
     {
         links_[0] = std::make_unique<link>(strand_, cfg_.session);
+        detail::session_access::observe(links_[0]->s, this);
     }
 
     // run(): one step per action of the state machine, each returning the next.
@@ -257,7 +258,7 @@ struct supervisor::impl {
     void replace_live(std::string reason);
 
     detail::completer completer() { return {&impl::complete_send, this}; }
-    static void complete_send(void* self, detail::send_handler h, error_code ec);
+    static void complete_send(void* self, detail::send_handler h, error_code ec, std::size_t bytes);
     template <class Handler, class... Args>
     void emit(const Handler& h, Args&&... args);
     template <class F>
@@ -311,15 +312,27 @@ struct supervisor::impl {
     error_code last_result_;  // what the last run() returned: sends fail with it
     std::exception_ptr handler_exception_;  // an event handler threw: run() rethrows it
 
+    // supervisor_metrics beyond the counters, under the same mutex.
+    void round_trip(std::chrono::microseconds rtt) noexcept override
+    {
+        count([&](supervisor_counters&) { round_trips_.observe(rtt); });
+    }
     mutable std::mutex counters_mutex_;
     supervisor_counters counters_;
+    std::uint64_t submitted_ = 0;  // send() calls: minus those completed, what is pending
+    std::uint64_t pending_bytes_ = 0;
+    duration_histogram round_trips_;
+    duration_histogram backoff_waits_;
     clock_type::time_point live_since_{};  // when the live connection came up (under the mutex); zero: none
 };
 
-void supervisor::impl::complete_send(void* self, detail::send_handler h, error_code ec)
+void supervisor::impl::complete_send(void* self, detail::send_handler h, error_code ec, std::size_t bytes)
 {
     auto& s = *static_cast<impl*>(self);
-    s.count([&](supervisor_counters& c) { ++(ec ? c.messages_failed : c.messages_sent); });
+    s.count([&](supervisor_counters& c) {
+        ++(ec ? c.messages_failed : c.messages_sent);
+        s.pending_bytes_ -= std::min(s.pending_bytes_, bytes);
+    });
     asio::post(s.strand_, asio::append(std::move(h), ec));
 }
 
@@ -371,7 +384,7 @@ error_code supervisor::impl::refusal() const
 void supervisor::impl::enqueue(detail::pending_message msg)
 {
     if (auto ec = refusal()) {
-        complete_send(this, std::move(msg.handler), ec);
+        complete_send(this, std::move(msg.handler), ec, msg.data.size());
         return;
     }
     outbox_.push(std::move(msg), clock_type::now());
@@ -490,8 +503,12 @@ error_code supervisor::impl::prepare_run()
         emit(events_.on_gave_up, ec, std::as_const(last_));
         return ec;
     }
-    if (cfg_.make_before_break && !links_[1])
-        links_[1] = std::make_unique<link>(strand_, cfg_.session);
+    if (cfg_.make_before_break && !links_[1]) {
+        auto spare = std::make_unique<link>(strand_, cfg_.session);
+        detail::session_access::observe(spare->s, this);
+        std::lock_guard lock(counters_mutex_);  // metrics() reads links_ from any thread
+        links_[1] = std::move(spare);
+    }
     live_ = 0;
     for (auto& l : links_) {
         if (!l)
@@ -1043,7 +1060,7 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox(link& l)
         if (delivery_.confirms())
             delivery_.written(std::move(msg), detail::session_access::writes(l.s));
         else
-            complete_send(this, std::move(msg.handler), {});
+            complete_send(this, std::move(msg.handler), {}, msg.data.size());
     }
     co_return co_await until_cancelled();
 }
@@ -1051,6 +1068,7 @@ asio::awaitable<error_code> supervisor::impl::pump_outbox(link& l)
 asio::awaitable<reconnect_action> supervisor::impl::wait_between(const reconnect_action& a)
 {
     count([](supervisor_counters& c) { ++c.retries; });
+    const auto began = clock_type::now();
     // The machine waits already: a stop() or retry_now() from the handler counts.
     emit(events_.on_retry, retry_info{a.attempt, a.delay, last_, attempt_endpoint_, a.endpoint});
     while (fsm_.state() == detail::reconnect_state::waiting && clock_type::now() < fsm_.wait_until()) {
@@ -1060,7 +1078,11 @@ asio::awaitable<reconnect_action> supervisor::impl::wait_between(const reconnect
         if (detail::cancelled(co_await asio::this_coro::cancellation_state))
             co_return fsm_.cancelled();
     }
-    co_return fsm_.time_up(clock_type::now());
+    const auto now = clock_type::now();
+    count([&](supervisor_counters&) {
+        backoff_waits_.observe(std::chrono::duration_cast<std::chrono::microseconds>(now - began));
+    });
+    co_return fsm_.time_up(now);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1142,8 +1164,12 @@ asio::awaitable<error_code> supervisor::send(std::string data, message_type type
 void supervisor::start_send(std::string data, message_type type, std::optional<std::chrono::milliseconds> ttl,
                             detail::send_handler handler)
 {
+    impl_->count([&](supervisor_counters&) {
+        ++impl_->submitted_;
+        impl_->pending_bytes_ += data.size();
+    });
     if (ttl && ttl->count() < 0) {
-        impl::complete_send(impl_.get(), std::move(handler), error::invalid_config);
+        impl::complete_send(impl_.get(), std::move(handler), error::invalid_config, data.size());
         return;
     }
     detail::pending_message msg{std::move(data), type, ttl.value_or(std::chrono::milliseconds(-1)), std::move(handler)};
@@ -1157,6 +1183,24 @@ supervisor_counters supervisor::counters() const
     if (impl_->live_since_ != clock_type::time_point{})
         c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - impl_->live_since_);
     return c;
+}
+
+supervisor_metrics supervisor::metrics() const
+{
+    supervisor_metrics m;
+    m.counters = counters();
+    std::lock_guard lock(impl_->counters_mutex_);
+    m.connected = impl_->live_since_ != clock_type::time_point{};
+    const auto& c = impl_->counters_;
+    m.pending_messages = impl_->submitted_ - std::min(impl_->submitted_, std::uint64_t{c.messages_sent + c.messages_failed});
+    m.pending_bytes = impl_->pending_bytes_;
+    m.round_trips = impl_->round_trips_;
+    m.backoff_waits = impl_->backoff_waits_;
+    for (const auto& l : impl_->links_) {
+        if (l)
+            m.traffic += l->s.traffic();
+    }
+    return m;
 }
 
 const any_backoff& supervisor::policy() const noexcept

@@ -7,6 +7,7 @@
 #include <vigil/diagnosis.hpp>
 #include <vigil/error.hpp>
 #include <vigil/message_type.hpp>
+#include <vigil/metrics.hpp>
 #include <vigil/retry_after.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -314,6 +315,15 @@ public:
     /// first connection, and whenever the server declined. Racy like `is_open()` when read
     /// from another thread.
     bool compressed() const noexcept;
+
+    /// Data messages and payload bytes received and sent over every connection this
+    /// session has had (see `traffic_counts`). Safe from any thread: each field is exact,
+    /// but read while traffic flows, the four fields may be a message apart.
+    traffic_counts traffic() const noexcept;
+
+    /// What waits now: messages queued by `send()` and not yet written whole (see
+    /// `queue_depths`; `receive_messages` is always 0 for a client session). Any thread.
+    queue_depths queues() const noexcept;
 
 private:
     friend struct detail::session_access;

@@ -251,6 +251,27 @@ struct supervisor_counters {
     std::size_t messages_failed = 0;  ///< sends completed with an error
 };
 
+/// The counters plus traffic, what waits, and how round trips and backoff waits were
+/// distributed (see `supervisor::metrics()`).
+struct supervisor_metrics {
+    supervisor_counters counters;
+    /// A connection is up now (from `on_up` until it ends).
+    bool connected = false;
+    /// Messages given to `send()` whose send has not completed yet (in the outbox, being
+    /// written, or waiting for a confirming pong), and their bytes: the queue depth an
+    /// application feels.
+    std::uint64_t pending_messages = 0;
+    std::uint64_t pending_bytes = 0;
+    /// Data messages and payload bytes each way over every connection the supervisor made
+    /// (see `traffic_counts`).
+    traffic_counts traffic;
+    /// Round trips of the heartbeat's pings (protocol or application-level).
+    duration_histogram round_trips;
+    /// How long each wait between attempts lasted (counted as `counters.retries`): the
+    /// policy's delay, or less when `retry_now()` or `stop()` cut it short.
+    duration_histogram backoff_waits;
+};
+
 /// Keeps a WebSocket client connected: runs sessions one after another, retries transient
 /// failures after delays from a backoff policy, stops at once on permanent ones, and keeps
 /// every message the application sends accounted for.
@@ -413,6 +434,12 @@ public:
 
     /// A snapshot of the counters.
     supervisor_counters counters() const;
+
+    /// A snapshot of the counters, traffic, pending sends and distributions, consistent
+    /// with each other except traffic (each connection's own counts, summed: read while
+    /// messages flow, it may be a message ahead of `counters`). Any thread; meant for a
+    /// scrape every few seconds.
+    supervisor_metrics metrics() const;
 
     /// The backoff policy passed in, to read its own state back (for metrics):
     /// `sup.policy().target<my_policy>()`. Read it on the supervisor's executor (from its

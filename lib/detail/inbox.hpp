@@ -42,6 +42,9 @@ public:
         return holds() && (messages_.size() >= limit_ || (byte_limit_ > 0 && bytes_ >= byte_limit_));
     }
 
+    /// Messages held now.
+    std::size_t waiting() const noexcept { return messages_.size(); }
+
     /// A message arrived: wakes a waiting receive() inline (the reader is on the strand).
     void push(received r);
 

@@ -31,11 +31,12 @@ struct pending_message {
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
-/// Completes a message's send with `ec` (the supervisor counts it and posts the handler).
+/// Completes a message's send with `ec` (the supervisor counts it, with its size, and posts
+/// the handler).
 struct completer {
-    void (*fn)(void* owner, send_handler h, error_code ec);
+    void (*fn)(void* owner, send_handler h, error_code ec, std::size_t bytes);
     void* owner;
-    void operator()(pending_message& m, error_code ec) const { fn(owner, std::move(m.handler), ec); }
+    void operator()(pending_message& m, error_code ec) const { fn(owner, std::move(m.handler), ec, m.data.size()); }
 };
 
 class outbox {

@@ -251,6 +251,7 @@ std::optional<error_code> session_core::deliver(std::string_view data)
         rx_.consume(rx_.size());
         return phase_ == phase::running ? std::nullopt : std::optional<error_code>(conn_.end.code());
     }
+    meter_.received(data.size());
     const bool heartbeat = conn_.app_heartbeat && type == message_type::text && heartbeat_consumed(data);
     if (!heartbeat && is_fresh(data, type))
         live_.data_received(now);
@@ -258,9 +259,10 @@ std::optional<error_code> session_core::deliver(std::string_view data)
         live_.frame_received(now);
     if (phase_ == phase::running && (!heartbeat || cfg_->deliver_heartbeat_messages)) {
         const message_meta meta{connection_id_, ++conn_.delivered};
-        if (inbox_ && inbox_->holds())
+        if (inbox_ && inbox_->holds()) {
             inbox_->push(received{{}, std::string(data), type});
-        else
+            meter_.receive_waiting(inbox_->waiting());
+        } else
             emit(&session_events::on_message, data, type, meta);
     }
     live_.message_finished();
@@ -324,7 +326,10 @@ void session_core::pong_arrived(time_point now)
     const auto news = live_.pong_received(now);
     if (!news)
         return;  // late, or a repeat
-    emit(&session_events::on_pong, std::chrono::duration_cast<std::chrono::microseconds>(news->rtt));
+    const auto rtt = std::chrono::duration_cast<std::chrono::microseconds>(news->rtt);
+    if (observer_)
+        observer_->round_trip(rtt);
+    emit(&session_events::on_pong, rtt);
     if (!client_ || !client_->on_confirmed)
         return;
     if (auto e = notify(client_->on_confirmed, news->confirmed))

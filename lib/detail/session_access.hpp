@@ -65,14 +65,18 @@ struct accept_result {
     std::shared_ptr<void> user_data;  // from the admission check
 };
 
-/// Where a server hears of its connections' stalls (a client session reports its own
-/// through session_events::on_stall). Called on the connection's strand.
-struct stall_listener {
-    virtual void stalled(std::chrono::steady_clock::duration lateness,
-                         std::chrono::steady_clock::time_point now) noexcept = 0;
+/// Who hears of a session's figures beyond its own events: a server of its connections'
+/// stalls and round trips, a supervisor of its sessions' round trips. Called on the
+/// session's strand.
+struct connection_observer {
+    /// The event loop was late by `lateness` (a client session also reports it through
+    /// session_events::on_stall).
+    virtual void stalled(std::chrono::steady_clock::duration, std::chrono::steady_clock::time_point) noexcept {}
+    /// A ping's (protocol or application-level) answer arrived `rtt` after it was sent.
+    virtual void round_trip(std::chrono::microseconds rtt) noexcept = 0;
 
 protected:
-    ~stall_listener() = default;
+    ~connection_observer() = default;
 };
 
 struct session_access {
@@ -107,9 +111,9 @@ struct session_access {
     /// Application messages written so far on this connection (the count a send's
     /// completion leaves behind, read on the session's strand).
     static std::uint64_t writes(const session& s) noexcept;
-    /// Tells `l` of every stall of the session's timers, from now on (null: no one). `l`
-    /// must outlive the session's operations. Call while the session is idle.
-    static void listen_for_stalls(session& s, stall_listener* l) noexcept;
+    /// Tells `o` of every stall of the session's timers and every round trip, from now on
+    /// (null: no one). `o` must outlive the session's operations. Call while it is idle.
+    static void observe(session& s, connection_observer* o) noexcept;
     /// From now on the session's end is reported as `ec` (unless it ended already). Call on
     /// the session's strand.
     static void report_end_as(session& s, error_code ec, std::string detail);

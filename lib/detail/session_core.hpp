@@ -17,6 +17,7 @@
 #include "receive_throttle.hpp"
 #include "session_access.hpp"
 #include "session_timer.hpp"
+#include "traffic_meter.hpp"
 #include "wakeup.hpp"
 
 #include <vigil/session.hpp>
@@ -239,6 +240,7 @@ public:
     bool is_open() const noexcept;
     /// permessage-deflate is in use on the open (or last) connection (deflate.cpp).
     bool compressed() const noexcept;
+    const traffic_meter& meter() const noexcept { return meter_; }
 
 private:
     // session.cpp: a connection's beginning and end.
@@ -351,7 +353,7 @@ private:
     asio::any_io_executor strand_;  // see detail::serialized()
     std::shared_ptr<const session_config> cfg_;  // shared by a server's connections
     std::unique_ptr<session_events> events_;  // made on first use: a server's connections have none
-    stall_listener* stall_sink_ = nullptr;  // a server's connection: the server
+    connection_observer* observer_ = nullptr;  // a server's connection: the server; a supervisor's: it
     // Made when a connection ends (or a connect fails): a live connection holds no record.
     std::unique_ptr<disconnect_info> last_;
     disconnect_info& record()
@@ -402,6 +404,7 @@ private:
     std::unique_ptr<inbox> inbox_;
     std::unique_ptr<client_side> client_;
     receive_throttle throttle_;  // max_receive_rate
+    traffic_meter meter_;  // read from any thread (traffic(), a server's metrics())
     std::string subprotocol_;  // agreed in the open (or last) connection's upgrade
     // Whether the handshake agreed on permessage-deflate; atomic only so that compressed()
     // may peek from any thread, as is_open() does.

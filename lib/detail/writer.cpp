@@ -65,6 +65,7 @@ void session_core::send(outgoing msg)
                                        std::to_string(cfg_->send_queue_bytes) + ")");
     }
     conn_.queued_bytes += size;
+    meter_.queued(size);
     // Shared bytes (a broadcast) are one copy for every connection: the budget counts what
     // this connection alone holds.
     if (budget_ && !msg.shared)
@@ -80,6 +81,7 @@ void session_core::left_queue(const outgoing& m) noexcept
         return;
     const auto size = m.bytes().size();
     conn_.queued_bytes -= std::min(conn_.queued_bytes, size);
+    meter_.dequeued(size);
     if (budget_ && !m.shared)
         budget_->remove(holding_part::sending, size);
 }
@@ -180,6 +182,8 @@ void session_core::on_written(error_code ec)
     if (!ec || !ending) {
         outgoing done(std::move(*conn_.inflight));
         conn_.inflight.reset();
+        if (!ec)
+            meter_.sent(done.bytes().size());
         left_queue(done);
         if (done.from == outgoing::owner::application) {
             if (!ec)

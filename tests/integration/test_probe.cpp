@@ -5,7 +5,10 @@
 // variable) runs against an in-process peer, and its JSON lines are checked one by one.
 // Every run is bounded: a probe that outlives its limit is killed and the test fails.
 
+#include "integration_config.h"
+
 #include <support/peer.hpp>
+#include <support/scrape.hpp>
 #include <support/testing.hpp>
 
 #include <doctest/doctest.h>
@@ -38,6 +41,12 @@ using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
 using vigil::test::peer;
 using vigil::test::peer_behaviour;
+
+#ifdef VIGIL_PROBE_HAS_METRICS
+constexpr bool probe_has_metrics = true;
+#else
+constexpr bool probe_has_metrics = false;
+#endif
 using vigil::test::peer_options;
 using vigil::test::tolerance;
 
@@ -704,6 +713,8 @@ TEST_SUITE("probe")
             {"--no-reconnect=yes", "ws://127.0.0.1:1/"},
             {"--fresh-field", "update", "ws://127.0.0.1:1/"},
             {"--write-timeout", "-1", "ws://127.0.0.1:1/"},
+            {"--metrics-port", "65536", "ws://127.0.0.1:1/"},
+            {"--metrics-port", "0", "--no-reconnect", "ws://127.0.0.1:1/"},
         };
         for (const auto& args : bad) {
             std::string joined;
@@ -717,6 +728,63 @@ TEST_SUITE("probe")
             CHECK(run.events.empty());
             CHECK(run.err.find("usage") != std::string::npos);
         }
+    }
+
+    // Skipped (and counted so) where vigil-probe was built without prometheus-cpp.
+    TEST_CASE("probe --metrics-port: a scrape counts the supervisor's messages, bytes, round trips and connects"
+              * doctest::skip(!probe_has_metrics))
+    {
+        peer server;
+        probe_options opts;
+        opts.stdin_text = "one\ntwo\nthree\n";  // 11 bytes in three messages
+        std::uint16_t port = 0;
+        int echoes = 0;
+        int pongs = 0;
+        int pongs_before = 0;  // the pong events printed before the scrape
+        std::string text;
+        // Scraped once the three echoes are back and a ping (every 0.1 s when idle) was
+        // answered, while the probe runs; then it is stopped.
+        opts.on_event = [&](const json& e, pid_t pid) {
+            const auto name = e.value("event", "");
+            if (name == "metrics_listening") {
+                port = e["metrics_port"].get<std::uint16_t>();
+            }
+            echoes += name == "message";
+            pongs += name == "pong";
+            if (text.empty() && port != 0 && echoes == 3 && pongs >= 1) {
+                text = vigil::test::scrape(port);
+                pongs_before = pongs;
+                ::kill(pid, SIGTERM);
+            }
+        };
+        auto run = run_probe({"--ping-interval", "0.1", "--pong-timeout", "0.05", "--metrics-port", "0", server.url()},
+                             opts);
+        INFO("stderr: ", run.err);
+        INFO("scraped:\n", text);
+        REQUIRE_FALSE(run.timed_out);
+        check_well_formed(run);
+        CHECK(run.exit_code == 0);
+        REQUIRE(run.events.front()["event"] == "metrics_listening");
+        REQUIRE_FALSE(text.empty());
+        auto at = [&](const std::string& name) {
+            return vigil::test::sample(text, name + "{supervisor=\"probe\"}");
+        };
+        CHECK(at("vigil_supervisor_up") == 1);
+        CHECK(at("vigil_supervisor_attempts_total") == 1);
+        CHECK(at("vigil_supervisor_connects_total") == 1);
+        CHECK(at("vigil_supervisor_retries_total") == 0);
+        CHECK(at("vigil_supervisor_messages_delivered_total") == 3);
+        CHECK(at("vigil_supervisor_messages_failed_total") == 0);
+        CHECK(at("vigil_supervisor_messages_sent_total") == 3);
+        CHECK(at("vigil_supervisor_sent_bytes_total") == 11);
+        CHECK(at("vigil_supervisor_messages_received_total") == 3);
+        CHECK(at("vigil_supervisor_received_bytes_total") == 11);
+        CHECK(at("vigil_supervisor_pending_messages") == 0);
+        CHECK(at("vigil_supervisor_pending_bytes") == 0);
+        CHECK(at("vigil_supervisor_round_trip_seconds_count") >= pongs_before);
+        CHECK(at("vigil_supervisor_round_trip_seconds_sum") < at("vigil_supervisor_round_trip_seconds_count"));
+        CHECK(at("vigil_supervisor_backoff_wait_seconds_count") == 0);
+        CHECK(text.find("# TYPE vigil_supervisor_backoff_wait_seconds histogram") != std::string::npos);
     }
 
     TEST_CASE("probe --help prints the options and exits 0")

@@ -15,6 +15,7 @@
 #include <support/one_thread.hpp>
 #include <support/pki.hpp>
 #include <support/relay.hpp>
+#include <support/scrape.hpp>
 #include <support/testing.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -68,6 +69,8 @@ using clock_type = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using vigil::error_code;
 using vigil::message_type;
+using vt::sample;
+using vt::scrape;
 using vt::tolerance;
 
 void close_fd(int& fd)
@@ -526,38 +529,6 @@ std::string joined(const std::vector<std::string>& args)
     return all;
 }
 
-// GET /metrics from 127.0.0.1:`port` over a real socket (HTTP/1.0: the answer ends at EOF),
-// at most 5 s; the body, or empty on failure.
-std::string scrape(std::uint16_t port)
-{
-    asio::ip::tcp::iostream http;
-    http.expires_after(5s);
-    http.connect("127.0.0.1", std::to_string(port));
-    if (!http) {
-        return {};
-    }
-    http << "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" << std::flush;
-    std::string all((std::istreambuf_iterator<char>(http)), std::istreambuf_iterator<char>());
-    const auto body = all.find("\r\n\r\n");
-    if (all.rfind("HTTP/1.", 0) != 0 || all.find(" 200 ") == std::string::npos || body == std::string::npos) {
-        return {};
-    }
-    return all.substr(body + 4);
-}
-
-// The value of the sample `series` (a name and its labels as printed) in a text exposition,
-// or -1 when it is not there.
-double sample(const std::string& text, const std::string& series)
-{
-    std::size_t at = 0;
-    while ((at = text.find(series + ' ', at)) != std::string::npos) {
-        if (at == 0 || text[at - 1] == '\n') {
-            return std::stod(text.substr(at + series.size() + 1));
-        }
-        at += series.size();
-    }
-    return -1;
-}
 
 }  // namespace
 
@@ -1037,6 +1008,28 @@ TEST_SUITE("serve")
         CHECK(sample(text, "vigil_server_disconnects_total{reason=\"pong_timeout\"}") == 1);
         CHECK(sample(text, "vigil_server_disconnects_total{reason=\"network_error\"}") == -1);
         CHECK(text.find("# TYPE vigil_server_disconnects_total counter") != std::string::npos);
+        // The five messages each way, "message 0" .. "message 4" (9 bytes each), and nothing
+        // else: the clients use protocol pings, which are not data messages.
+        CHECK(sample(text, "vigil_server_messages_received_total") == m);
+        CHECK(sample(text, "vigil_server_received_bytes_total") == 9 * m);
+        CHECK(sample(text, "vigil_server_messages_sent_total") == m);
+        CHECK(sample(text, "vigil_server_sent_bytes_total") == 9 * m);
+        CHECK(sample(text, "vigil_server_send_queue_messages") == 0);
+        CHECK(sample(text, "vigil_server_send_queue_bytes") == 0);
+        CHECK(sample(text, "vigil_server_receive_queue_messages") == 0);
+        CHECK(text.find("# TYPE vigil_server_round_trip_seconds histogram") != std::string::npos);
+        // The client that stays answers the server's pings (every 0.3 s when idle): each
+        // answer is a round trip, all of them far below a second on loopback.
+        std::string later;
+        REQUIRE(drive(io.ioc, [&] {
+            later = scrape(metrics_port);
+            return sample(later, "vigil_server_round_trip_seconds_count") >= 1;
+        }, 3s));
+        INFO("scraped later:\n", later);
+        const auto trips = sample(later, "vigil_server_round_trip_seconds_count");
+        CHECK(sample(later, "vigil_server_round_trip_seconds_bucket{le=\"1\"}") == trips);
+        CHECK(sample(later, "vigil_server_round_trip_seconds_bucket{le=\"+Inf\"}") == trips);
+        CHECK(sample(later, "vigil_server_round_trip_seconds_sum") < trips);
 
         // A second vigil-serve asking for the same metrics port fails clearly, exit 1.
         child second("VIGIL_SERVE", {"--metrics-port", std::to_string(metrics_port)});

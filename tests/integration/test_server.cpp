@@ -190,6 +190,20 @@ TEST_CASE("echo through the server with a vigil client, ws:// and wss://")
     CHECK(m.counters.disconnected == 1);
     CHECK(m.disconnects == vigil::reason_counts{{"closed_by_peer", 1}});
     CHECK(m.rejections.empty());
+    // Two messages each way (5 + 12 bytes), counted by the ended connection and kept by the
+    // server; the client's session counted the same; nothing waits any more.
+    CHECK(m.traffic.messages_in == 2);
+    CHECK(m.traffic.bytes_in == 17);
+    CHECK(m.traffic.messages_out == 2);
+    CHECK(m.traffic.bytes_out == 17);
+    CHECK(m.queues.send_messages == 0);
+    CHECK(m.queues.receive_messages == 0);
+    const auto t = c.s.traffic();
+    CHECK(t.messages_out == 2);
+    CHECK(t.bytes_out == 17);
+    CHECK(t.messages_in == 2);
+    CHECK(t.bytes_in == 17);
+    CHECK(c.s.queues().send_messages == 0);
 }
 
 TEST_CASE("listen() and run() report what they could not do")
@@ -1140,6 +1154,9 @@ TEST_CASE("a client that stops reading is disconnected as a slow consumer; the o
     bool others_kept_up = true;
     bool slow_gone = false;
     const std::string pad(16 * 1024, 'x');
+    // What the server's metrics said waits in send queues: the stalled client's backlog while
+    // it lasts, and nothing once it is gone and the others have read everything.
+    vigil::queue_depths most_queued, after_gone;
 
     a.start(rig.url());
     b.start(rig.url());
@@ -1164,6 +1181,9 @@ TEST_CASE("a client that stops reading is disconnected as a slow consumer; the o
                 others_kept_up = false;
                 co_return;
             }
+            const auto q = rig.srv.metrics().queues;
+            if (q.send_messages > most_queued.send_messages)
+                most_queued = q;
         }
         slow_gone = rig.ended_for(slow_name) != nullptr;
         // The others go on as before.
@@ -1171,6 +1191,7 @@ TEST_CASE("a client that stops reading is disconnected as a slow consumer; the o
             batch();
             others_kept_up = co_await eventually([&] { return a.messages.size() == sent && b.messages.size() == sent; }, 3s);
         }
+        after_gone = rig.srv.metrics().queues;
         rig.srv.stop();
     });
     rig.ioc.run_for(20s);
@@ -1197,6 +1218,12 @@ TEST_CASE("a client that stops reading is disconnected as a slow consumer; the o
     REQUIRE(!queued_to.empty());
     CHECK(queued_to.front() == 3);
     CHECK(queued_to.back() == 2);
+    // The backlog was seen, within the queue limit (16 waiting, one being written).
+    CHECK(most_queued.send_messages >= 8);
+    CHECK(most_queued.send_messages <= 17);
+    CHECK(most_queued.send_bytes >= most_queued.send_messages * pad.size());
+    CHECK(after_gone.send_messages == 0);
+    CHECK(after_gone.send_bytes == 0);
     // Ended by stop(), nothing earlier.
     CHECK(vigil::close_code_of(a.run_ec) == 1001);
     CHECK(vigil::close_code_of(b.run_ec) == 1001);

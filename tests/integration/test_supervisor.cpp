@@ -338,6 +338,77 @@ TEST_CASE("a server killed and restarted on the same port: reconnect, re-subscri
     CHECK(c.disconnects.contains("connection_refused"));
 }
 
+TEST_CASE("metrics(): traffic, pending sends, round trips and backoff waits, against what happened")
+{
+    auto server = std::make_unique<vt::peer>();
+    const auto port = server->port();
+    auto cfg = quick_config();  // pings after 200 ms of silence
+    cfg.min_delay = 20ms;
+    harness h(server->url(), cfg, vigil::constant_backoff(100ms));
+
+    vigil::supervisor_metrics up, down, back;
+    bool echoed = false, waiting = false, all_back = false;
+    h.start_run();
+    h.spawn([&]() -> asio::awaitable<void> {
+        h.send("hello", 0);  // 5 bytes
+        h.send("world!", 1);  // 6 bytes
+        // Both echoed, and a ping answered.
+        echoed = co_await eventually([&] {
+            return h.messages.size() == 2 && h.sup.metrics().round_trips.count >= 1;
+        }, 3s);
+        up = h.sup.metrics();
+        server.reset();  // killed: the connection ends, the port refuses
+        waiting = co_await eventually([&] { return h.retries.size() >= 3; }, 3s);
+        h.send("queued", 2);  // 6 bytes, waiting for a connection
+        down = h.sup.metrics();
+        vt::peer_options again;
+        again.port = port;
+        server = std::make_unique<vt::peer>(again);
+        all_back = co_await eventually([&] { return h.messages.size() == 3; }, 3s);
+        back = h.sup.metrics();
+        h.sup.stop();
+    });
+    h.ioc.run_for(8s);
+
+    REQUIRE(echoed);
+    CHECK(up.connected);
+    CHECK(up.traffic.messages_out == 2);
+    CHECK(up.traffic.bytes_out == 11);
+    CHECK(up.traffic.messages_in == 2);
+    CHECK(up.traffic.bytes_in == 11);
+    CHECK(up.pending_messages == 0);
+    CHECK(up.pending_bytes == 0);
+    CHECK(up.counters.messages_sent == 2);
+    // Loopback round trips: each well under the 150 ms pong timeout.
+    CHECK(up.round_trips.count >= 1);
+    CHECK(up.round_trips.sum < up.round_trips.count * 150ms);
+    CHECK(up.backoff_waits.count == 0);
+
+    REQUIRE(waiting);
+    CHECK_FALSE(down.connected);
+    CHECK(down.pending_messages == 1);
+    CHECK(down.pending_bytes == 6);
+    CHECK(down.traffic.messages_out == 2);  // nothing more was written meanwhile
+
+    REQUIRE(all_back);
+    CHECK(back.connected);
+    CHECK(back.pending_messages == 0);
+    CHECK(back.pending_bytes == 0);
+    CHECK(back.traffic.messages_out == 3);
+    CHECK(back.traffic.bytes_out == 17);
+    CHECK(back.traffic.messages_in == 3);
+    CHECK(back.traffic.bytes_in == 17);
+    CHECK(back.counters.connects == 2);
+    // Every wait between attempts ended before the reconnect: each is in the histogram, and
+    // each lasted the policy's 100 ms (measured from the retry event, a little after the
+    // delay was decided), none a tight loop.
+    CHECK(back.backoff_waits.count == back.counters.retries);
+    CHECK(back.backoff_waits.count >= 3);
+    CHECK(back.backoff_waits.sum >= back.backoff_waits.count * 90ms);
+    for (std::size_t i = 0; i < 7; ++i)  // the buckets up to 25 ms
+        CHECK(back.backoff_waits.counts[i] == 0);
+}
+
 TEST_CASE("refused port: retries with growing, jittered, floored delays")
 {
     refused_port closed;

@@ -15,31 +15,34 @@ using vigil::duration_histogram;
 TEST_CASE("duration_histogram: a value on a bound goes in that bound's bucket, above the last in the overflow one")
 {
     duration_histogram h;
-    h.observe(0us);            // bucket 0 (<= 1 ms)
-    h.observe(1ms);            // bucket 0: bounds are inclusive
-    h.observe(1001us);         // bucket 1 (<= 2.5 ms)
-    h.observe(250ms);          // bucket 7 (<= 250 ms)
-    h.observe(10s);            // bucket 12 (<= 10 s)
-    h.observe(10s + 1us);      // the overflow bucket
+    h.observe(0us);            // bucket 0 (<= 100 us)
+    h.observe(100us);          // bucket 0: bounds are inclusive
+    h.observe(101us);          // bucket 1 (<= 250 us)
+    h.observe(1ms);            // bucket 3 (<= 1 ms)
+    h.observe(250ms);          // bucket 10 (<= 250 ms)
+    h.observe(60s);            // bucket 17 (<= 60 s), the last bound
+    h.observe(60s + 1us);      // the overflow bucket
     h.observe(-5ms);           // counts as zero
-    CHECK(h.count == 7);
+    CHECK(h.count == 8);
     CHECK(h.counts[0] == 3);
     CHECK(h.counts[1] == 1);
-    CHECK(h.counts[7] == 1);
-    CHECK(h.counts[12] == 1);
-    CHECK(h.counts[13] == 1);
+    CHECK(h.counts[3] == 1);
+    CHECK(h.counts[10] == 1);
+    CHECK(h.counts[17] == 1);
+    CHECK(h.counts[18] == 1);
+    CHECK(h.counts.size() == 19);
     std::uint64_t total = 0;
     for (auto n : h.counts)
         total += n;
     CHECK(total == h.count);
-    CHECK(h.sum == 0us + 1ms + 1001us + 250ms + 10s + 10s + 1us);
+    CHECK(h.sum == 100us + 101us + 1ms + 250ms + 60s + 60s + 1us);
 
     duration_histogram other;
     other.observe(3ms);
     h.merge(other);
-    CHECK(h.count == 8);
-    CHECK(h.counts[2] == 1);
-    CHECK(h.sum == 0us + 1ms + 1001us + 250ms + 10s + 10s + 1us + 3ms);
+    CHECK(h.count == 9);
+    CHECK(h.counts[5] == 1);  // <= 5 ms
+    CHECK(h.sum == 100us + 101us + 1ms + 250ms + 60s + 60s + 1us + 3ms);
 }
 
 TEST_CASE("disconnect_label: a bounded set of labels, whatever the code")
