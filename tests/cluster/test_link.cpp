@@ -14,6 +14,8 @@
 
 #include <doctest/doctest.h>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -23,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -185,7 +188,8 @@ TEST_CASE("redis link: a publish on one link reaches the other's subscriber")
     for (const auto& m : b.messages)
         CHECK(m.rfind("room:", 0) != 0);
 
-    a.link.stop();
+    // stop() from another thread.
+    std::thread([&] { a.link.stop(); }).join();
     b.link.stop();
     REQUIRE(run_until(ioc, [&] { return a.result && b.result; }, 5000ms));
     CHECK_FALSE(*a.result);
@@ -327,4 +331,25 @@ TEST_CASE("redis link: an unreachable port is retried with delays; the outbox is
     l.link.stop();
     REQUIRE(run_until(ioc, [&] { return l.result.has_value(); }, 5000ms));
     CHECK_FALSE(*l.result);
+}
+
+TEST_CASE("redis link: cancelling run() ends it with operation_aborted; waiting publishes fail, reported")
+{
+    asio::io_context ioc;
+    auto cfg = quick_config(std::string("redis://127.0.0.1:").append(std::to_string(vigil::test::free_port())));
+    vigil::redis_link link(ioc.get_executor(), cfg, vigil::constant_backoff(200ms));
+    std::size_t retries = 0;
+    link.on_retry = [&](std::size_t, milliseconds, error_code) { ++retries; };
+    std::optional<error_code> result, published;
+    asio::cancellation_signal cancel;
+    asio::co_spawn(ioc, link.run(),
+                   asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr, error_code ec) { result = ec; }));
+    publish(ioc, link, "room", "a", &published);
+    REQUIRE(run_until(ioc, [&] { return retries >= 1; }, 3000ms));
+    CHECK_FALSE(published.has_value());
+    cancel.emit(asio::cancellation_type::terminal);
+    REQUIRE(run_until(ioc, [&] { return result && published; }, 3000ms));
+    CHECK(*result == boost::asio::error::operation_aborted);
+    CHECK(*published == error::supervisor_stopped);
+    CHECK(link.counters().publishes_failed == 1);
 }
