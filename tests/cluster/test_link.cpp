@@ -260,6 +260,9 @@ TEST_CASE("redis link: a frozen Redis (SIGSTOP) is declared dead within ping_int
     const auto bound = cfg.ping_interval + cfg.pong_timeout + tolerance;
     redis.signal(SIGSTOP);
     const auto frozen_at = clock_type::now();
+    // Sent to the frozen Redis, never answered: its fate is reported when the link dies.
+    std::optional<error_code> published;
+    publish(ioc, l.link, "room", "into the void", &published);
     const bool down = run_until(ioc, [&] { return !l.downs.empty(); }, bound + 2000ms);
     redis.signal(SIGCONT);
     REQUIRE(down);
@@ -268,6 +271,8 @@ TEST_CASE("redis link: a frozen Redis (SIGSTOP) is declared dead within ping_int
     CHECK(took <= bound);
     CHECK(l.downs.front() == error::pong_timeout);
     CHECK(l.link.counters().pings >= 1);
+    REQUIRE(run_until(ioc, [&] { return published.has_value(); }, 1000ms));
+    CHECK(*published == error::delivery_unconfirmed);
 
     // Thawed, it comes back.
     REQUIRE(run_until(ioc, [&] { return l.ups == 2; }, 5000ms));
