@@ -64,6 +64,9 @@ const char* vigil_error_name(int value) noexcept
     case error::memory_budget_exceeded: return "memory_budget_exceeded";
     case error::message_timeout: return "message_timeout";
     case error::subprotocol_mismatch: return "subprotocol_mismatch";
+    case error::redis_auth_failed: return "redis_auth_failed";
+    case error::redis_error: return "redis_error";
+    case error::redis_command_timeout: return "redis_command_timeout";
     }
     return nullptr;
 }

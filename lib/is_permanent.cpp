@@ -109,6 +109,8 @@ bool is_permanent(const error_code& ec) noexcept
         case error::proxy_protocol_error:
         // The server speaks none of the protocols offered, and will not start to by itself.
         case error::subprotocol_mismatch:
+        // Redis refuses the password (or wants one) until someone changes the config.
+        case error::redis_auth_failed:
             return true;
         default:
             return false;

@@ -57,13 +57,15 @@ enum class error {
     /// A message waited in the supervisor's outbox longer than `message_ttl` and was
     /// dropped unsent, and its sender told so.
     message_expired,
-    /// The supervisor was stopped (or gave up) before the message could be written.
+    /// The supervisor (or a `redis_link`) was stopped, or gave up, before the message could be
+    /// written.
     supervisor_stopped,
     /// The peer did not keep up: the send queue overflowed under `overflow_policy::disconnect`
     /// and the connection was ended (close code 1013 sent where possible).
     slow_consumer,
     /// The message was written, but the connection died before a heartbeat pong proved the
-    /// peer had read it (`delivery_guarantee::confirmed`): it may or may not have arrived.
+    /// peer had read it (`delivery_guarantee::confirmed`), or before Redis answered a
+    /// `redis_link` publish: it may or may not have arrived.
     delivery_unconfirmed,
     /// The server is shutting down (`server::stop()`); the connection was closed with 1001.
     server_shutdown,
@@ -100,6 +102,14 @@ enum class error {
     /// offered), or none while `session_config::subprotocol_required` was set: the two do
     /// not speak a common protocol. Permanent.
     subprotocol_mismatch,
+    /// Redis refused the password of a `redis_config::url`, or asked for one when none was
+    /// given (WRONGPASS, NOAUTH, invalid password). Permanent.
+    redis_auth_failed,
+    /// Redis answered a command with an error reply.
+    redis_error,
+    /// Redis did not answer a command within `redis_config::command_timeout`; the link was
+    /// declared dead.
+    redis_command_timeout,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).
@@ -148,6 +158,7 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 /// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
 /// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1008 (policy violation: a supervisor waits at least `policy_violation_delay`), 1009, 1011-1014, 3000-4999 |
 /// | TLS certificate verification failure | every other network or TLS failure: refused, reset, eof, unreachable, DNS ... |
+/// | Redis (`redis_link`): `redis_auth_failed` (wrong password, NOAUTH) | Redis: `redis_error` (an error reply), `redis_command_timeout` |
 ///
 /// Why: a permanent failure judged what we send (the request, the frames, our credentials,
 /// the server's certificate), so another attempt would send the same and fail the same way;

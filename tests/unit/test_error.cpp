@@ -211,6 +211,9 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::memory_budget_exceeded, "memory_budget_exceeded"},
         {error::message_timeout, "message_timeout"},
         {error::subprotocol_mismatch, "subprotocol_mismatch"},
+        {error::redis_auth_failed, "redis_auth_failed"},
+        {error::redis_error, "redis_error"},
+        {error::redis_command_timeout, "redis_command_timeout"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
@@ -521,6 +524,10 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {error::proxy_protocol_error, permanent},
         {error::local_address_unusable, permanent},
         {error::subprotocol_mismatch, permanent},
+        // Redis: a refused password stays refused; an error reply or a slow Redis may pass.
+        {error::redis_auth_failed, permanent},
+        {error::redis_error, transient},
+        {error::redis_command_timeout, transient},
         {error::proxy_target_unreachable, transient},
         {error::not_connected, transient},
         // The network.

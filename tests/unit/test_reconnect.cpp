@@ -5,6 +5,7 @@
 // rule about retrying, waiting and stopping, with no socket and no real time.
 
 #include "detail/reconnect.hpp"
+#include "support/recording_policy.hpp"
 
 #include <vigil/error.hpp>
 #include <vigil/session.hpp>
@@ -35,22 +36,7 @@ const time_point t0 = time_point(std::chrono::hours(10));
 const error_code refused = boost::asio::error::connection_refused;
 const error_code aborted = boost::asio::error::operation_aborted;
 
-// A policy that says what it was asked: delays of 1 s, 2 s, 3 s ... per call since reset.
-struct recording_policy {
-    std::vector<vigil::retry_context>* asked;
-    int* resets;
-    int calls = 0;
-    milliseconds next_delay(const vigil::retry_context& c)
-    {
-        asked->push_back(c);
-        return milliseconds(1000 * ++calls);
-    }
-    void reset()
-    {
-        ++*resets;
-        calls = 0;
-    }
-};
+using vigil::test::recording_policy;
 
 struct rig {
     explicit rig(reconnect_settings s = {})
