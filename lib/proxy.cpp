@@ -38,19 +38,6 @@ bool is_name_char(char c) noexcept
         || c == '_';
 }
 
-// The URL as shown in messages: user info (which may hold a password) masked.
-std::string quote(std::string_view url)
-{
-    std::string shown(url);
-    const auto slashes = shown.find("://");
-    const auto start = slashes == std::string::npos ? 0 : slashes + 3;
-    const auto end = shown.find_first_of("/?#", start);
-    const auto at = shown.rfind('@', end == std::string::npos ? std::string::npos : end);
-    if (at != std::string::npos && at >= start)
-        shown.replace(start, at - start, "***");
-    return '"' + detail::printable(shown, 120, true) + '"';
-}
-
 class proxy_url_parser {
 public:
     proxy_url_parser(std::string_view url, std::string* detail) : url_(url), detail_(detail) {}
@@ -61,7 +48,7 @@ private:
     error_code fail(std::string why)
     {
         if (detail_)
-            *detail_ = "proxy URL " + quote(url_) + " " + why;
+            *detail_ = "proxy URL " + detail::quoted_url(url_) + " " + why;
         return error::invalid_config;
     }
     error_code take_scheme(std::string_view scheme, proxy_endpoint& ep);

@@ -319,6 +319,7 @@ struct supervisor::impl final : detail::connection_observer {
     }
     mutable std::mutex counters_mutex_;
     supervisor_counters counters_;
+    supervisor_counters counters_now() const;  // with the live connection's time; under the mutex
     std::uint64_t submitted_ = 0;  // send() calls: minus those completed, what is pending
     std::uint64_t pending_bytes_ = 0;
     duration_histogram round_trips_;
@@ -1176,20 +1177,25 @@ void supervisor::start_send(std::string data, message_type type, std::optional<s
     asio::dispatch(impl_->strand_, [p = impl_.get(), msg = std::move(msg)]() mutable { p->enqueue(std::move(msg)); });
 }
 
+supervisor_counters supervisor::impl::counters_now() const
+{
+    auto c = counters_;
+    if (live_since_ != clock_type::time_point{})
+        c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - live_since_);
+    return c;
+}
+
 supervisor_counters supervisor::counters() const
 {
     std::lock_guard lock(impl_->counters_mutex_);
-    auto c = impl_->counters_;
-    if (impl_->live_since_ != clock_type::time_point{})
-        c.time_connected += std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - impl_->live_since_);
-    return c;
+    return impl_->counters_now();
 }
 
 supervisor_metrics supervisor::metrics() const
 {
     supervisor_metrics m;
-    m.counters = counters();
     std::lock_guard lock(impl_->counters_mutex_);
+    m.counters = impl_->counters_now();
     m.connected = impl_->live_since_ != clock_type::time_point{};
     const auto& c = impl_->counters_;
     m.pending_messages = impl_->submitted_ - std::min(impl_->submitted_, std::uint64_t{c.messages_sent + c.messages_failed});

@@ -153,7 +153,7 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 ///
 /// | permanent: stop | transient: retry later |
 /// |---|---|
-/// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config`, `local_address_unusable` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
+/// | `invalid_url`, `unsupported_scheme`, `invalid_host`, `invalid_port`, `invalid_config`, `local_address_unusable`, `subprotocol_mismatch` | every other vigil code that is a failure: every timeout (`pong_timeout`, `idle_timeout`, `connect_timeout` ...), `slow_consumer`, `server_shutdown`, `handler_exception` ... |
 /// | proxy: `proxy_auth_required` (407, SOCKS5 credentials), `proxy_denied` (403, SOCKS5 not allowed), `proxy_protocol_error` (not the configured protocol) | proxy: `proxy_target_unreachable` (502/503/504, SOCKS5 host unreachable ...); a proxy that refuses the connection or does not answer within `connect_timeout` (`connection_refused`, `connect_timeout`) |
 /// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
 /// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1008 (policy violation: a supervisor waits at least `policy_violation_delay`), 1009, 1011-1014, 3000-4999 |

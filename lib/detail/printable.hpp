@@ -35,4 +35,18 @@ inline std::string printable(std::string_view s, std::size_t max_shown, bool esc
     return out;
 }
 
+/// A URL as shown in messages, between double quotes: its user info (which may hold a
+/// password) masked as ***, the rest printable().
+inline std::string quoted_url(std::string_view url)
+{
+    std::string shown(url);
+    const auto slashes = shown.find("://");
+    const auto start = slashes == std::string::npos ? 0 : slashes + 3;
+    const auto end = shown.find_first_of("/?#", start);
+    const auto at = shown.rfind('@', end == std::string::npos ? std::string::npos : end);
+    if (at != std::string::npos && at >= start)
+        shown.replace(start, at - start, "***");
+    return '"' + printable(shown, 120, true) + '"';
+}
+
 }  // namespace vigil::detail

@@ -6,6 +6,7 @@
 
 #include <vigil/redis.hpp>
 
+#include "../detail/printable.hpp"
 #include "link_fsm.hpp"
 
 #include <hiredis/async.h>
@@ -52,7 +53,7 @@ error_code parse_redis_url(std::string_view url, redis_target& out, std::string*
 {
     auto fail = [&](const std::string& what) {
         if (detail)
-            *detail = "redis url \"" + std::string(url) + "\": " + what;
+            *detail = "redis url " + detail::quoted_url(url) + ": " + what;
         return error_code(error::invalid_url);
     };
     if (url.empty())
