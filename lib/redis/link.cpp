@@ -259,8 +259,8 @@ public:
     std::set<std::string> channels_;
     std::deque<publish_op> outbox_;
     std::uint64_t generation_ = 0;
-    bool running_ = false;
-    bool finished_ = false;
+    // run() not yet called, in progress, or over (stopped, permanent failure, cancelled).
+    enum class run_phase { idle, running, finished } run_ = run_phase::idle;
     error_code result_;
 
     std::function<void(std::string_view, std::string_view)> on_message;
@@ -479,7 +479,7 @@ void detail::redis_link_impl::execute(const redis_action& a)
 
 void detail::redis_link_impl::rearm()
 {
-    if (finished_)
+    if (run_ == run_phase::finished)
         return;
     auto at = fsm_.next_deadline();
     if (!outbox_.empty() && cfg_.message_ttl.count() > 0)
@@ -487,7 +487,7 @@ void detail::redis_link_impl::rearm()
     tick_.expires_at(at);
     tick_.async_wait([w = weak_from_this()](error_code ec) {
         auto self = w.lock();
-        if (ec || !self || self->finished_)
+        if (ec || !self || self->run_ == run_phase::finished)
             return;
         auto now = clock_type::now();
         self->expire_outbox(now);
@@ -631,7 +631,7 @@ void detail::redis_link_impl::expire_outbox(clock_type::time_point now)
 
 void detail::redis_link_impl::finish(error_code ec)
 {
-    finished_ = true;
+    run_ = run_phase::finished;
     result_ = ec;
     tick_.cancel();
     done_.cancel();
@@ -639,7 +639,7 @@ void detail::redis_link_impl::finish(error_code ec)
 
 void detail::redis_link_impl::enqueue_publish(publish_op op)
 {
-    if (finished_)
+    if (run_ == run_phase::finished)
         return complete(op, result_ ? result_ : error_code(error::supervisor_stopped));
     if (fsm_.phase() == detail::redis_phase::ready)
         return send_publish(std::move(op));
@@ -648,7 +648,7 @@ void detail::redis_link_impl::enqueue_publish(publish_op op)
     if (outbox_.size() >= cfg_.outbox_limit)
         return complete(op, error::send_queue_full);
     outbox_.push_back(std::move(op));
-    if (running_)
+    if (run_ == run_phase::running)
         rearm();
 }
 
@@ -755,11 +755,11 @@ redis_link::~redis_link() { stop(); }
 asio::awaitable<error_code> redis_link::run()
 {
     auto self = impl_;
-    if (self->finished_)
+    if (self->run_ == detail::redis_link_impl::run_phase::finished)
         co_return self->result_;
-    if (self->running_)
+    if (self->run_ == detail::redis_link_impl::run_phase::running)
         co_return error::already_running;
-    self->running_ = true;
+    self->run_ = detail::redis_link_impl::run_phase::running;
     self->on_message = on_message;
     self->on_up = on_up;
     self->on_down = on_down;
@@ -768,7 +768,7 @@ asio::awaitable<error_code> redis_link::run()
     error_code ec;  // operation_aborted either way: finish() or the caller's cancellation
     auto token = asio::redirect_error(asio::use_awaitable, ec);
     co_await self->done_.async_wait(token);
-    if (!self->finished_) {
+    if (self->run_ != detail::redis_link_impl::run_phase::finished) {
         // The awaiting coroutine was cancelled.
         self->handle(self->fsm_.stop());
         co_return asio::error::operation_aborted;
