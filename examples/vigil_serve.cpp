@@ -10,10 +10,16 @@
 #ifdef VIGIL_CLI_PROMETHEUS
 #include <vigil/prometheus.hpp>
 #endif
+#ifdef VIGIL_CLI_REDIS
+#include <vigil/redis.hpp>
+#endif
+
+#include <boost/url/parse.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
@@ -65,7 +71,19 @@ constexpr std::string_view usage_text =
     "options (S = seconds, fractions allowed):\n"
     "  --port P               port to listen on (default 0: the system picks one)\n"
     "  --bind ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
-    "  --mode echo|broadcast  send each message back to its sender (default), or to everyone\n"
+    "  --mode echo|broadcast  send each message back to its sender (default), or to every\n"
+    "                         member of the sender's channels (broadcast): a client's\n"
+    "                         channels are named in its URL (?channel=NAME, repeatable;\n"
+    "                         default all, which every such client joins), and it joins and\n"
+    "                         leaves others by sending {\"type\":\"join\",\"channel\":NAME}\n"
+    "                         or \"leave\" (answered joined/left, or error)\n"
+    "  --fanout redis://[:PASSWORD@]HOST[:PORT][/CHANNEL]\n"
+    "                         make this server a node of a cluster: broadcasts reach the\n"
+    "                         members of a channel on every node given the same Redis and\n"
+    "                         CHANNEL (default vigil); events fanout_up, fanout_down,\n"
+    "                         fanout_retry, fanout_error, fanout_gap, and fanout_failed when\n"
+    "                         Redis refuses for good (then the server stops, exit 1); needs\n"
+    "                         a build with hiredis, else exit 64\n"
     "  --ping-interval S      ping a client after S seconds without traffic (default 20;\n"
     "                         0: no heartbeat)\n"
     "  --pong-timeout S       evict a client S seconds after an unanswered ping (default 10)\n"
@@ -111,10 +129,44 @@ constexpr std::string_view usage_text =
     "signals: SIGINT/SIGTERM close every connection with 1001 (going away), bounded by the\n"
     "close timeout, print stopped and exit 0; a second one drops the connections at once.\n"
     "\n"
-    "exit status: 0 after a signal; 1 when the server cannot listen (address in use ...);\n"
+    "exit status: 0 after a signal; 1 when the server cannot listen (address in use ...)\n"
+    "or the fan-out failed for good (fanout_failed);\n"
     "64 for bad arguments.\n";
 
 enum class serve_mode { echo, broadcast };
+
+// --fanout: the Redis URL without its path, and the channel the path named.
+struct fanout_target {
+    std::string redis_url;
+    std::string channel = "vigil";
+};
+
+fanout_target parse_fanout(std::string_view text)
+{
+    auto fail = [&](const std::string& why) {
+        return usage_error{"--fanout: '" + std::string(text) + "' " + why};
+    };
+    auto u = boost::urls::parse_uri(text);
+    if (!u) {
+        throw fail("is not a URL (" + u.error().message() + ")");
+    }
+    if (u->scheme() != "redis") {
+        throw fail("is not a redis:// URL");
+    }
+    if (u->has_query() || u->has_fragment()) {
+        throw fail("has a query or fragment; the form is redis://[:PASSWORD@]HOST[:PORT][/CHANNEL]");
+    }
+    fanout_target t;
+    t.redis_url = "redis://" + std::string(u->encoded_authority());
+    auto path = u->path();  // decoded
+    if (path.size() > 1) {
+        t.channel = path.substr(1);
+        if (t.channel.find('/') != std::string::npos) {
+            throw fail("names a channel with '/'; the form is redis://HOST[:PORT][/CHANNEL]");
+        }
+    }
+    return t;
+}
 
 struct options {
     vigil::server_config cfg;
@@ -126,6 +178,7 @@ struct options {
     vigil::missing_origin missing = vigil::missing_origin::allow;
     std::optional<std::string> token;
     metrics_listener metrics;
+    std::optional<fanout_target> fanout;
 };
 
 // The admission check the flags ask for: the Origin policy first (a page from elsewhere
@@ -270,6 +323,11 @@ options parse_args(int argc, char** argv)
             opts.token = std::string(value());
         } else if (flag == "--subprotocol") {
             opts.cfg.subprotocols.emplace_back(value());
+        } else if (flag == "--fanout") {
+#ifndef VIGIL_CLI_REDIS
+            throw usage_error{"--fanout needs a vigil-serve built with hiredis (Debian: libhiredis-dev)"};
+#endif
+            opts.fanout = parse_fanout(value());
         } else if (parse_metrics_flag("vigil-serve", flag, value, opts.metrics)) {
             // --metrics-port, --metrics-bind (cli.hpp)
         } else if (flag == "--help") {
@@ -316,7 +374,59 @@ options parse_args(int argc, char** argv)
         session.heartbeat = vigil::message_heartbeat::text(*opts.app_ping, *opts.app_pong);
     }
     opts.cfg.check_upgrade = make_check(opts);
+#ifdef VIGIL_CLI_REDIS
+    if (opts.fanout) {
+        std::string detail;
+        if (vigil::validate(vigil::redis_config{opts.fanout->redis_url}, &detail)) {
+            throw usage_error{"--fanout: " + detail};
+        }
+    }
+#endif
     return opts;
+}
+
+// The channels a client names in its URL (?channel=a&channel=b); "all" when it names none.
+std::vector<std::string> channels_in(const std::string& target)
+{
+    std::vector<std::string> names;
+    if (auto u = boost::urls::parse_origin_form(target)) {
+        for (auto param : u->params()) {
+            if (param.key == "channel") {
+                names.push_back(param.value);
+            }
+        }
+    }
+    if (names.empty()) {
+        names.emplace_back("all");
+    }
+    return names;
+}
+
+// A client's {"type":"join"|"leave","channel":NAME}; nullopt for any other message.
+struct channel_command {
+    bool join = true;
+    std::optional<std::string> channel;  // nullopt: missing or not a string
+};
+
+std::optional<channel_command> parse_command(const std::string& text)
+{
+    if (text.empty() || text.front() != '{') {
+        return std::nullopt;
+    }
+    auto j = json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+        return std::nullopt;
+    }
+    auto type = j.find("type");
+    if (type == j.end() || !type->is_string() || (*type != "join" && *type != "leave")) {
+        return std::nullopt;
+    }
+    channel_command c;
+    c.join = *type == "join";
+    if (auto ch = j.find("channel"); ch != j.end() && ch->is_string()) {
+        c.channel = ch->get<std::string>();
+    }
+    return c;
 }
 
 class serve {
@@ -326,6 +436,9 @@ public:
           mode_(opts.mode),
           start_(start),
           metrics_opts_(opts.metrics),
+#ifdef VIGIL_CLI_REDIS
+          fanout_(make_fanout(ioc, opts)),
+#endif
           server_(ioc.get_executor(), std::move(opts.cfg),
                   [this](vigil::server::connection_ptr c) { return handle(std::move(c)); }),
           signals_(ioc, SIGINT, SIGTERM)
@@ -373,6 +486,16 @@ public:
         ev.on_accept_error = [this](const error_code& ec) {
             emit({{"event", "accept_error"}, {"reason", vigil::error_name(ec)}});
         };
+        ev.on_fanout_error = [this](std::string_view channel, const error_code& why, const std::string& detail) {
+            emit({{"event", "fanout_error"},
+                  {"channel", std::string(channel)},
+                  {"reason", vigil::error_name(why)},
+                  {"detail", detail}});
+        };
+        ev.on_fanout_gap = [this](std::string_view origin, std::uint64_t missed) {
+            emit({{"event", "fanout_gap"}, {"origin", std::string(origin)}, {"missed", missed}});
+        };
+        watch_fanout();
     }
 
     // Binds the socket, so that the port is known before anything else is printed.
@@ -386,7 +509,7 @@ public:
             // A certificate that cannot be loaded came from a flag; a busy port did not.
             return ec == vigil::error::invalid_config ? exit_usage : exit_failed;
         }
-        json listening = {{"event", "listening"}, {"port", server_.port()}};
+        json listening = {{"event", "listening"}, {"port", server_.port()}, {"node", server_.node_id()}};
         if (!start_metrics(listening)) {
             return exit_failed;
         }
@@ -443,15 +566,70 @@ private:
         return true;
     }
 
+#ifdef VIGIL_CLI_REDIS
+    // The fan-out of --fanout, handed to the server through its config.
+    static std::shared_ptr<vigil::redis_fanout> make_fanout(asio::io_context& ioc, options& opts)
+    {
+        if (!opts.fanout) {
+            return nullptr;
+        }
+        auto f = std::make_shared<vigil::redis_fanout>(ioc.get_executor(), vigil::redis_config{opts.fanout->redis_url},
+                                                       opts.fanout->channel);
+        opts.cfg.fanout = f;
+        return f;
+    }
+
+    // Ends with the server; a permanent failure (a wrong password) stops the server.
+    asio::awaitable<void> run_fanout()
+    {
+        auto ec = co_await fanout_->run();
+        if (ec && ec != asio::error::operation_aborted) {
+            emit({{"event", "fanout_failed"}, {"reason", vigil::error_name(ec)}, {"detail", ec.message()}});
+            fanout_failed_ = true;
+            server_.stop();
+        }
+    }
+#endif
+
+    void watch_fanout()
+    {
+#ifdef VIGIL_CLI_REDIS
+        if (!fanout_) {
+            return;
+        }
+        auto& link = fanout_->link();
+        link.on_up = [this] { emit({{"event", "fanout_up"}, {"channel", fanout_->channel()}}); };
+        link.on_down = [this](error_code why) {
+            emit({{"event", "fanout_down"}, {"reason", vigil::error_name(why)}});
+        };
+        link.on_retry = [this](std::size_t attempt, milliseconds delay, error_code why) {
+            emit({{"event", "fanout_retry"},
+                  {"attempt", attempt},
+                  {"delay_ms", delay.count()},
+                  {"reason", vigil::error_name(why)}});
+        };
+#endif
+    }
+
     asio::awaitable<void> run()
     {
+#ifdef VIGIL_CLI_REDIS
+        if (fanout_) {
+            asio::co_spawn(ioc_, run_fanout(), asio::detached);
+        }
+#endif
         auto ec = co_await server_.run();
+#ifdef VIGIL_CLI_REDIS
+        if (fanout_) {
+            fanout_->stop();
+        }
+#endif
         // Empty after stop(); operation_aborted after a second signal.
         if (ec && ec != asio::error::operation_aborted) {
             std::cerr << "vigil-serve: " << vigil::error_name(ec) << '\n';
             exit_code_ = exit_failed;
         } else {
-            exit_code_ = exit_ok;
+            exit_code_ = fanout_failed_ ? exit_failed : exit_ok;
         }
         const auto counters = server_.counters();
         emit({{"event", "stopped"},
@@ -463,6 +641,9 @@ private:
     // One coroutine per client, on the client's strand.
     asio::awaitable<void> handle(vigil::server::connection_ptr conn)
     {
+        if (mode_ == serve_mode::broadcast && !co_await join_named(conn)) {
+            co_return;
+        }
         for (;;) {
             auto msg = co_await conn->receive();
             if (msg.ec) {
@@ -476,11 +657,52 @@ private:
                 // needs no handling here: the end of the connection shows in receive().
                 co_await conn->send(std::move(msg.data), msg.type);
             } else {
-                // Never waits: a client that cannot keep up is disconnected by its overflow
-                // policy rather than stalling everyone else.
-                server_.broadcast(std::move(msg.data), msg.type);
+                co_await relay(conn, std::move(msg));
             }
         }
+    }
+
+    // The channels of the client's URL; false (and closed with 1008) for an invalid name.
+    asio::awaitable<bool> join_named(const vigil::server::connection_ptr& conn)
+    {
+        for (auto& name : channels_in(conn->target())) {
+            if (server_.join(conn, name)) {
+                co_await conn->close(1008, "invalid channel name (1 to 1024 bytes)");
+                co_return false;
+            }
+            emit({{"event", "client_joined"}, {"id", conn->id()}, {"channel", name}});
+        }
+        co_return true;
+    }
+
+    // A join or leave command, or a message for every member of the sender's channels.
+    asio::awaitable<void> relay(const vigil::server::connection_ptr& conn, vigil::received msg)
+    {
+        auto command = msg.type == vigil::message_type::text ? parse_command(msg.data) : std::nullopt;
+        if (!command) {
+            // Never waits: a client that cannot keep up is disconnected by its overflow
+            // policy rather than stalling everyone else.
+            for (const auto& channel : server_.channels(conn)) {
+                server_.broadcast(channel, msg.data, msg.type);
+            }
+            co_return;
+        }
+        json reply;
+        if (!command->channel) {
+            reply = {{"type", "error"}, {"error", "a join or leave needs \"channel\": a string"}};
+        } else if (command->join) {
+            if (server_.join(conn, *command->channel)) {
+                reply = {{"type", "error"}, {"error", "invalid channel name (1 to 1024 bytes)"}};
+            } else {
+                emit({{"event", "client_joined"}, {"id", conn->id()}, {"channel", *command->channel}});
+                reply = {{"type", "joined"}, {"channel", *command->channel}};
+            }
+        } else {
+            server_.leave(conn, *command->channel);
+            emit({{"event", "client_left"}, {"id", conn->id()}, {"channel", *command->channel}});
+            reply = {{"type", "left"}, {"channel", *command->channel}};
+        }
+        co_await conn->send(reply.dump(-1, ' ', false, json::error_handler_t::replace));
     }
 
     void emit(json j)
@@ -514,6 +736,9 @@ private:
     serve_mode mode_;
     std::chrono::steady_clock::time_point start_;
     metrics_listener metrics_opts_;
+#ifdef VIGIL_CLI_REDIS
+    std::shared_ptr<vigil::redis_fanout> fanout_;  // before server_: the server holds it in its config
+#endif
     vigil::server server_;
 #ifdef VIGIL_CLI_PROMETHEUS
     std::unique_ptr<vigil::prometheus_exporter> metrics_;  // after server_: destroyed first
@@ -522,6 +747,7 @@ private:
     asio::cancellation_signal abort_;
     int exit_code_ = exit_failed;
     bool forced_ = false;
+    bool fanout_failed_ = false;  // the fan-out stopped for good, and so did the server
 };
 
 }  // namespace

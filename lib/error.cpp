@@ -67,6 +67,7 @@ const char* vigil_error_name(int value) noexcept
     case error::redis_auth_failed: return "redis_auth_failed";
     case error::redis_error: return "redis_error";
     case error::redis_command_timeout: return "redis_command_timeout";
+    case error::fanout_message_invalid: return "fanout_message_invalid";
     }
     return nullptr;
 }

@@ -9,6 +9,7 @@
 
 #include "detail/address_limits.hpp"
 #include "detail/common.hpp"
+#include "detail/fanout_codec.hpp"
 #include "detail/memory_budget.hpp"
 #include "detail/printable.hpp"
 #include "detail/serialized.hpp"
@@ -26,6 +27,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -34,12 +36,16 @@
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
+#include <set>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace vigil {
@@ -48,6 +54,8 @@ namespace asio = boost::asio;
 using detail::with_context;
 
 namespace {
+
+constexpr std::size_t max_channel_name = 1024;
 
 std::string endpoint_string(const asio::ip::tcp::endpoint& ep)
 {
@@ -204,6 +212,7 @@ struct connection::impl {
     stage now = stage::live;
     outcome handler = outcome::running;
     std::shared_ptr<void> user_data;  // set before the connection is shared, then read-only
+    std::set<std::string> channels;  // under the server's mutex
 };
 
 connection::connection(std::shared_ptr<impl> p) : impl_(std::move(p))
@@ -446,7 +455,164 @@ struct server::impl final : detail::connection_observer, detail::budget_watch {
     // Shared with the connections: one may outlive the server.
     std::shared_ptr<detail::memory_budget> budget_;
     std::shared_ptr<detail::wakeup<asio::any_io_executor>> budget_wake_;
+
+    // Channels and the fan-out. Members by channel under mu_, as each connection's own list.
+    std::unordered_map<std::string, std::map<std::uint64_t, connection_ptr>> channels_;
+    detail::origin_tracker origins_;  // under mu_: the other nodes' sequence numbers
+    const std::string node_id_ = random_node_id();
+    // Numbers this node's broadcasts and keeps local delivery and the hand-over to the
+    // fan-out in one order. Recursive: a fan-out may complete inside publish(), and the
+    // event that reports it may broadcast again.
+    std::recursive_mutex publish_mu_;
+    std::uint64_t seq_ = 0;
+    /// What a fan-out's completion reaches: this server, until it is destroyed (a completion
+    /// may come later, from another thread). Recursive for the same reason.
+    struct fanout_guard {
+        std::recursive_mutex mu;
+        impl* owner = nullptr;
+    };
+    std::shared_ptr<fanout_guard> guard_;
+
+    static std::string random_node_id();
+    std::size_t deliver_local(const std::string& channel, const std::shared_ptr<const std::string>& data,
+                              message_type type);
+    std::size_t publish_channel(std::string_view channel, std::string data, message_type type,
+                                std::function<void(error_code)> then);
+    void fanout_done(std::string_view channel, const error_code& ec);
+    void from_fanout(std::string_view bytes);
+    void fanout_invalid(const std::string& why);
+    void leave_all(connection::impl& ci);  // under mu_
+    void attach_fanout();
+    void detach_fanout();
+    ~impl() { detach_fanout(); }
 };
+
+std::string server::impl::random_node_id()
+{
+    std::random_device rd;
+    const std::uint64_t v = (std::uint64_t{rd()} << 32) ^ rd();
+    char out[17];
+    std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(v));
+    return out;
+}
+
+void server::impl::attach_fanout()
+{
+    if (!cfg_.fanout)
+        return;
+    guard_ = std::make_shared<fanout_guard>();
+    guard_->owner = this;
+    cfg_.fanout->set_receiver([this](std::string_view bytes) { from_fanout(bytes); });
+}
+
+void server::impl::detach_fanout()
+{
+    if (!cfg_.fanout)
+        return;
+    // No message arrives once set_receiver returns; a completion still to come finds no owner.
+    cfg_.fanout->set_receiver({});
+    std::lock_guard lock(guard_->mu);
+    guard_->owner = nullptr;
+}
+
+std::size_t server::impl::deliver_local(const std::string& channel, const std::shared_ptr<const std::string>& data,
+                                        message_type type)
+{
+    auto it = channels_.find(channel);
+    if (it == channels_.end())
+        return 0;
+    for (auto& [id, c] : it->second)
+        detail::session_access::send_shared(c->impl_->s, c->impl_, data, type);
+    return it->second.size();
+}
+
+std::size_t server::impl::publish_channel(std::string_view channel, std::string data, message_type type,
+                                          std::function<void(error_code)> then)
+{
+    auto shared = std::make_shared<const std::string>(std::move(data));
+    const std::string name(channel);
+    if (!cfg_.fanout) {
+        std::lock_guard lock(mu_);
+        return deliver_local(name, shared, type);
+    }
+    std::lock_guard order(publish_mu_);
+    std::size_t here = 0;
+    {
+        std::lock_guard lock(mu_);
+        here = deliver_local(name, shared, type);
+    }
+    auto bytes = detail::encode_envelope({node_id_, ++seq_, type, name, *shared});
+    cfg_.fanout->publish(std::move(bytes), [guard = guard_, name, then = std::move(then)](error_code ec) {
+        {
+            std::lock_guard lock(guard->mu);
+            if (guard->owner)
+                guard->owner->fanout_done(name, ec);
+        }
+        if (then)
+            then(ec);
+    });
+    return here;
+}
+
+void server::impl::fanout_done(std::string_view channel, const error_code& ec)
+{
+    {
+        std::lock_guard lock(mu_);
+        ++(ec ? counters_.fanout_failed : counters_.fanout_published);
+    }
+    if (ec)
+        emit(events_.on_fanout_error, channel, ec, std::string("the fan-out did not carry a broadcast to channel \"") +
+                                                       detail::printable(channel, 80, true) + "\": " + ec.message());
+}
+
+void server::impl::fanout_invalid(const std::string& why)
+{
+    {
+        std::lock_guard lock(mu_);
+        ++counters_.fanout_invalid;
+    }
+    emit(events_.on_fanout_error, std::string_view(), error_code(error::fanout_message_invalid), why);
+}
+
+void server::impl::from_fanout(std::string_view bytes)
+{
+    std::string why;
+    auto e = detail::decode_envelope(bytes, &why);
+    if (!e)
+        return fanout_invalid(why);
+    if (e->node == node_id_)
+        return;  // delivered here when it was published
+    auto data = std::make_shared<const std::string>(e->data);
+    const std::string channel(e->channel);
+    detail::origin_tracker::verdict v;
+    {
+        std::lock_guard lock(mu_);
+        v = origins_.observe(e->node, e->seq);
+        if (v.what != detail::origin_tracker::verdict::kind::repeated) {
+            counters_.fanout_missed += v.missed;
+            ++counters_.fanout_received;
+            deliver_local(channel, data, e->type);
+        }
+    }
+    if (v.what == detail::origin_tracker::verdict::kind::repeated)
+        return fanout_invalid("fan-out message: broadcast " + std::to_string(e->seq) + " of node " +
+                              detail::printable(e->node, 64, false) + " arrived again or out of order; dropped");
+    if (v.missed > 0)
+        emit(events_.on_fanout_gap, e->node, v.missed);
+}
+
+void server::impl::leave_all(connection::impl& ci)
+{
+    for (const auto& name : ci.channels) {
+        auto it = channels_.find(name);
+        if (it == channels_.end())
+            continue;
+        it->second.erase(ci.id);
+        if (it->second.empty())
+            channels_.erase(it);
+    }
+    ci.channels.clear();
+}
 
 error_code server::impl::load_tls(std::string* detail)
 {
@@ -844,6 +1010,7 @@ void server::impl::arm_done(const connection_ptr& c)
     {
         std::lock_guard lock(mu_);
         conns_.erase(ci.id);
+        leave_all(ci);
         ended_traffic_ += ci.s.traffic();  // in the same step: metrics() counts it once
         --counters_.open;
         ++counters_.disconnected;
@@ -926,6 +1093,7 @@ void server::impl::stop_now()
 server::server(asio::any_io_executor ex, server_config cfg, handler_type handler)
     : impl_(std::make_unique<impl>(std::move(ex), std::move(cfg), std::move(handler)))
 {
+    impl_->attach_fanout();
 }
 
 server::~server() = default;
@@ -962,6 +1130,79 @@ std::size_t server::broadcast(std::string data, message_type type)
     for (auto& [id, c] : impl_->conns_)
         detail::session_access::send_shared(c->impl_->s, c->impl_, shared, type);
     return impl_->conns_.size();
+}
+
+error_code server::join(const connection_ptr& c, std::string channel)
+{
+    if (channel.empty() || channel.size() > max_channel_name)
+        return asio::error::invalid_argument;
+    if (!c)
+        return error::not_connected;
+    std::lock_guard lock(impl_->mu_);
+    auto it = impl_->conns_.find(c->id());
+    if (it == impl_->conns_.end() || it->second != c)
+        return error::not_connected;
+    impl_->channels_[channel].emplace(c->id(), c);
+    c->impl_->channels.insert(std::move(channel));
+    return {};
+}
+
+bool server::leave(const connection_ptr& c, std::string_view channel)
+{
+    if (!c)
+        return false;
+    std::lock_guard lock(impl_->mu_);
+    auto& mine = c->impl_->channels;
+    auto at = mine.find(std::string(channel));
+    if (at == mine.end())
+        return false;
+    if (auto it = impl_->channels_.find(*at); it != impl_->channels_.end()) {
+        it->second.erase(c->id());
+        if (it->second.empty())
+            impl_->channels_.erase(it);
+    }
+    mine.erase(at);
+    return true;
+}
+
+std::vector<std::string> server::channels(const connection_ptr& c) const
+{
+    if (!c)
+        return {};
+    std::lock_guard lock(impl_->mu_);
+    return {c->impl_->channels.begin(), c->impl_->channels.end()};
+}
+
+std::size_t server::broadcast(std::string_view channel, std::string data, message_type type)
+{
+    return impl_->publish_channel(channel, std::move(data), type, {});
+}
+
+asio::awaitable<error_code> server::publish(std::string channel, std::string data, message_type type)
+{
+    error_code result;
+    auto token = asio::redirect_error(asio::use_awaitable, result);
+    // Named, not a temporary in the co_await expression (g++ 12 destroys those twice).
+    auto initiate = [p = impl_.get()](auto handler, std::string ch, std::string d, message_type t) {
+        // std::function wants a copyable callable; the handler is move-only.
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        p->publish_channel(ch, std::move(d), t, [h](error_code ec) {
+            auto ex = asio::get_associated_executor(*h);
+            asio::dispatch(ex, [h, ec]() mutable { std::move(*h)(ec); });
+        });
+        if (!p->cfg_.fanout) {
+            auto ex = asio::get_associated_executor(*h);
+            asio::post(ex, [h]() mutable { std::move(*h)(error_code()); });
+        }
+    };
+    co_await asio::async_initiate<decltype(token), void(error_code)>(initiate, token, std::move(channel),
+                                                                     std::move(data), type);
+    co_return result;
+}
+
+const std::string& server::node_id() const noexcept
+{
+    return impl_->node_id_;
 }
 
 std::vector<server::connection_ptr> server::connections() const

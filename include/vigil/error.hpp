@@ -110,6 +110,10 @@ enum class error {
     /// Redis did not answer a command within `redis_config::command_timeout`; the link was
     /// declared dead.
     redis_command_timeout,
+    /// A message arrived from a server's fan-out that is not a vigil broadcast this version
+    /// reads (another program on the bus, or a newer format); it was dropped and reported
+    /// (`server_events::on_fanout_error`).
+    fanout_message_invalid,
 };
 
 /// The two answers to "should we try again?" (see `is_permanent`).
@@ -158,7 +162,7 @@ boost::system::error_condition make_error_condition(condition c) noexcept;
 /// | upgrade rejected with 3xx or 4xx, except 408 and 429 | upgrade rejected with 408, 429 or 5xx |
 /// | close code 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload), 1010 (extension required) | every other close code: 1000, 1001, 1005, 1006, 1008 (policy violation: a supervisor waits at least `policy_violation_delay`), 1009, 1011-1014, 3000-4999 |
 /// | TLS certificate verification failure | every other network or TLS failure: refused, reset, eof, unreachable, DNS ... |
-/// | Redis (`redis_link`): `redis_auth_failed` (wrong password, NOAUTH) | Redis: `redis_error` (an error reply), `redis_command_timeout` |
+/// | Redis (`redis_link`): `redis_auth_failed` (wrong password, NOAUTH) | Redis: `redis_error` (an error reply), `redis_command_timeout`; fan-out: `fanout_message_invalid` |
 ///
 /// Why: a permanent failure judged what we send (the request, the frames, our credentials,
 /// the server's certificate), so another attempt would send the same and fail the same way;

@@ -8,6 +8,7 @@
 
 #include <vigil/backoff.hpp>
 #include <vigil/error.hpp>
+#include <vigil/fanout.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -124,6 +125,10 @@ public:
     /// executor.
     boost::asio::awaitable<error_code> publish(std::string channel, std::string data);
 
+    /// The same, calling `done` (on the link's executor) instead of resuming a coroutine;
+    /// `done` may be empty. Publishes made by one thread reach Redis in the order made.
+    void publish(std::string channel, std::string data, std::function<void(error_code)> done);
+
     /// A snapshot of the counters. Any thread.
     redis_counters counters() const;
 
@@ -138,6 +143,53 @@ public:
 
 private:
     std::shared_ptr<detail::redis_link_impl> impl_;
+};
+
+/// The fan-out of a cluster of `vigil::server` nodes over Redis pub/sub: give each node a
+/// `redis_fanout` to the same Redis and channel (`server_config::fanout`) and run it beside
+/// the server. Every node publishes its channel broadcasts to the one Redis channel and
+/// receives every other node's.
+///
+/// Everything `redis_link` promises holds: deadlines, heartbeat, reconnect with the backoff
+/// policy, resubscription before `on_up`, and a broadcast made while Redis is unreachable
+/// waits in the bounded, TTL-limited outbox (`redis_config::outbox_limit`, `message_ttl`)
+/// or fails, reported to the server (`server_events::on_fanout_error`). Redis pub/sub
+/// delivers at most once: what a node misses while its link is down is reported by that
+/// node (`server_events::on_fanout_gap`) at the next broadcast of the publishing node.
+///
+/// **Threads:** as `redis_link`: `run()` is awaited on the executor given here; `publish`,
+/// `set_receiver`, `stop` and `link().counters()` from any thread.
+class redis_fanout final : public fanout {
+public:
+    /// `channel` is the Redis channel every node of the cluster uses (default "vigil").
+    /// @throws std::invalid_argument with `validate()`'s message when `cfg` is invalid, or
+    /// when `channel` is empty.
+    redis_fanout(boost::asio::any_io_executor ex, redis_config cfg, std::string channel = "vigil",
+                 any_backoff policy = exponential_backoff{});
+    ~redis_fanout() override;
+
+    /// The link to Redis, for its events (`on_up`, `on_down`, `on_retry`; set them before
+    /// `run()`) and `counters()`. Its `on_message` belongs to the fan-out: do not replace it.
+    redis_link& link() noexcept { return link_; }
+    /// The Redis channel.
+    const std::string& channel() const noexcept { return channel_; }
+
+    /// Runs the link: see `redis_link::run()` (the same results, the same cancellation).
+    boost::asio::awaitable<error_code> run();
+    /// Ends `run()`; see `redis_link::stop()`.
+    void stop();
+
+    /// Publishes `message` to the channel (see `redis_link::publish`; `done` runs on the
+    /// link's executor).
+    void publish(std::string message, completion done) override;
+    /// See `fanout::set_receiver`.
+    void set_receiver(receiver r) override;
+
+private:
+    struct receiver_slot;
+    std::shared_ptr<receiver_slot> slot_;
+    redis_link link_;
+    std::string channel_;
 };
 
 }  // namespace vigil

@@ -4,6 +4,7 @@
 
 #include <vigil/config.hpp>
 #include <vigil/error.hpp>
+#include <vigil/fanout.hpp>
 #include <vigil/metrics.hpp>
 #include <vigil/session.hpp>
 #include <vigil/upgrade.hpp>
@@ -182,6 +183,13 @@ struct server_config {
     /// empty. **Errors:** `validate()` answers `invalid_config` for a name that is not an
     /// HTTP token or one listed twice.
     std::vector<std::string> subprotocols;
+
+    /// The bus to the other nodes of a cluster (`vigil::redis_fanout` over Redis, or your
+    /// own `vigil::fanout`). With one, `server::broadcast(channel, ...)` and
+    /// `server::publish` reach the members of the channel on every node that shares it, and
+    /// the members here receive what other nodes broadcast. One fan-out serves one server.
+    /// Default none: channels are this server's only.
+    std::shared_ptr<vigil::fanout> fanout;
 };
 
 /// Checks `cfg` (including `cfg.session`); see `validate(const session_config&)`.
@@ -336,6 +344,16 @@ struct server_events {
     /// process). Reported once per stall, however many connections it delayed. No client is
     /// evicted for that time: what clients sent meanwhile is read before any verdict.
     std::function<void(std::chrono::milliseconds lateness)> on_stall;
+    /// A channel broadcast did not reach the other nodes: `why` is what the fan-out reported
+    /// (for Redis: `send_queue_full`, `message_expired`, `not_connected`,
+    /// `delivery_unconfirmed` when it may have, the failure that stopped it ...). Or a
+    /// message from the fan-out was dropped: `why` is `fanout_message_invalid`, `channel`
+    /// is empty and `detail` says what is wrong with it. Called on any thread.
+    std::function<void(std::string_view channel, const error_code& why, const std::string& detail)> on_fanout_error;
+    /// Broadcasts of node `origin` (its `server::node_id()`) were missed: `missed` of them
+    /// came before the one just received and never arrived (the fan-out lost them, such as
+    /// while this node's link to Redis was down). Called on any thread.
+    std::function<void(std::string_view origin, std::uint64_t missed)> on_fanout_gap;
 };
 
 /// Counters readable at any time (a consistent snapshot).
@@ -349,6 +367,11 @@ struct server_counters {
     std::size_t held_bytes = 0;    ///< memory held for messages now (see `memory_budget`)
     std::size_t held_bytes_peak = 0;  ///< the most it ever held
     std::size_t budget_evictions = 0;  ///< connections ended by the memory budget
+    std::size_t fanout_published = 0;  ///< channel broadcasts the fan-out accepted
+    std::size_t fanout_failed = 0;     ///< channel broadcasts it did not (`on_fanout_error`)
+    std::size_t fanout_received = 0;   ///< broadcasts from other nodes delivered here
+    std::size_t fanout_missed = 0;     ///< broadcasts of other nodes missed (`on_fanout_gap`)
+    std::size_t fanout_invalid = 0;    ///< messages from the fan-out dropped: unreadable or repeated
 };
 
 /// The counters plus why connections ended and why clients were turned away (see
@@ -388,8 +411,16 @@ struct server_metrics {
 /// (a feed): received messages are dropped as they arrive, `receive()` reports only the
 /// end, and a connection costs less memory (no handler coroutine, no receive queue).
 ///
-/// **Thread safety:** `stop`, `broadcast`, `counters`, `connections` and `port` are safe
-/// from any thread; the io_context may run on several threads (each connection then has a
+/// **Channels:** a connection joins and leaves named channels (`join`, `leave`), and
+/// `broadcast(channel, ...)` reaches a channel's members. Given a fan-out
+/// (`server_config::fanout`), a server is a node of a cluster: a channel broadcast on any
+/// node reaches the members on every node, once each, and the broadcasts of one node arrive
+/// everywhere in the order it made them. What the fan-out failed to carry is reported, never
+/// silently lost: `on_fanout_error` on the publishing node, `on_fanout_gap` on a node that
+/// missed broadcasts of another.
+///
+/// **Thread safety:** `stop`, `broadcast`, `publish`, `join`, `leave`, `counters`,
+/// `connections` and `port` are safe from any thread; the io_context may run on several threads (each connection then has a
 /// strand of its own). On an io_context constructed with concurrency hint 1 (Asio's promise
 /// that one thread runs it) everything runs on its executor, without strands.
 ///
@@ -434,6 +465,34 @@ public:
     /// full is handled by its overflow policy (disconnected by default), so one slow client
     /// cannot stall the others. Any thread.
     std::size_t broadcast(std::string data, message_type type = message_type::text);
+
+    /// Makes `c` a member of `channel` (joining twice is joining once). A member stays until
+    /// `leave` or until its connection ends. Any thread.
+    /// **Errors:** `not_connected` when `c` has ended or is not this server's;
+    /// `boost::asio::error::invalid_argument` for an empty channel name or one over 1,024
+    /// bytes.
+    error_code join(const connection_ptr& c, std::string channel);
+    /// Ends `c`'s membership of `channel`; false when it was not a member. Any thread.
+    bool leave(const connection_ptr& c, std::string_view channel);
+    /// The channels `c` is a member of, sorted. Any thread.
+    std::vector<std::string> channels(const connection_ptr& c) const;
+
+    /// Queues `data` to every member of `channel` here, as `broadcast(data)` does to everyone,
+    /// and returns how many that was. With a fan-out, hands it to the fan-out too, for the
+    /// members on the other nodes; that part completes later, and a failure is reported by
+    /// `server_events::on_fanout_error` and counted (`fanout_failed`). Never waits. Any thread.
+    std::size_t broadcast(std::string_view channel, std::string data, message_type type = message_type::text);
+
+    /// The same, completing once the fan-out accepted the message for the other nodes (an
+    /// empty code), or with why it did not (as `on_fanout_error`, which is called too).
+    /// Without a fan-out, completes at once with an empty code. Not cancellable: it always
+    /// completes as above. Any thread.
+    boost::asio::awaitable<error_code> publish(std::string channel, std::string data,
+                                               message_type type = message_type::text);
+
+    /// This server's name among the nodes of a cluster: 16 hexadecimal digits, random,
+    /// fixed for the server's life (a restarted node is a new node).
+    const std::string& node_id() const noexcept;
 
     /// A snapshot of the open connections (for the application's own fan-out or admin).
     std::vector<connection_ptr> connections() const;

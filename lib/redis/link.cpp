@@ -806,6 +806,16 @@ asio::awaitable<error_code> redis_link::publish(std::string channel, std::string
     co_return result;
 }
 
+void redis_link::publish(std::string channel, std::string data, std::function<void(error_code)> done)
+{
+    if (!done)
+        done = [](error_code) {};
+    // A std::function's associated executor is the system executor: complete() then calls it
+    // on the link's executor.
+    publish_op op{std::move(channel), std::move(data), clock_type::now(), std::move(done)};
+    asio::post(impl_->ex_, [self = impl_, op = std::move(op)]() mutable { self->enqueue_publish(std::move(op)); });
+}
+
 redis_counters redis_link::counters() const
 {
     const auto& n = impl_->counters_;

@@ -214,6 +214,7 @@ TEST_CASE("vigil codes are named by their snake_case enumerator")
         {error::redis_auth_failed, "redis_auth_failed"},
         {error::redis_error, "redis_error"},
         {error::redis_command_timeout, "redis_command_timeout"},
+        {error::fanout_message_invalid, "fanout_message_invalid"},
     };
     // Plain members, not structured bindings: clang 14 cannot capture those in CAPTURE.
     for (const auto& entry : all) {
@@ -528,6 +529,7 @@ TEST_CASE("is_permanent and the conditions classify every kind of code alike")
         {error::redis_auth_failed, permanent},
         {error::redis_error, transient},
         {error::redis_command_timeout, transient},
+        {error::fanout_message_invalid, transient},
         {error::proxy_target_unreachable, transient},
         {error::not_connected, transient},
         // The network.
