@@ -8,9 +8,7 @@
 
 #include <vigil/redis.hpp>
 
-#include "support/ports.hpp"
-#include "support/process.hpp"
-#include "support/wait.hpp"
+#include "redis_rig.hpp"
 
 #include <doctest/doctest.h>
 
@@ -35,59 +33,9 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 using vigil::error;
 using vigil::error_code;
-using clock_type = std::chrono::steady_clock;
-
-/// A redis-server of its own on 127.0.0.1:`port`, without persistence.
-class redis_server {
-public:
-    explicit redis_server(std::uint16_t port, std::vector<std::string> extra = {}) : port_(port), extra_(std::move(extra))
-    {
-        start();
-    }
-
-    void start()
-    {
-        std::vector<std::string> argv = {*vigil::test::find_in_path("redis-server"), "--port", std::to_string(port_),
-                                         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"};
-        argv.insert(argv.end(), extra_.begin(), extra_.end());
-        proc_ = std::make_unique<vigil::test::child_process>(argv);
-        REQUIRE_MESSAGE(vigil::test::wait_until([&] { return vigil::test::accepts(port_); }, 5000ms),
-                        "redis-server did not listen on ", port_, ": ", proc_->transcript());
-    }
-
-    void kill()
-    {
-        proc_->signal(SIGKILL);
-        proc_->wait_exit(2000ms);
-    }
-    void signal(int sig) { proc_->signal(sig); }
-    std::string url(const std::string& password = {}) const
-    {
-        // Appended piece by piece: g++ 12 warns falsely (-Wrestrict) on `"literal" + string`.
-        std::string u = "redis://";
-        if (!password.empty())
-            u.append(":").append(password).append("@");
-        u.append("127.0.0.1:").append(std::to_string(port_));
-        return u;
-    }
-
-private:
-    std::uint16_t port_;
-    std::vector<std::string> extra_;
-    std::unique_ptr<vigil::test::child_process> proc_;
-};
-
-/// Runs `ioc` until `pred()` holds or `timeout` passes; returns `pred()`.
-template <class P>
-bool run_until(asio::io_context& ioc, P pred, milliseconds timeout)
-{
-    auto deadline = clock_type::now() + timeout;
-    while (!pred() && clock_type::now() < deadline) {
-        ioc.restart();
-        ioc.run_for(10ms);
-    }
-    return pred();
-}
+using vigil::test::clock_type;
+using vigil::test::redis_server;
+using vigil::test::run_until;
 
 /// A link with its events recorded, and its run() result.
 struct recorded_link {
