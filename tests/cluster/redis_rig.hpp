@@ -11,12 +11,19 @@
 
 #include <doctest/doctest.h>
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+
+#include <vigil/error.hpp>
+#include <vigil/redis.hpp>
 
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +83,32 @@ bool run_until(boost::asio::io_context& ioc, P pred, std::chrono::milliseconds t
         ioc.run_for(std::chrono::milliseconds(10));
     }
     return pred();
+}
+
+/// A link config with short deadlines and heartbeat, so that the cases' faults show fast.
+inline vigil::redis_config quick_redis_config(const std::string& url)
+{
+    vigil::redis_config cfg;
+    cfg.url = url;
+    cfg.connect_timeout = 2000ms;
+    cfg.command_timeout = 2000ms;
+    cfg.ping_interval = 500ms;
+    cfg.pong_timeout = 500ms;
+    return cfg;
+}
+
+/// Publishes through `publisher` (a redis_link or a server) on `ioc`; the result lands in
+/// `*into`.
+template <class Publisher>
+void publish(boost::asio::io_context& ioc, Publisher& publisher, std::string channel, std::string data,
+             std::optional<vigil::error_code>* into)
+{
+    boost::asio::co_spawn(
+        ioc,
+        [&publisher, channel = std::move(channel), data = std::move(data), into]() -> boost::asio::awaitable<void> {
+            *into = co_await publisher.publish(channel, data);
+        },
+        boost::asio::detached);
 }
 
 }  // namespace vigil::test

@@ -33,26 +33,17 @@ using std::chrono::milliseconds;
 using vigil::error;
 using vigil::error_code;
 using vigil::test::redis_server;
+using vigil::test::publish;
+using vigil::test::quick_redis_config;
 using vigil::test::run_until;
 
 constexpr const char* bus = "cluster-test";
-
-vigil::redis_config link_config(const std::string& url)
-{
-    vigil::redis_config cfg;
-    cfg.url = url;
-    cfg.connect_timeout = 2000ms;
-    cfg.command_timeout = 2000ms;
-    cfg.ping_interval = 500ms;
-    cfg.pong_timeout = 500ms;
-    return cfg;
-}
 
 /// A server node with its Redis fan-out, both running. Each client joins the channel its URL
 /// path names ("/room" joins "room").
 struct node {
     node(asio::io_context& ioc, const std::string& redis_url)
-        : fanout(std::make_shared<vigil::redis_fanout>(ioc.get_executor(), link_config(redis_url), bus,
+        : fanout(std::make_shared<vigil::redis_fanout>(ioc.get_executor(), quick_redis_config(redis_url), bus,
                                                        vigil::constant_backoff(200ms))),
           srv(ioc.get_executor(), config(fanout), [this](vigil::server::connection_ptr c) { return handle(std::move(c)); })
     {
@@ -178,17 +169,6 @@ void shut_down(asio::io_context& ioc, Nodes& nodes, Clients& clients)
                    std::all_of(clients.begin(), clients.end(), [](auto& c) { return c->result.has_value(); });
         },
         10000ms));
-}
-
-void publish(asio::io_context& ioc, vigil::server& srv, std::string channel, std::string data,
-             std::optional<error_code>* into)
-{
-    asio::co_spawn(
-        ioc,
-        [&srv, channel = std::move(channel), data = std::move(data), into]() -> asio::awaitable<void> {
-            *into = co_await srv.publish(channel, data);
-        },
-        asio::detached);
 }
 
 }  // namespace
@@ -333,7 +313,7 @@ TEST_CASE("fan-out: a message on the bus that no vigil server wrote is reported,
     clients.push_back(std::make_unique<client>(ioc, nodes[0]->url("room")));
     REQUIRE(run_until(ioc, [&] { return nodes[0]->joined == 1 && nodes[0]->ups == 1; }, 5000ms));
 
-    vigil::redis_link intruder(ioc.get_executor(), link_config(redis.url()));
+    vigil::redis_link intruder(ioc.get_executor(), quick_redis_config(redis.url()));
     std::optional<error_code> intruder_done;
     asio::co_spawn(ioc, [&]() -> asio::awaitable<void> { intruder_done = co_await intruder.run(); }, asio::detached);
     std::optional<error_code> sent;

@@ -35,6 +35,8 @@ using vigil::error;
 using vigil::error_code;
 using vigil::test::clock_type;
 using vigil::test::redis_server;
+using vigil::test::publish;
+using vigil::test::quick_redis_config;
 using vigil::test::run_until;
 
 /// A link with its events recorded, and its run() result.
@@ -72,37 +74,14 @@ struct recorded_link {
     std::optional<error_code> result;
 };
 
-vigil::redis_config quick_config(const std::string& url)
-{
-    vigil::redis_config cfg;
-    cfg.url = url;
-    cfg.connect_timeout = 2000ms;
-    cfg.command_timeout = 2000ms;
-    cfg.ping_interval = 500ms;
-    cfg.pong_timeout = 500ms;
-    return cfg;
-}
-
-/// Publishes through `link` on `ioc`; the result lands in `*into`.
-void publish(asio::io_context& ioc, vigil::redis_link& link, std::string ch, std::string data,
-             std::optional<error_code>* into)
-{
-    asio::co_spawn(
-        ioc,
-        [&link, ch = std::move(ch), data = std::move(data), into]() -> asio::awaitable<void> {
-            *into = co_await link.publish(ch, data);
-        },
-        asio::detached);
-}
-
 }  // namespace
 
 TEST_CASE("redis link: a publish on one link reaches the other's subscriber")
 {
     redis_server redis(vigil::test::free_port());
     asio::io_context ioc;
-    recorded_link a(ioc, quick_config(redis.url()));
-    recorded_link b(ioc, quick_config(redis.url()));
+    recorded_link a(ioc, quick_redis_config(redis.url()));
+    recorded_link b(ioc, quick_redis_config(redis.url()));
     b.link.subscribe("room");
     REQUIRE(run_until(ioc, [&] { return a.ups == 1 && b.ups == 1; }, 5000ms));
 
@@ -150,7 +129,7 @@ TEST_CASE("redis link: Redis killed and restarted: resubscribed before on_up, ou
     const auto port = vigil::test::free_port();
     auto redis = std::make_unique<redis_server>(port);
     asio::io_context ioc;
-    recorded_link l(ioc, quick_config(redis->url()));
+    recorded_link l(ioc, quick_redis_config(redis->url()));
     l.link.subscribe("room");
     REQUIRE(run_until(ioc, [&] { return l.ups == 1; }, 5000ms));
 
@@ -198,7 +177,7 @@ TEST_CASE("redis link: a frozen Redis (SIGSTOP) is declared dead within ping_int
 {
     redis_server redis(vigil::test::free_port());
     asio::io_context ioc;
-    auto cfg = quick_config(redis.url());
+    auto cfg = quick_redis_config(redis.url());
     recorded_link l(ioc, cfg);
     l.link.subscribe("room");
     REQUIRE(run_until(ioc, [&] { return l.ups == 1; }, 5000ms));
@@ -234,7 +213,7 @@ TEST_CASE("redis link: a wrong password is permanent: one attempt, run() ends wi
     asio::io_context ioc;
     SUBCASE("wrong password")
     {
-        recorded_link l(ioc, quick_config(redis.url("wrong")));
+        recorded_link l(ioc, quick_redis_config(redis.url("wrong")));
         std::optional<error_code> published;
         publish(ioc, l.link, "room", "never", &published);
         REQUIRE(run_until(ioc, [&] { return l.result && published; }, 5000ms));
@@ -246,14 +225,14 @@ TEST_CASE("redis link: a wrong password is permanent: one attempt, run() ends wi
     }
     SUBCASE("no password where one is required (NOAUTH)")
     {
-        recorded_link l(ioc, quick_config(redis.url()));
+        recorded_link l(ioc, quick_redis_config(redis.url()));
         REQUIRE(run_until(ioc, [&] { return l.result.has_value(); }, 5000ms));
         CHECK(*l.result == error::redis_auth_failed);
         CHECK(l.retry_delays.empty());
     }
     SUBCASE("the right password")
     {
-        recorded_link l(ioc, quick_config(redis.url("right")));
+        recorded_link l(ioc, quick_redis_config(redis.url("right")));
         REQUIRE(run_until(ioc, [&] { return l.ups == 1; }, 5000ms));
         l.link.stop();
         REQUIRE(run_until(ioc, [&] { return l.result.has_value(); }, 5000ms));
@@ -264,7 +243,7 @@ TEST_CASE("redis link: a wrong password is permanent: one attempt, run() ends wi
 TEST_CASE("redis link: an unreachable port is retried with delays; the outbox is bounded and expires")
 {
     asio::io_context ioc;
-    auto cfg = quick_config(std::string("redis://127.0.0.1:").append(std::to_string(vigil::test::free_port())));
+    auto cfg = quick_redis_config(std::string("redis://127.0.0.1:").append(std::to_string(vigil::test::free_port())));
     cfg.outbox_limit = 1;
     cfg.message_ttl = 400ms;
     recorded_link l(ioc, cfg, vigil::constant_backoff(200ms));
@@ -289,7 +268,7 @@ TEST_CASE("redis link: an unreachable port is retried with delays; the outbox is
 TEST_CASE("redis link: cancelling run() ends it with operation_aborted; waiting publishes fail, reported")
 {
     asio::io_context ioc;
-    auto cfg = quick_config(std::string("redis://127.0.0.1:").append(std::to_string(vigil::test::free_port())));
+    auto cfg = quick_redis_config(std::string("redis://127.0.0.1:").append(std::to_string(vigil::test::free_port())));
     vigil::redis_link link(ioc.get_executor(), cfg, vigil::constant_backoff(200ms));
     std::size_t retries = 0;
     link.on_retry = [&](std::size_t, milliseconds, error_code) { ++retries; };

@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "faults.hpp"
 
+#include "support/nginx_conf.hpp"
+
 #include <support/ports.hpp>
 
 #include <arpa/inet.h>
@@ -342,24 +344,8 @@ nginx_proxy::nginx_proxy(std::vector<route> routes)
     for (int attempt = 0; attempt < 5; ++attempt) {
         port_ = free_port();
         std::ostringstream conf;
-        // In the foreground as one process: the test owns its lifetime, and one SIGTERM (or
-        // the death signal) ends all of it. Every path is in the temporary directory, so
-        // neither root nor /var/log/nginx is needed.
-        conf << "daemon off;\n"
-             << "master_process off;\n"
-             << "worker_processes 1;\n"
-             << "pid " << dir_ << "/nginx.pid;\n"
-             << "error_log " << dir_ << "/error.log info;\n"
-             << "events { worker_connections 256; }\n"
-             << "http {\n"
-             << "    access_log " << dir_ << "/access.log;\n"
-             << "    client_body_temp_path " << dir_ << "/tmp/body;\n"
-             << "    proxy_temp_path " << dir_ << "/tmp/proxy;\n"
-             << "    fastcgi_temp_path " << dir_ << "/tmp/fastcgi;\n"
-             << "    uwsgi_temp_path " << dir_ << "/tmp/uwsgi;\n"
-             << "    scgi_temp_path " << dir_ << "/tmp/scgi;\n"
-             << "    map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n"
-             << "    server {\n"
+        conf << vigil::test::nginx_conf_head(dir_, 256);
+        conf << "    server {\n"
              << "        listen 127.0.0.1:" << port_ << ";\n";
         for (const auto& r : routes) {
             conf << "        location " << r.prefix << " {\n"
