@@ -482,6 +482,14 @@ struct server::impl final : detail::connection_observer, detail::budget_watch {
     void from_fanout(std::string_view bytes);
     void fanout_invalid(const std::string& why);
     void leave_all(connection::impl& ci);  // under mu_
+    /// Under mu_: `c` is one of this server's open connections.
+    bool is_mine(const connection_ptr& c) const
+    {
+        if (!c)
+            return false;
+        auto it = conns_.find(c->id());
+        return it != conns_.end() && it->second == c;
+    }
     void attach_fanout();
     void detach_fanout();
     ~impl() { detach_fanout(); }
@@ -1136,11 +1144,8 @@ error_code server::join(const connection_ptr& c, std::string channel)
 {
     if (channel.empty() || channel.size() > max_channel_name)
         return asio::error::invalid_argument;
-    if (!c)
-        return error::not_connected;
     std::lock_guard lock(impl_->mu_);
-    auto it = impl_->conns_.find(c->id());
-    if (it == impl_->conns_.end() || it->second != c)
+    if (!impl_->is_mine(c))
         return error::not_connected;
     impl_->channels_[channel].emplace(c->id(), c);
     c->impl_->channels.insert(std::move(channel));
@@ -1149,9 +1154,11 @@ error_code server::join(const connection_ptr& c, std::string channel)
 
 bool server::leave(const connection_ptr& c, std::string_view channel)
 {
-    if (!c)
-        return false;
     std::lock_guard lock(impl_->mu_);
+    // Another server's connection is guarded by another mutex: never touch it. An ended one
+    // has left every channel already.
+    if (!impl_->is_mine(c))
+        return false;
     auto& mine = c->impl_->channels;
     auto at = mine.find(std::string(channel));
     if (at == mine.end())
@@ -1167,9 +1174,9 @@ bool server::leave(const connection_ptr& c, std::string_view channel)
 
 std::vector<std::string> server::channels(const connection_ptr& c) const
 {
-    if (!c)
-        return {};
     std::lock_guard lock(impl_->mu_);
+    if (!impl_->is_mine(c))
+        return {};
     return {c->impl_->channels.begin(), c->impl_->channels.end()};
 }
 

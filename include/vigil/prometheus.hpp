@@ -24,7 +24,10 @@ class supervisor;
 /// `vigil_server_accepted_total`, `vigil_server_connected_total`,
 /// `vigil_server_rejected_total{reason}`, `vigil_server_disconnects_total{reason}` (the
 /// labels of `server_metrics`), `vigil_server_stalls_total`,
-/// `vigil_server_budget_evictions_total`, `vigil_server_messages_received_total`,
+/// `vigil_server_budget_evictions_total`, `vigil_server_fanout_published_total`,
+/// `_fanout_failed_total`, `_fanout_received_total`, `_fanout_missed_total`,
+/// `_fanout_invalid_total` (the fan-out's counts of `server_counters`; zero without one),
+/// `vigil_server_messages_received_total`,
 /// `vigil_server_messages_sent_total`, `vigil_server_received_bytes_total`,
 /// `vigil_server_sent_bytes_total` (counters); `vigil_server_connections_open`,
 /// `vigil_server_held_bytes`, `vigil_server_held_bytes_peak`,

@@ -472,9 +472,10 @@ public:
     /// `boost::asio::error::invalid_argument` for an empty channel name or one over 1,024
     /// bytes.
     error_code join(const connection_ptr& c, std::string channel);
-    /// Ends `c`'s membership of `channel`; false when it was not a member. Any thread.
+    /// Ends `c`'s membership of `channel`; false when it was not a member (or `c` has ended
+    /// or is not this server's). Any thread.
     bool leave(const connection_ptr& c, std::string_view channel);
-    /// The channels `c` is a member of, sorted. Any thread.
+    /// The channels `c` is a member of, sorted; empty once it has ended. Any thread.
     std::vector<std::string> channels(const connection_ptr& c) const;
 
     /// Queues `data` to every member of `channel` here, as `broadcast(data)` does to everyone,

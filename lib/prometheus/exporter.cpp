@@ -102,6 +102,12 @@ void add_server(families& f, const server_metrics& m, const labels& l)
     f.by_reason("vigil_server_disconnects_total", "Connections that ended, by reason", l, m.disconnects);
     f.counter("vigil_server_stalls_total", "Stalls of the server's own event loop", l, num(c.stalls));
     f.counter("vigil_server_budget_evictions_total", "Connections ended by the memory budget", l, num(c.budget_evictions));
+    f.counter("vigil_server_fanout_published_total", "Channel broadcasts the fan-out accepted", l, num(c.fanout_published));
+    f.counter("vigil_server_fanout_failed_total", "Channel broadcasts the fan-out did not carry", l, num(c.fanout_failed));
+    f.counter("vigil_server_fanout_received_total", "Broadcasts from other nodes delivered here", l, num(c.fanout_received));
+    f.counter("vigil_server_fanout_missed_total", "Broadcasts of other nodes missed here", l, num(c.fanout_missed));
+    f.counter("vigil_server_fanout_invalid_total", "Messages from the fan-out dropped: unreadable or repeated", l,
+              num(c.fanout_invalid));
     add_traffic(f, "vigil_server", m.traffic, l);
     f.gauge("vigil_server_connections_open", "Connections open now, handshakes included", l, num(c.open));
     f.gauge("vigil_server_held_bytes", "Memory held for messages now", l, num(c.held_bytes));

@@ -239,6 +239,9 @@ TEST_CASE("fan-out: a channel broadcast reaches the members on every node once e
     CHECK(nodes[2]->srv.join(leaver, std::string(1025, 'x')) == asio::error::invalid_argument);
     CHECK(nodes[0]->srv.join(leaver, "room") == error::not_connected);
     CHECK(nodes[2]->srv.join(nullptr, "room") == error::not_connected);
+    CHECK_FALSE(nodes[0]->srv.leave(leaver, "probe"));
+    CHECK(nodes[0]->srv.channels(leaver).empty());
+    CHECK(nodes[2]->srv.channels(leaver) == std::vector<std::string>{"probe"});
 
     std::vector<std::unique_ptr<client>> all;
     for (auto& c : room)

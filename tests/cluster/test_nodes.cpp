@@ -144,21 +144,27 @@ private:
 
 /// A supervised client through the balancer, recording what it receives and how it went.
 struct client {
-    client(asio::io_context& ioc, const std::string& url) : sup(ioc.get_executor(), url, config())
+    client(asio::io_context& ioc, const std::string& url, std::vector<std::string> backups = {})
+        : sup(ioc.get_executor(), url, config(std::move(backups)))
     {
         sup.session_event_handlers().on_message = [this](std::string_view data, vigil::message_type) {
             got.emplace_back(data);
         };
-        sup.events().on_up = [this] { ++ups; up_at = clock_type::now(); };
+        sup.events().on_up = [this] {
+            ++ups;
+            up_at = clock_type::now();
+            endpoint = sup.current_endpoint();
+        };
         sup.events().on_retry = [this](const vigil::retry_info&) {
             if (down_at == clock_type::time_point{})
                 down_at = clock_type::now();
         };
         asio::co_spawn(ioc, [this]() -> asio::awaitable<void> { result = co_await sup.run(); }, asio::detached);
     }
-    static vigil::supervisor_config config()
+    static vigil::supervisor_config config(std::vector<std::string> backups)
     {
         vigil::supervisor_config cfg;
+        cfg.backup_urls = std::move(backups);
         cfg.session.ping_interval = 1000ms;
         cfg.session.pong_timeout = 500ms;
         // What a dead node took without reading goes out again on the next connection.
@@ -177,6 +183,7 @@ struct client {
     vigil::supervisor sup;
     std::vector<std::string> got;
     int ups = 0;
+    std::size_t endpoint = 0;  // of the last on_up
     clock_type::time_point up_at{}, down_at{};
     std::deque<std::optional<error_code>> sends;  // stable addresses
     std::optional<error_code> result;
@@ -291,6 +298,41 @@ TEST_CASE("cluster: three vigil-serve nodes behind nginx; a node killed with SIG
     REQUIRE(run_until(ioc, [&] { return round_done("r3-", clients, n_clients); }, 5000ms));
     for (auto& n : {nodes[1].get(), nodes[2].get()})
         CHECK(n->count("fanout_gap") == 0);
+    stop_clients(ioc, clients);
+}
+
+TEST_CASE("cluster: without a load balancer, a client whose node was killed fails over along its endpoint list")
+{
+    if (auto why = unavailable()) {
+        MESSAGE("SKIP: ", *why);
+        doctest::skip();
+        return;
+    }
+    redis_server redis(vigil::test::free_port());
+    std::vector<std::unique_ptr<serve_node>> nodes;
+    std::vector<std::string> urls;
+    for (int i = 0; i < 3; ++i) {
+        nodes.push_back(std::make_unique<serve_node>(fanout_url(redis)));
+        REQUIRE(nodes.back()->proc->wait_for("fanout_up", 5000ms));
+        urls.push_back(std::string("ws://127.0.0.1:").append(std::to_string(nodes.back()->port)).append("/?channel=room"));
+    }
+    asio::io_context ioc;
+    std::vector<std::unique_ptr<client>> clients;
+    // Client i prefers node i, then the next ones.
+    for (std::size_t i = 0; i < 3; ++i)
+        clients.push_back(std::make_unique<client>(ioc, urls[i], std::vector<std::string>{urls[(i + 1) % 3], urls[(i + 2) % 3]}));
+    REQUIRE(run_until(ioc, [&] { return nodes[0]->count("client_joined") + nodes[1]->count("client_joined") + nodes[2]->count("client_joined") == 3; }, 10000ms));
+    CHECK(clients[0]->endpoint == 0);
+
+    nodes[0]->proc->signal(SIGKILL);
+    REQUIRE(nodes[0]->proc->wait_exit(2000ms));
+    // The connection's end is seen at once (the kernel closes the dead node's sockets); the
+    // next attempt goes to the next endpoint without a backoff wait.
+    REQUIRE(run_until(ioc, [&] { return clients[0]->ups == 2; }, 5000ms));
+    CHECK(clients[0]->endpoint == 1);
+    CHECK(nodes[1]->count("client_joined") == 2);
+    clients[0]->send(ioc, "from-the-survivor-side");
+    REQUIRE(run_until(ioc, [&] { return clients[2]->count("from-the-survivor-side") == 1 && clients[1]->count("from-the-survivor-side") == 1; }, 5000ms));
     stop_clients(ioc, clients);
 }
 
