@@ -537,6 +537,12 @@ std::size_t server::impl::deliver_local(const std::string& channel, const std::s
 std::size_t server::impl::publish_channel(std::string_view channel, std::string data, message_type type,
                                           std::function<void(error_code)> then)
 {
+    if (channel.empty() || channel.size() > max_channel_name) {
+        // No connection can have joined it, here or on another node: nothing to carry.
+        if (then)
+            then(asio::error::invalid_argument);
+        return 0;
+    }
     auto shared = std::make_shared<const std::string>(std::move(data));
     const std::string name(channel);
     if (!cfg_.fanout) {
@@ -1197,7 +1203,7 @@ asio::awaitable<error_code> server::publish(std::string channel, std::string dat
             auto ex = asio::get_associated_executor(*h);
             asio::dispatch(ex, [h, ec]() mutable { std::move(*h)(ec); });
         });
-        if (!p->cfg_.fanout) {
+        if (!p->cfg_.fanout && !ch.empty() && ch.size() <= max_channel_name) {
             auto ex = asio::get_associated_executor(*h);
             asio::post(ex, [h]() mutable { std::move(*h)(error_code()); });
         }

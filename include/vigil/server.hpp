@@ -481,12 +481,15 @@ public:
     /// Queues `data` to every member of `channel` here, as `broadcast(data)` does to everyone,
     /// and returns how many that was. With a fan-out, hands it to the fan-out too, for the
     /// members on the other nodes; that part completes later, and a failure is reported by
-    /// `server_events::on_fanout_error` and counted (`fanout_failed`). Never waits. Any thread.
+    /// `server_events::on_fanout_error` and counted (`fanout_failed`). A channel name no
+    /// connection can join (empty, over 1,024 bytes) reaches no one and is not handed on.
+    /// Never waits. Any thread.
     std::size_t broadcast(std::string_view channel, std::string data, message_type type = message_type::text);
 
     /// The same, completing once the fan-out accepted the message for the other nodes (an
     /// empty code), or with why it did not (as `on_fanout_error`, which is called too).
-    /// Without a fan-out, completes at once with an empty code. Not cancellable: it always
+    /// Without a fan-out, completes at once with an empty code. A channel name no connection
+    /// can join completes with `boost::asio::error::invalid_argument`. Not cancellable: it always
     /// completes as above. Any thread.
     boost::asio::awaitable<error_code> publish(std::string channel, std::string data,
                                                message_type type = message_type::text);

@@ -240,6 +240,15 @@ TEST_CASE("fan-out: a channel broadcast reaches the members on every node once e
     CHECK(nodes[0]->srv.join(leaver, "room") == error::not_connected);
     CHECK(nodes[2]->srv.join(nullptr, "room") == error::not_connected);
     CHECK_FALSE(nodes[0]->srv.leave(leaver, "probe"));
+    const auto published_before = nodes[0]->srv.counters().fanout_published;
+    CHECK(nodes[0]->srv.broadcast(std::string(2000, 'x'), "nowhere") == 0);
+    CHECK(nodes[0]->srv.broadcast("", "nowhere") == 0);
+    std::optional<error_code> refused;
+    publish(ioc, nodes[0]->srv, "", "nowhere", &refused);
+    REQUIRE(run_until(ioc, [&] { return refused.has_value(); }, 2000ms));
+    CHECK(*refused == asio::error::invalid_argument);
+    CHECK(nodes[0]->srv.counters().fanout_published == published_before);
+    CHECK(nodes[0]->srv.counters().fanout_failed == 0);
     CHECK(nodes[0]->srv.channels(leaver).empty());
     CHECK(nodes[2]->srv.channels(leaver) == std::vector<std::string>{"probe"});
 
